@@ -1,0 +1,512 @@
+"""Numba kernels of the two RDH methods (one embedding pass each; the driver in ``rdh.py`` chains them).
+
+All kernels work in place on a flat ``int32`` copy of the image and take the pixel ceiling
+``maxv`` (255 or 65535). Pixels flagged in ``reserved`` (flat ``uint8``) are never touched and,
+for PEE, never used as predictors.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# ----------------------------------------------------------------------------------------------
+# Histogram shifting (Ni et al. 2006; the reference paper's eq. 16-18)
+# ----------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def hs_histogram(work, reserved, nbins):
+    hist = np.zeros(nbins, dtype=np.int64)
+    for k in range(work.size):
+        if reserved[k] == 0:
+            hist[work[k]] += 1
+    return hist
+
+
+@njit(cache=True, nogil=True)
+def _rice_param(k, d):
+    r = 0
+    while k > 0 and (k << (r + 1)) <= d:
+        r += 1
+    return r
+
+
+@njit(cache=True, nogil=True)
+def lm_cost(k, d):
+    """Bits of a Rice-coded location map of ``k`` ones among ``d`` positions."""
+    if k == 0:
+        return 37
+    r = _rice_param(k, d)
+    return 37 + k * (r + 1) + (d >> r) + 1
+
+
+@njit(cache=True, nogil=True)
+def rice_encode_map(flags):
+    """``flags`` (0/1) → [k:32][r:5] then the k gaps between ones, Rice-coded with parameter r."""
+    d = flags.size
+    k = 0
+    for t in range(d):
+        k += flags[t]
+    r = _rice_param(k, d)
+    out = np.empty(lm_cost(k, d) + 64, dtype=np.uint8)
+    n = 0
+    for s in range(31, -1, -1):
+        out[n] = (k >> s) & 1
+        n += 1
+    for s in range(4, -1, -1):
+        out[n] = (r >> s) & 1
+        n += 1
+    last = -1
+    for t in range(d):
+        if flags[t]:
+            gap = t - last - 1
+            last = t
+            q = gap >> r
+            if n + q + 1 + r > out.size:
+                grown = np.empty(2 * out.size + q + r + 1, dtype=np.uint8)
+                grown[:n] = out[:n]
+                out = grown
+            for _ in range(q):
+                out[n] = 1
+                n += 1
+            out[n] = 0
+            n += 1
+            for s in range(r - 1, -1, -1):
+                out[n] = (gap >> s) & 1
+                n += 1
+    return out[:n].copy()
+
+
+@njit(cache=True, nogil=True)
+def rice_decode_map(stream, d):
+    """Inverse of :func:`rice_encode_map` over ``d`` positions: ``(flags, bits read, ok)``."""
+    flags = np.zeros(d, dtype=np.uint8)
+    if stream.size < 37:
+        return flags, 0, False
+    k = 0
+    for t in range(32):
+        k = (k << 1) | stream[t]
+    r = 0
+    for t in range(32, 37):
+        r = (r << 1) | stream[t]
+    n = 37
+    last = -1
+    for _ in range(k):
+        q = 0
+        while n < stream.size and stream[n] == 1:
+            q += 1
+            n += 1
+        n += 1
+        if n + r > stream.size:
+            return flags, n, False
+        rem = 0
+        for _ in range(r):
+            rem = (rem << 1) | stream[n]
+            n += 1
+        pos = last + 1 + (q << r) + rem
+        if pos >= d:
+            return flags, n, False
+        flags[pos] = 1
+        last = pos
+    return flags, n, True
+
+
+@njit(cache=True, nogil=True)
+def hs_choose(hist):
+    """Peak ``a`` and zero bin ``z`` that shift the fewest pixels per payload bit.
+
+    Returns ``(a, z, has_lm, capacity)``. When bin ``z`` is not empty (``has_lm`` = 1) the
+    pixels that end on ``z`` need a location map, Rice-coded in the payload, whose size is
+    subtracted from ``capacity``. ``z`` is -1 when no layer is possible.
+    """
+    nb = hist.size
+    a = 0
+    for v in range(nb):
+        if hist[v] > hist[a]:
+            a = v
+    best_z = -1
+    best_lm = 0
+    best_cap = 0
+    best_shift = 0
+    for direction in (1, -1):
+        shifted = 0  # pixels strictly between a and v
+        v = a + direction
+        while 0 <= v < nb:
+            if hist[v] == 0:
+                cand_lm, cap = 0, hist[a]
+            elif v - direction != a:
+                cand_lm, cap = 1, hist[a] - lm_cost(hist[v], hist[v] + hist[v - direction])
+            else:
+                cand_lm, cap = 1, 0  # a non-empty z next to the peak cannot be told apart
+            # minimise shifted / cap, i.e. compare shifted * best_cap < best_shift * cap
+            if cap > 0 and (best_z < 0 or shifted * best_cap < best_shift * cap):
+                best_z, best_lm, best_cap, best_shift = v, cand_lm, cap, shifted
+            if hist[v] == 0:
+                break  # bins further out only shift more pixels for the same capacity
+            shifted += hist[v]
+            v += direction
+    return a, best_z, best_lm, best_cap
+
+
+@njit(cache=True, nogil=True)
+def hs_map(work, reserved, a, z):
+    """Location map of one HS layer: over the pixels that will end on ``z``, 1 = originally ``z``."""
+    d = 1 if z > a else -1
+    cnt = 0
+    for k in range(work.size):
+        if reserved[k] == 0 and (work[k] == z or work[k] == z - d):
+            cnt += 1
+    flags = np.empty(cnt, dtype=np.uint8)
+    j = 0
+    for k in range(work.size):
+        if reserved[k] == 0 and (work[k] == z or work[k] == z - d):
+            flags[j] = 1 if work[k] == z else 0
+            j += 1
+    return rice_encode_map(flags)
+
+
+@njit(cache=True, nogil=True)
+def hs_embed(work, reserved, a, z, stream):
+    """Embed ``stream`` (location map + content) in one HS layer, in raster order."""
+    d = 1 if z > a else -1
+    total = stream.size
+    pos = 0
+    lo = min(a, z)
+    hi = max(a, z)
+    for k in range(work.size):
+        if reserved[k]:
+            continue
+        x = work[k]
+        if x == a:
+            if pos < total:
+                work[k] = x + d * stream[pos]
+                pos += 1
+        elif lo < x < hi:
+            work[k] = x + d
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def hs_extract(work, reserved, a, z, has_lm, total):
+    """Invert one HS layer in place. Returns ``(stream after the map, ok)``."""
+    d = 1 if z > a else -1
+    n = work.size
+    ndom = 0
+    if has_lm:
+        for k in range(n):
+            if reserved[k] == 0 and work[k] == z:
+                ndom += 1
+    stream = np.empty(total, dtype=np.uint8)
+    dom = np.empty(ndom, dtype=np.int64)
+    pos = 0
+    j = 0
+    for k in range(n):
+        if reserved[k]:
+            continue
+        y = work[k]
+        if has_lm and y == z:
+            dom[j] = k
+            j += 1
+        if y == a:
+            if pos < total:
+                stream[pos] = 0
+                pos += 1
+        elif y == a + d:
+            if pos >= total:
+                return np.empty(0, dtype=np.uint8), False
+            stream[pos] = 1
+            pos += 1
+            work[k] = a
+        elif (d == 1 and a + d < y <= z) or (d == -1 and z <= y < a + d):
+            work[k] = y - d
+    if pos != total:
+        return np.empty(0, dtype=np.uint8), False
+    if not has_lm:
+        return stream, True
+    flags, used, ok = rice_decode_map(stream, ndom)
+    if not ok:
+        return np.empty(0, dtype=np.uint8), False
+    for t in range(ndom):
+        if flags[t]:
+            work[dom[t]] = z
+    return stream[used:].copy(), True
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction-error expansion with rhombus prediction and sorting (Sachnev et al. 2009)
+# ----------------------------------------------------------------------------------------------
+
+N_KEYS = 640  # complexity buckets; see _key
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _key(c):
+    """Complexity → bucket: exact below 256, then steps of 8 (8-bit range ends at bucket 606).
+
+    Branch-free (min/max): complexities are irregular, and a branch here mispredicts.
+    """
+    return min(min(c, 256 + max((c - 256) >> 3, 0)), N_KEYS - 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pee_narrow(x, e, a, maxv):
+    """Overflow-safe value before embedding: pixels that could leave [0, maxv] move one step in."""
+    b = a + 1
+    if x == maxv and e >= b:
+        return x - 1, e - 1, 1
+    if x == 0 and e <= a:
+        return x + 1, e + 1, 1
+    return x, e, 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pee_in_map(v, ev, a, maxv):
+    """Whether a (narrowed) value needs a location-map bit: the decoder asks this after restoring."""
+    b = a + 1
+    return (v == maxv - 1 and ev >= b - 1) or (v == 1 and ev <= a + 1)
+
+
+@njit(cache=True, nogil=True)
+def _row_stats(work, base, W, key_shift, S, C):
+    """Neighbour sums and complexities of every interior pixel of one row.
+
+    Contiguous row slices and int32 lanes let LLVM vectorise this loop (|4 v - S| < 2**20 even
+    for 16-bit pixels); it is most of the arithmetic of a pass.
+    """
+    up = work[base - W : base]
+    mid = work[base : base + W]
+    dn = work[base + W : base + 2 * W]
+    for j in range(1, W - 1):
+        vn = up[j]
+        vs = dn[j]
+        vw = mid[j - 1]
+        ve = mid[j + 1]
+        s = vn + vs + vw + ve
+        S[j] = s
+        C[j] = (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_candidate(reserved, k, W, edge):
+    """Interior pixels are candidates unless a neighbour is reserved (only possible near the border)."""
+    if not edge:
+        return True
+    return (reserved[k - W] | reserved[k + W] | reserved[k - 1] | reserved[k + 1]) == 0
+
+
+@njit(cache=True, nogil=True)
+def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist):
+    """Candidates of one rhombus set in raster order, and their statistics per complexity bucket.
+
+    A candidate is an interior pixel with ``(i + j) % 2 == parity`` none of whose four neighbours
+    is reserved. Its prediction is the rounded mean of its four neighbours, which belong to the
+    other set and so do not change in this pass; its complexity is ``sum |4 v_k - S|``, so the
+    decoder recomputes both. Writes ``idx``, ``pred``, ``key`` (first ``n`` entries) and fills
+    ``hist[bucket]``: columns ``0 .. P+2`` count pixels away from 0/maxv by error
+    ``e - a_min + 1`` clamped to that range; column ``P+3`` counts the other (boundary) pixels;
+    then per bin pair ``(a, a+1)``, ``a = a_min + q``, the boundary pixels' expandable count,
+    location-map bits and narrowings (``P`` columns each). Returns ``n``.
+    """
+    P = npairs
+    hist[:, :] = 0
+    S = np.empty(W, np.int32)
+    C = np.empty(W, np.int32)
+    n = 0
+    for i in range(1, H - 1):
+        base = i * W
+        _row_stats(work, base, W, key_shift, S, C)
+        j0 = 1 if ((i + 1) & 1) == parity else 2
+        edge_row = i == 1 or i == H - 2
+        for j in range(j0, W - 1, 2):
+            k = base + j
+            if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
+                continue
+            c = _key(np.int64(C[j]))
+            p = (np.int64(S[j]) + 2) >> 2
+            idx[n] = k
+            pred[n] = p
+            key[n] = c
+            n += 1
+            x = np.int64(work[k])
+            e = x - p
+            if 1 < x < maxv - 1:
+                hist[c, min(max(e - a_min + 1, 0), P + 2)] += 1
+                continue
+            hist[c, P + 3] += 1
+            for q in range(P):
+                a = a_min + q
+                v, ev, narrowed = _pee_narrow(x, e, a, maxv)
+                if ev == a or ev == a + 1:
+                    hist[c, P + 4 + q] += 1
+                if _pee_in_map(v, ev, a, maxv):
+                    hist[c, 2 * P + 4 + q] += 1
+                hist[c, 3 * P + 4 + q] += narrowed
+    return n
+
+
+@njit(cache=True, nogil=True)
+def pee_plan(hist, npairs, need):
+    """Smallest bucket prefix holding ``need`` content bits, per bin pair.
+
+    Returns ``cap`` (largest content any bucket prefix holds), ``T`` (the bucket in which the
+    payload ends, -1 if it does not fit), ``base`` (content held by buckets below ``T``),
+    ``cost`` (expected squared distortion in half-units up to the end of bucket ``T``) and
+    ``maps`` (location-map pixels up to the end of bucket ``T``).
+    """
+    P = npairs
+    K = hist.shape[0]
+    cap = np.zeros(P, dtype=np.int64)
+    T = np.full(P, -1, dtype=np.int64)
+    base = np.zeros(P, dtype=np.int64)
+    cost = np.zeros(P, dtype=np.int64)
+    maps = np.zeros(P, dtype=np.int64)
+    rows = np.zeros(K, dtype=np.int64)
+    for c in range(K):
+        for col in range(P + 4):
+            rows[c] += hist[c, col]
+    for q in range(P):
+        if need == 0:
+            T[q] = 0
+        cnt = 0
+        nemb = 0
+        nlm = 0
+        nnar = 0
+        for c in range(K):
+            prev = nemb - nlm
+            cnt += rows[c]
+            # fast columns: e == a is column q + 1, e == a + 1 is column q + 2
+            nemb += hist[c, q + 1] + hist[c, q + 2] + hist[c, P + 4 + q]
+            nlm += hist[c, 2 * P + 4 + q]
+            nnar += hist[c, 3 * P + 4 + q]
+            got = nemb - nlm
+            if got > cap[q]:
+                cap[q] = got
+            if T[q] < 0 and got >= need:
+                T[q] = c
+                base[q] = prev
+                cost[q] = 2 * cnt - nemb + 2 * nnar
+                maps[q] = nlm
+    return cap, T, base, cost, maps
+
+
+@njit(cache=True, nogil=True)
+def pee_prefix_end(work, idx, pred, key, n, maxv, a, T, base, need):
+    """How many bucket-``T`` pixels (in raster order) complete ``need`` content bits."""
+    got = base
+    m = 0
+    if got >= need:
+        return 0
+    for t in range(n):
+        if key[t] != T:
+            continue
+        x = np.int64(work[idx[t]])
+        v, ev, _ = _pee_narrow(x, x - pred[t], a, maxv)
+        if ev == a or ev == a + 1:
+            got += 1
+        if _pee_in_map(v, ev, a, maxv):
+            got -= 1
+        m += 1
+        if got >= need:
+            return m
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
+    """Embed location map + ``content`` into the prefix (buckets < T, first m of bucket T).
+
+    ``with_map`` may be False only when the prefix holds no location-map pixel (from the plan).
+    """
+    b = a + 1
+    stream = np.zeros(n + 1, dtype=np.int64)  # map bits, then content, then zeros
+    nlm = 0
+    if with_map:
+        seen = 0
+        for t in range(n):
+            c = key[t]
+            if c > T or (c == T and seen >= m):
+                continue
+            seen += c == T
+            x = np.int64(work[idx[t]])
+            if 1 < x < maxv - 1:
+                continue
+            v, ev, narrowed = _pee_narrow(x, x - pred[t], a, maxv)
+            if _pee_in_map(v, ev, a, maxv):
+                stream[nlm] = narrowed
+                nlm += 1
+    stream[nlm : nlm + content.size] = content
+    pos = 0
+    seen = 0
+    for t in range(n):
+        # branch-free: non-members get a zero change
+        c = key[t]
+        member = np.int64((c < T) | ((c == T) & (seen < m)))
+        seen += c == T
+        k = idx[t]
+        x = np.int64(work[k])
+        v, ev, _ = _pee_narrow(x, x - pred[t], a, maxv)
+        isb = np.int64(ev == b)
+        isa = np.int64(ev == a)
+        bit = stream[pos]
+        delta = (isb - isa) * bit + np.int64(ev > b) - np.int64(ev < a)
+        work[k] = x + member * (v - x + delta)
+        pos += member * (isa | isb)
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
+    """Invert one PEE pass in place. Returns ``(content bits, ok)``.
+
+    Recomputes predictions and complexities row by row (the other set is unchanged by the pass)
+    and visits the candidates in the same raster order as :func:`pee_analyze`.
+    """
+    b = a + 1
+    stream = np.empty((H * W) // 2 + 1, dtype=np.uint8)
+    dom = np.empty(64, dtype=np.int64)
+    S = np.empty(W, np.int32)
+    C = np.empty(W, np.int32)
+    pos = 0
+    nd = 0
+    seen = 0
+    bad = False
+    for i in range(1, H - 1):
+        base = i * W
+        _row_stats(work, base, W, key_shift, S, C)
+        j0 = 1 if ((i + 1) & 1) == parity else 2
+        edge_row = i == 1 or i == H - 2
+        for j in range(j0, W - 1, 2):
+            k = base + j
+            if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
+                continue
+            c = _key(np.int64(C[j]))
+            # branch-free: non-members get a zero change
+            member = np.int64((c < T) | ((c == T) & (seen < m)))
+            seen += c == T
+            y = np.int64(work[k])
+            p = (np.int64(S[j]) + 2) >> 2
+            e = y - p
+            inb = np.int64((e == b) | (e == b + 1))
+            ina = np.int64((e == a) | (e == a - 1))
+            bit = inb * (e - b) + ina * (a - e)
+            v = y + member * (ina * bit - inb * bit - np.int64(e > b + 1) + np.int64(e < a - 1))
+            stream[pos] = bit
+            pos += member * (inb | ina)
+            bad |= (v < 0) | (v > maxv)
+            work[k] = v
+            if 1 < v < maxv - 1 or member == 0:  # the first test is almost always true
+                continue
+            if _pee_in_map(v, v - p, a, maxv):
+                if nd == dom.size:
+                    grown = np.empty(2 * nd, dtype=np.int64)
+                    grown[:nd] = dom
+                    dom = grown
+                dom[nd] = k
+                nd += 1
+    if bad or min(seen, m) != m or pos != nd + nbits:
+        return np.empty(0, dtype=np.uint8), False
+    for t in range(nd):
+        if stream[t]:
+            k = dom[t]
+            work[k] = maxv if work[k] == maxv - 1 else 0
+    return stream[nd:pos].copy(), True

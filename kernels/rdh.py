@@ -1,0 +1,431 @@
+"""Reversible data hiding: multi-pass embedding with side information kept in the image itself.
+
+Layout (see docs/FORMAT.md, "RDH layer"):
+
+* The first ``SIDE_BITS`` pixels of the border sequence (row 0, row H-1, column 0, column W-1)
+  are *reserved*: no pass changes them and no PEE prediction reads them. After the last pass
+  their LSBs are overwritten with the side information of that pass; their original LSBs travel
+  inside the last pass's payload.
+* Every pass after the first carries, at the start of its payload, the 96-bit record of the
+  pass before it, so the decoder walks the chain backwards from the reserved LSBs alone.
+"""
+from __future__ import annotations
+
+import binascii
+import struct
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+
+from . import _rdh_jit as jit
+from ._bits import bits_to_bytes, bytes_to_bits
+from ._registry import Registry, register
+from .errors import CapacityError, NotProtectedError, PayloadError
+
+SIGNATURE = 0xA7
+RECORD_BITS = 96  # p1:16, p2:16, stop:32, nbits:32
+SIDE_BITS = 8 + 4 + 12 + RECORD_BITS + 16  # signature, method, pass count, record, CRC-16
+MIN_SIDE = 8
+MAX_PASSES = 4095
+DEFAULT_METHOD = "pee"
+
+RDH_METHODS: Registry["RDHMethod"] = Registry("RDH method")
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """Parameters of one embedding pass, as stored in the image."""
+
+    p1: int
+    p2: int
+    stop: int
+    nbits: int
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">HHII", self.p1, self.p2, self.stop, self.nbits)
+
+    def to_bits(self) -> np.ndarray:
+        return bytes_to_bits(self.to_bytes())
+
+    @classmethod
+    def from_bits(cls, bits: np.ndarray) -> "PassRecord":
+        return cls(*struct.unpack(">HHII", bits_to_bytes(bits)))
+
+
+# ----------------------------------------------------------------------------------------------
+# image checks and reserved pixels
+# ----------------------------------------------------------------------------------------------
+
+
+def check_image(image: np.ndarray, name: str = "image") -> int:
+    """Validate a 2-D uint8/uint16 image and return its ceiling value (255 or 65535)."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"{name} must be uint8 or uint16, got dtype {image.dtype}")
+    if image.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (H, W), got shape {image.shape}")
+    h, w = image.shape
+    if min(h, w) < MIN_SIDE or 2 * (h + w) - 4 < SIDE_BITS:
+        raise ValueError(
+            f"{name} of shape {image.shape} is too small: both sides must be >= {MIN_SIDE} "
+            f"and the border must hold {SIDE_BITS} pixels (2*(H+W)-4 >= {SIDE_BITS}, e.g. 35x35)"
+        )
+    return 255 if image.dtype == np.uint8 else 65535
+
+
+def reserved_indices(shape: tuple[int, int]) -> np.ndarray:
+    """Flat indices of the ``SIDE_BITS`` reserved border pixels, in storage order."""
+    h, w = shape
+    rows = np.arange(w)
+    seq = np.concatenate(
+        [rows, (h - 1) * w + rows, np.arange(1, h - 1) * w, np.arange(1, h - 1) * w + (w - 1)]
+    )
+    return seq[:SIDE_BITS].astype(np.int64)
+
+
+@lru_cache(maxsize=16)
+def _reserved(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only (flat mask, indices) of the reserved pixels, cached per shape."""
+    idx = reserved_indices(shape)
+    idx.flags.writeable = False
+    return _reserved_mask(shape), idx
+
+
+@lru_cache(maxsize=16)
+def _reserved_mask(shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    mask[reserved_indices(shape)] = 1
+    mask.flags.writeable = False  # shared between calls
+    return mask
+
+
+_tls = threading.local()
+
+
+def _workspace(n: int, hist_shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Per-thread scratch reused across calls: ``idx``, ``pred``, ``key`` (length >= n) and ``hist``.
+
+    Fresh ~1 MB temporaries on every call make glibc trim and re-fault the heap, which tripled
+    the cost of a pass on a 224x224 image; one grown-on-demand set per thread avoids that.
+    """
+    ws = getattr(_tls, "ws", None)
+    if ws is None or ws[0].size < n or ws[3].shape != hist_shape:
+        ws = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int16), np.empty(hist_shape, np.int64))
+        _tls.ws = ws
+    return ws
+
+
+# ----------------------------------------------------------------------------------------------
+# methods
+# ----------------------------------------------------------------------------------------------
+
+
+class RDHMethod:
+    """One RDH algorithm, as a sequence of passes. Subclasses differ only in the pass kernels."""
+
+    name: str = ""
+    id: int = 0
+    group: int = 1  # passes that share a payload evenly (PEE: the two rhombus sets)
+
+    def begin(self, work: np.ndarray, reserved: np.ndarray, shape: tuple[int, int], k: int, maxv: int):
+        """Per-pass state for pass ``k`` of the current image."""
+        raise NotImplementedError
+
+    def capacity(self, state) -> int:
+        """Largest content (bits) this pass can carry."""
+        raise NotImplementedError
+
+    def try_embed(self, state, content: np.ndarray) -> Optional[PassRecord]:
+        """Embed ``content`` in this pass, or return None (image untouched) if it does not fit."""
+        raise NotImplementedError
+
+    def finish_early(self, state, final_bits: int, share_bits: int, left_in_group: int) -> bool:
+        """Whether ending the group in this pass (``final_bits``) distorts less than sharing."""
+        return False
+
+    def extract(
+        self, work: np.ndarray, reserved: np.ndarray, shape: tuple[int, int], k: int, maxv: int, rec: PassRecord
+    ) -> np.ndarray:
+        """Undo the pass in place; returns its content bits or raises ``PayloadError``."""
+        raise NotImplementedError
+
+
+@register(RDH_METHODS)
+class HistogramShift(RDHMethod):
+    """Histogram shifting, multi-layer (Ni et al. 2006; the paper's eq. 16-18).
+
+    Each pass picks the peak bin ``a`` and the zero bin ``z`` that shifts the fewest pixels;
+    pixels strictly between move one step towards ``z`` and pixels at ``a`` carry one bit each.
+    When no empty bin exists the pixels that end on ``z`` carry a location map in the payload.
+    """
+
+    name = "hs"
+    id = 1
+    group = 1
+
+    def begin(self, work, reserved, shape, k, maxv):
+        hist = jit.hs_histogram(work, reserved, maxv + 1)
+        a, z, has_lm, _ = jit.hs_choose(hist)
+        a, z = int(a), int(z)
+        lm = jit.hs_map(work, reserved, a, z) if (z >= 0 and has_lm) else np.empty(0, np.uint8)
+        cap = int(hist[a]) - lm.size if z >= 0 else 0
+        return work, reserved, a, z, lm, max(cap, 0)
+
+    def capacity(self, state):
+        return state[-1]
+
+    def try_embed(self, state, content):
+        work, reserved, a, z, lm, cap = state
+        if z < 0 or content.size > cap:
+            return None
+        stream = np.concatenate([lm, content])
+        jit.hs_embed(work, reserved, a, z, stream)
+        # stop field: 1 when a location map leads the stream; nbits: whole stream length
+        return PassRecord(a, z, int(lm.size > 0), int(stream.size))
+
+    def extract(self, work, reserved, shape, k, maxv, rec):
+        a, z, has_lm = rec.p1, rec.p2, rec.stop
+        if not (0 <= a <= maxv and 0 <= z <= maxv and a != z and has_lm in (0, 1) and rec.nbits <= work.size):
+            raise PayloadError(f"HS pass {k}: invalid parameters a={a} z={z}")
+        bits, ok = jit.hs_extract(work, reserved, a, z, has_lm, rec.nbits)
+        if not ok:
+            raise PayloadError(f"HS pass {k}: marked pixels are inconsistent with the side information")
+        return bits
+
+
+@register(RDH_METHODS)
+class RhombusPEE(RDHMethod):
+    """Prediction-error expansion with rhombus prediction and sorting (Sachnev et al. 2009).
+
+    Pass ``k`` works on the rhombus set ``k % 2`` (cross, then dot). The payload goes into the
+    smoothest candidates and stops there: the smallest prefix in (complexity, raster) order,
+    stored as the bucket ``T`` where it ends and the count ``m`` of bucket-``T`` pixels used.
+    The bin pair ``(a, a+1)`` with the least expected distortion for the needed bits is chosen
+    per pass. Pixels at 0 or the ceiling that could overflow are moved one step in first; a
+    location map of them travels at the head of the same pass.
+    """
+
+    name = "pee"
+    id = 2
+    group = 2
+    A_MIN, N_PAIRS = -3, 6  # bin pairs (a, a+1) for a in -3..2
+
+    def begin(self, work, reserved, shape, k, maxv):
+        h, w = shape
+        idx, pred, key, hist = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
+        n = jit.pee_analyze(
+            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist
+        )
+        return work, idx, pred, key, n, hist, maxv
+
+    @staticmethod
+    def _key_shift(maxv: int) -> int:
+        return 0 if maxv == 255 else 8  # complexity buckets cover the 8- or 16-bit range
+
+    def capacity(self, state):
+        cap, _, _, _, _ = jit.pee_plan(state[5], self.N_PAIRS, np.int64(1) << 62)
+        return int(cap.max())
+
+    def finish_early(self, state, final_bits, share_bits, left_in_group):
+        # expected distortion of one pass holding everything vs. the even share in each pass
+        _, t1, _, c1, _ = jit.pee_plan(state[5], self.N_PAIRS, final_bits)
+        _, t2, _, c2, _ = jit.pee_plan(state[5], self.N_PAIRS, share_bits)
+        if not (t1 >= 0).any():
+            return False
+        if not (t2 >= 0).any():
+            return True
+        return int(c1[t1 >= 0].min()) <= left_in_group * int(c2[t2 >= 0].min())
+
+    def try_embed(self, state, content):
+        work, idx, pred, key, n, hist, maxv = state
+        need = int(content.size)
+        _, T, base, cost, maps = jit.pee_plan(hist, self.N_PAIRS, need)
+        fits = np.flatnonzero(T >= 0)
+        if fits.size == 0:
+            return None
+        q = int(fits[np.argmin(cost[fits])])
+        a = self.A_MIN + q
+        m = jit.pee_prefix_end(work, idx, pred, key, n, maxv, a, T[q], base[q], need)
+        jit.pee_embed(work, idx, pred, key, n, maxv, a, T[q], m, content, maps[q] > 0)
+        return PassRecord(int(T[q]), a + 32768, int(m), need)
+
+    def extract(self, work, reserved, shape, k, maxv, rec):
+        a, T, m = rec.p2 - 32768, rec.p1, rec.stop
+        h, w = shape
+        if not (-maxv <= a <= maxv and T < jit.N_KEYS and m <= work.size and rec.nbits <= work.size):
+            raise PayloadError(f"PEE pass {k}: invalid parameters a={a} T={T} m={m} nbits={rec.nbits}")
+        bits, ok = jit.pee_extract(work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, a, T, m, rec.nbits)
+        if not ok:
+            raise PayloadError(f"PEE pass {k}: marked pixels are inconsistent with the side information")
+        return bits
+
+
+def _method(method: Optional[str]) -> RDHMethod:
+    return RDH_METHODS.get(DEFAULT_METHOD if method is None else method)
+
+
+# ----------------------------------------------------------------------------------------------
+# side information in the reserved LSBs
+# ----------------------------------------------------------------------------------------------
+
+
+def _side_bits(method_id: int, npasses: int, rec: PassRecord) -> np.ndarray:
+    body = struct.pack(">BH", SIGNATURE, (method_id << 12) | npasses) + rec.to_bytes()
+    return bytes_to_bits(body + struct.pack(">H", binascii.crc_hqx(body, 0xFFFF)))
+
+
+def _read_side_bits(bits: np.ndarray) -> tuple[int, int, PassRecord]:
+    raw = bits_to_bytes(bits)
+    body, (crc,) = raw[:-2], struct.unpack(">H", raw[-2:])
+    if body[0] != SIGNATURE or binascii.crc_hqx(body, 0xFFFF) != crc:
+        raise NotProtectedError("no medrae RDH side information in this image")
+    (packed,) = struct.unpack(">H", body[1:3])
+    method_id, npasses = packed >> 12, packed & 0xFFF
+    if not RDH_METHODS.has_id(method_id) or npasses < 1:
+        raise NotProtectedError(f"unknown RDH method id {method_id} or pass count {npasses}")
+    return method_id, npasses, PassRecord.from_bits(bytes_to_bits(body[3:]))
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod) -> tuple[np.ndarray, int]:
+    """Embed the bit array ``data``; returns the marked image or raises ``CapacityError``."""
+    maxv = check_image(image)
+    shape = image.shape
+    work = image.astype(np.int32).ravel()  # a copy: the input is never written
+    reserved, res_idx = _reserved(shape)
+    lsbs = (work[res_idx] & 1).astype(np.uint8)
+    total = data.size
+    pos = 0
+    head = np.empty(0, np.uint8)  # record of the previous pass
+    for k in range(MAX_PASSES):
+        state = method.begin(work, reserved, shape, k, maxv)
+        left_in_group = method.group - (k % method.group)
+        final_bits = SIDE_BITS + head.size + (total - pos)
+        # an even share of what is left over the rest of the group (each later pass adds a record)
+        share_bits = -(-(final_bits + RECORD_BITS * (left_in_group - 1)) // left_in_group)
+        if left_in_group == 1 or method.finish_early(state, final_bits, share_bits, left_in_group):
+            rec = method.try_embed(state, np.concatenate([lsbs, head, data[pos:]]))
+            if rec is not None:
+                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, k + 1, rec)
+                return work.reshape(shape).astype(image.dtype), k + 1
+        target = method.capacity(state) if left_in_group == 1 else share_bits
+        rec = None
+        for _ in range(2):
+            chunk = max(0, min(total - pos, target - head.size))
+            if chunk == 0 and left_in_group == 1:
+                break  # a further pass could only carry its own header
+            rec = method.try_embed(state, np.concatenate([head, data[pos : pos + chunk]]))
+            if rec is not None:
+                break
+            target = method.capacity(state)  # the even share did not fit: fill this pass
+        if rec is None:
+            raise CapacityError(
+                f"payload of {total} bits does not fit with RDH method {method.name!r} "
+                f"({pos} bits placed after {k} passes)",
+                total,
+                pos,
+            )
+        head = rec.to_bits()
+        pos += chunk
+    raise CapacityError(f"payload needs more than {MAX_PASSES} passes", total, pos)
+
+
+def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> np.ndarray:
+    """Hide ``payload`` in ``image`` reversibly.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        2-D ``uint8`` or ``uint16`` grayscale image (never modified).
+    payload : bytes
+        Data to hide.
+    method : str, optional
+        ``"pee"`` (default: rhombus prediction-error expansion) or ``"hs"`` (histogram shift).
+
+    Returns
+    -------
+    np.ndarray
+        Marked image, same shape and dtype.
+
+    Raises
+    ------
+    CapacityError
+        The payload does not fit; nothing is returned or written.
+    """
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    marked, _ = _run_embed(image, bytes_to_bits(bytes(payload)), _method(method))
+    return marked
+
+
+def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """Recover ``(image, payload)`` from a marked image, bit for bit.
+
+    Raises
+    ------
+    NotProtectedError
+        The image carries no readable RDH side information.
+    PayloadError
+        The side information is readable but the marked pixels do not decode consistently.
+    """
+    maxv = check_image(marked, "marked")
+    shape = marked.shape
+    work = marked.astype(np.int32).ravel()
+    reserved, res_idx = _reserved(shape)
+    method_id, npasses, rec = _read_side_bits((work[res_idx] & 1).astype(np.uint8))
+    method = RDH_METHODS.by_id(method_id)
+    chunks = []
+    lsbs = None
+    for k in range(npasses - 1, -1, -1):
+        bits = method.extract(work, reserved, shape, k, maxv, rec)
+        if k == npasses - 1:
+            if bits.size < SIDE_BITS:
+                raise PayloadError("last pass is too short to hold the reserved pixels' LSBs")
+            lsbs, bits = bits[:SIDE_BITS], bits[SIDE_BITS:]
+        if k > 0:
+            if bits.size < RECORD_BITS:
+                raise PayloadError(f"pass {k} is too short to hold the previous pass's record")
+            rec, bits = PassRecord.from_bits(bits[:RECORD_BITS]), bits[RECORD_BITS:]
+        chunks.append(bits)
+    data = np.concatenate(chunks[::-1]) if chunks else np.empty(0, np.uint8)
+    if data.size % 8:
+        raise PayloadError(f"extracted {data.size} bits, not a whole number of bytes")
+    work[res_idx] = (work[res_idx] & ~1) | lsbs
+    return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data)
+
+
+def capacity(image: np.ndarray, method: Optional[str] = None) -> int:
+    """Payload bits that fit into ``image`` (a whole number of bytes).
+
+    Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits. The
+    capacity of passes after the first depends slightly on the bits themselves, so a payload at
+    the very limit may still raise ``CapacityError`` in :func:`embed`; it never yields a wrong image.
+    """
+    maxv = check_image(image)
+    m = _method(method)
+    work = image.astype(np.int32).ravel()
+    reserved, _ = _reserved(image.shape)
+    rng = np.random.default_rng(0)
+    best = 0
+    placed = 0
+    for k in range(MAX_PASSES):
+        state = m.begin(work, reserved, image.shape, k, maxv)
+        cap = m.capacity(state)
+        head = RECORD_BITS if k > 0 else 0
+        if cap < head:
+            break
+        # if this pass were the last one it would also carry the reserved LSBs
+        best = max(best, placed + cap - head - SIDE_BITS)
+        if cap - head <= RECORD_BITS:
+            break  # further passes cost more than they add
+        m.try_embed(state, rng.integers(0, 2, cap, dtype=np.uint8))
+        placed += cap - head
+    return max(0, best) // 8 * 8
