@@ -1,3 +1,27 @@
-"""medrae bitstream stage: reversible data hiding, perturbation codecs and the payload container."""
+"""medrae bitstream stage: reversible data hiding, perturbation codecs and the payload container.
+
+Public API (other parts of medrae build on these names)::
+
+    kernels.capacity(image, method=None) -> int                  # payload bits that fit
+    kernels.embed(image, payload, method=None) -> marked         # raises CapacityError
+    kernels.extract(marked) -> (image, payload)                  # exact inverse
+    kernels.encode_perturbation(p, codec=None, **hints) -> bytes
+    kernels.decode_perturbation(data) -> np.ndarray
+    kernels.protect_array(original, adversarial, key, eps=...) -> (marked, info)
+    kernels.restore_array(marked, key) -> original
+"""
+from .codecs import CODECS, decode_perturbation, encode_perturbation
+from .container import KEY_BYTES, key_check_value, pixel_digest, read_header, seal, unseal
 from .errors import CapacityError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError
-from .rdh import RDH_METHODS, capacity, embed, extract
+from .rdh import MIN_SIDE, RDH_METHODS, SIDE_BITS, capacity, embed, extract
+from .resample import downsample, grid_shape, upsample
+from .reversible import ProtectInfo, inspect_array, protect_array, restore_array
+
+__all__ = [
+    "CODECS", "RDH_METHODS", "KEY_BYTES", "MIN_SIDE", "SIDE_BITS",
+    "capacity", "embed", "extract", "encode_perturbation", "decode_perturbation",
+    "protect_array", "restore_array", "inspect_array", "ProtectInfo",
+    "seal", "unseal", "read_header", "pixel_digest", "key_check_value",
+    "upsample", "downsample", "grid_shape",
+    "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError", "PayloadError",
+]

@@ -8,6 +8,9 @@ Layout (see docs/FORMAT.md, "RDH layer"):
   inside the last pass's payload.
 * Every pass after the first carries, at the start of its payload, the 96-bit record of the
   pass before it, so the decoder walks the chain backwards from the reserved LSBs alone.
+* 16-bit images embed into the high part ``x >> s`` (the low ``s`` bits are untouched): their
+  prediction errors are spread too wide for any bin to hold many bits, while ``x >> s`` behaves
+  like an 8-bit image. ``s`` is the smallest shift whose capacity estimate fits the payload.
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ from .errors import CapacityError, NotProtectedError, PayloadError
 
 SIGNATURE = 0xA7
 RECORD_BITS = 96  # p1:16, p2:16, stop:32, nbits:32
-SIDE_BITS = 8 + 4 + 12 + RECORD_BITS + 16  # signature, method, pass count, record, CRC-16
+SIDE_BITS = 8 + 4 + 4 + 8 + RECORD_BITS + 16  # signature, method, bit shift, pass count, record, CRC-16
 MIN_SIDE = 8
-MAX_PASSES = 4095
+MAX_PASSES = 255
+MAX_SHIFT = 8  # 16-bit images embed into x >> s, s <= MAX_SHIFT
 DEFAULT_METHOD = "pee"
 
 RDH_METHODS: Registry["RDHMethod"] = Registry("RDH method")
@@ -224,7 +228,7 @@ class RhombusPEE(RDHMethod):
 
     @staticmethod
     def _key_shift(maxv: int) -> int:
-        return 0 if maxv == 255 else 8  # complexity buckets cover the 8- or 16-bit range
+        return max(0, int(maxv).bit_length() - 8)  # complexity buckets span the pixel range
 
     def capacity(self, state):
         cap, _, _, _, _ = jit.pee_plan(state[5], self.N_PAIRS, np.int64(1) << 62)
@@ -273,21 +277,20 @@ def _method(method: Optional[str]) -> RDHMethod:
 # ----------------------------------------------------------------------------------------------
 
 
-def _side_bits(method_id: int, npasses: int, rec: PassRecord) -> np.ndarray:
-    body = struct.pack(">BH", SIGNATURE, (method_id << 12) | npasses) + rec.to_bytes()
+def _side_bits(method_id: int, shift: int, npasses: int, rec: PassRecord) -> np.ndarray:
+    body = struct.pack(">BBB", SIGNATURE, (method_id << 4) | shift, npasses) + rec.to_bytes()
     return bytes_to_bits(body + struct.pack(">H", binascii.crc_hqx(body, 0xFFFF)))
 
 
-def _read_side_bits(bits: np.ndarray) -> tuple[int, int, PassRecord]:
+def _read_side_bits(bits: np.ndarray) -> tuple[int, int, int, PassRecord]:
     raw = bits_to_bytes(bits)
     body, (crc,) = raw[:-2], struct.unpack(">H", raw[-2:])
     if body[0] != SIGNATURE or binascii.crc_hqx(body, 0xFFFF) != crc:
         raise NotProtectedError("no medrae RDH side information in this image")
-    (packed,) = struct.unpack(">H", body[1:3])
-    method_id, npasses = packed >> 12, packed & 0xFFF
-    if not RDH_METHODS.has_id(method_id) or npasses < 1:
-        raise NotProtectedError(f"unknown RDH method id {method_id} or pass count {npasses}")
-    return method_id, npasses, PassRecord.from_bits(bytes_to_bits(body[3:]))
+    method_id, shift, npasses = body[1] >> 4, body[1] & 0xF, body[2]
+    if not RDH_METHODS.has_id(method_id) or npasses < 1 or shift > MAX_SHIFT:
+        raise NotProtectedError(f"unknown RDH method id {method_id}, shift {shift} or pass count {npasses}")
+    return method_id, shift, npasses, PassRecord.from_bits(bytes_to_bits(body[3:]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,13 +298,41 @@ def _read_side_bits(bits: np.ndarray) -> tuple[int, int, PassRecord]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _shifts(image: np.ndarray, maxv: int, bits: int, method: RDHMethod, reserved: np.ndarray) -> list[int]:
+    """Bit shifts to try, smallest first: 0 for 8-bit; for 16-bit from the smallest whose
+    first pass, repeated over its group, is estimated to hold ``bits``."""
+    if maxv == 255:
+        return [0]
+    work = image.astype(np.int32).ravel()
+    for s in range(MAX_SHIFT + 1):
+        hi = work >> s
+        state = method.begin(hi, reserved, image.shape, 0, maxv >> s)
+        if method.capacity(state) * method.group >= bits or s == MAX_SHIFT:
+            return list(range(s, MAX_SHIFT + 1))
+    return [MAX_SHIFT]
+
+
 def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod) -> tuple[np.ndarray, int]:
-    """Embed the bit array ``data``; returns the marked image or raises ``CapacityError``."""
+    """Embed the bit array ``data``; returns ``(marked, passes)`` or raises ``CapacityError``."""
     maxv = check_image(image)
+    reserved, _ = _reserved(image.shape)
+    error: Optional[CapacityError] = None
+    for s in _shifts(image, maxv, data.size + SIDE_BITS, method, reserved):
+        try:
+            return _embed_at_shift(image, data, method, s, maxv)
+        except CapacityError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
+def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int) -> tuple[np.ndarray, int]:
     shape = image.shape
-    work = image.astype(np.int32).ravel()  # a copy: the input is never written
+    full = image.astype(np.int32).ravel()  # a copy: the input is never written
+    work = full >> s
+    maxv >>= s
     reserved, res_idx = _reserved(shape)
-    lsbs = (work[res_idx] & 1).astype(np.uint8)
+    lsbs = (full[res_idx] & 1).astype(np.uint8)
     total = data.size
     pos = 0
     head = np.empty(0, np.uint8)  # record of the previous pass
@@ -314,7 +345,9 @@ def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod) -> tuple[
         if left_in_group == 1 or method.finish_early(state, final_bits, share_bits, left_in_group):
             rec = method.try_embed(state, np.concatenate([lsbs, head, data[pos:]]))
             if rec is not None:
-                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, k + 1, rec)
+                if s:
+                    work = (work << s) | (full & ((1 << s) - 1))
+                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, s, k + 1, rec)
                 return work.reshape(shape).astype(image.dtype), k + 1
         target = method.capacity(state) if left_in_group == 1 else share_bits
         rec = None
@@ -360,10 +393,14 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> np
     CapacityError
         The payload does not fit; nothing is returned or written.
     """
+    return embed_counted(image, payload, method)[0]
+
+
+def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> tuple[np.ndarray, int]:
+    """:func:`embed`, also returning how many passes it took."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    marked, _ = _run_embed(image, bytes_to_bits(bytes(payload)), _method(method))
-    return marked
+    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method))
 
 
 def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
@@ -376,12 +413,22 @@ def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
     PayloadError
         The side information is readable but the marked pixels do not decode consistently.
     """
+    image, payload, _ = extract_with_method(marked)
+    return image, payload
+
+
+def extract_with_method(marked: np.ndarray) -> tuple[np.ndarray, bytes, str]:
+    """:func:`extract`, also returning the name of the RDH method found in the image."""
     maxv = check_image(marked, "marked")
     shape = marked.shape
-    work = marked.astype(np.int32).ravel()
+    full = marked.astype(np.int32).ravel()
     reserved, res_idx = _reserved(shape)
-    method_id, npasses, rec = _read_side_bits((work[res_idx] & 1).astype(np.uint8))
+    method_id, s, npasses, rec = _read_side_bits((full[res_idx] & 1).astype(np.uint8))
+    if s and maxv == 255:
+        raise NotProtectedError("side information names a bit shift for an 8-bit image")
     method = RDH_METHODS.by_id(method_id)
+    work = full >> s
+    maxv >>= s
     chunks = []
     lsbs = None
     for k in range(npasses - 1, -1, -1):
@@ -398,20 +445,25 @@ def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
     data = np.concatenate(chunks[::-1]) if chunks else np.empty(0, np.uint8)
     if data.size % 8:
         raise PayloadError(f"extracted {data.size} bits, not a whole number of bytes")
+    if s:
+        work = (work << s) | (full & ((1 << s) - 1))
     work[res_idx] = (work[res_idx] & ~1) | lsbs
-    return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data)
+    return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data), method.name
 
 
 def capacity(image: np.ndarray, method: Optional[str] = None) -> int:
     """Payload bits that fit into ``image`` (a whole number of bytes).
 
-    Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits. The
-    capacity of passes after the first depends slightly on the bits themselves, so a payload at
-    the very limit may still raise ``CapacityError`` in :func:`embed`; it never yields a wrong image.
+    Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits, for
+    16-bit images at the largest bit shift :func:`embed` would try. The capacity of passes after
+    the first depends slightly on the bits themselves, so a payload at the very limit may still
+    raise ``CapacityError`` in :func:`embed`; it never yields a wrong image.
     """
     maxv = check_image(image)
     m = _method(method)
-    work = image.astype(np.int32).ravel()
+    s = 0 if maxv == 255 else MAX_SHIFT
+    work = image.astype(np.int32).ravel() >> s
+    maxv >>= s
     reserved, _ = _reserved(image.shape)
     rng = np.random.default_rng(0)
     best = 0

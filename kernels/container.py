@@ -1,0 +1,145 @@
+"""The payload container: what protect hides in the image (docs/FORMAT.md, "Container").
+
+Header (plaintext, authenticated as AES-GCM associated data) → encrypted body with the SHA-256 of
+the original pixels and the coded perturbation. A key check value in the header tells a wrong key
+(``KeyMismatchError``) apart from a tampered payload (``PayloadError``).
+"""
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import KeyMismatchError, NotProtectedError, PayloadError
+
+MAGIC = b"MRAE"
+VERSION = 1
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+KCV_BYTES = 8
+SHA_BYTES = 32
+FLAG_ENCRYPTED = 0x01
+DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
+# magic, version, flags, codec id, rdh id, dtype code, height, width, eps
+_FIXED = struct.Struct(">4sBBBBBIIH")
+
+
+@dataclass(frozen=True)
+class Header:
+    """Plaintext header of a payload; readable without the key (``medrae info``)."""
+
+    version: int
+    encrypted: bool
+    codec_id: int
+    rdh_id: int
+    dtype: np.dtype
+    shape: tuple[int, int]
+    eps: int
+    size: int  # header bytes, including nonce and key check value when encrypted
+
+
+def key_check_value(key: bytes) -> bytes:
+    """8-byte fingerprint of a key (HMAC-SHA256 of a constant): identifies, reveals nothing."""
+    return hmac.new(key, b"medrae key check v1", hashlib.sha256).digest()[:KCV_BYTES]
+
+
+def pixel_digest(image: np.ndarray) -> bytes:
+    """SHA-256 over dtype code, shape and the little-endian pixel bytes of ``image``."""
+    code = {v: k for k, v in DTYPES.items()}[image.dtype]
+    meta = struct.pack(">BII", code, *image.shape)
+    return hashlib.sha256(meta + np.ascontiguousarray(image).astype(image.dtype.newbyteorder("<")).tobytes()).digest()
+
+
+def _check_key(key: Optional[bytes]) -> bytes:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
+        raise ValueError(f"key must be {KEY_BYTES} bytes, got {type(key).__name__} of length {len(key) if key else 0}")
+    return bytes(key)
+
+
+def seal(
+    coded: bytes,
+    digest: bytes,
+    *,
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    eps: int,
+    codec_id: int,
+    rdh_id: int,
+    key: Optional[bytes],
+) -> bytes:
+    """Build a payload. ``key=None`` gives the paper's keyless mode (plaintext, CRC-32 checked)."""
+    dtype = np.dtype(dtype)
+    code = {v: k for k, v in DTYPES.items()}.get(dtype)
+    if code is None:
+        raise TypeError(f"dtype must be uint8 or uint16, got {dtype}")
+    if len(digest) != SHA_BYTES:
+        raise ValueError("digest must be a SHA-256 (32 bytes)")
+    if not 0 <= eps <= 0xFFFF:
+        raise ValueError(f"eps must fit 16 bits, got {eps}")
+    flags = FLAG_ENCRYPTED if key is not None else 0
+    fixed = _FIXED.pack(MAGIC, VERSION, flags, codec_id, rdh_id, code, shape[0], shape[1], eps)
+    body = digest + coded
+    if key is None:
+        return fixed + body + struct.pack(">I", binascii.crc32(fixed + body))
+    key = _check_key(key)
+    nonce = os.urandom(NONCE_BYTES)
+    header = fixed + nonce + key_check_value(key)
+    return header + AESGCM(key).encrypt(nonce, body, header)
+
+
+def read_header(payload: bytes) -> Header:
+    """Parse the plaintext header; ``NotProtectedError`` if this is not a medrae payload."""
+    if len(payload) < _FIXED.size or payload[:4] != MAGIC:
+        raise NotProtectedError("payload does not start with the medrae magic")
+    magic, version, flags, codec_id, rdh_id, code, h, w, eps = _FIXED.unpack_from(payload)
+    if version != VERSION:
+        raise PayloadError(f"unsupported payload version {version} (this medrae reads {VERSION})")
+    if flags & ~FLAG_ENCRYPTED or code not in DTYPES:
+        raise PayloadError("payload header has unknown flags or dtype")
+    encrypted = bool(flags & FLAG_ENCRYPTED)
+    size = _FIXED.size + (NONCE_BYTES + KCV_BYTES if encrypted else 0)
+    if len(payload) < size + SHA_BYTES + (TAG_BYTES if encrypted else 4):
+        raise PayloadError("payload is truncated")
+    return Header(version, encrypted, codec_id, rdh_id, DTYPES[code], (h, w), eps, size)
+
+
+def unseal(payload: bytes, key: Optional[bytes]) -> tuple[Header, bytes, bytes]:
+    """Check and open a payload: ``(header, pixel SHA-256, coded perturbation)``.
+
+    Raises
+    ------
+    NotProtectedError
+        Not a medrae payload.
+    KeyMismatchError
+        Encrypted and ``key`` is missing or is not the key it was sealed with.
+    PayloadError
+        Corrupt, truncated or tampered with.
+    """
+    hdr = read_header(payload)
+    if not hdr.encrypted:
+        body, crc = payload[: -4], struct.unpack(">I", payload[-4:])[0]
+        if binascii.crc32(body) != crc:
+            raise PayloadError("plaintext payload fails its CRC-32 (corrupt or modified)")
+        rest = body[hdr.size :]
+        return hdr, rest[:SHA_BYTES], rest[SHA_BYTES:]
+    if key is None:
+        raise KeyMismatchError("payload is encrypted and no key was given")
+    key = _check_key(key)
+    header = payload[: hdr.size]
+    if not hmac.compare_digest(header[-KCV_BYTES:], key_check_value(key)):
+        raise KeyMismatchError("payload was encrypted under a different key")
+    nonce = header[_FIXED.size : _FIXED.size + NONCE_BYTES]
+    try:
+        body = AESGCM(key).decrypt(nonce, payload[hdr.size :], header)
+    except InvalidTag:
+        raise PayloadError("payload fails authentication (corrupt or tampered with)") from None
+    return hdr, body[:SHA_BYTES], body[SHA_BYTES:]

@@ -1,0 +1,139 @@
+"""Reversible adversarial examples at the array level: the part of protect/restore with no network.
+
+``protect_array`` turns (original, adversarial) into a marked image that carries its own undo;
+``restore_array`` gives the original back bit for bit or raises. The toolkit adds models and IO.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import codecs, container, rdh
+from .errors import PayloadError
+
+
+@dataclass(frozen=True)
+class ProtectInfo:
+    """What protection cost, for reports."""
+
+    payload_bits: int
+    coded_bits: int
+    codec: str
+    method: str
+    passes: int
+
+
+def applied_perturbation(original: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
+    """``adversarial - original`` as int32, after checking the two images match in shape and dtype."""
+    rdh.check_image(original, "original")
+    rdh.check_image(adversarial, "adversarial")
+    if original.shape != adversarial.shape or original.dtype != adversarial.dtype:
+        raise ValueError(
+            f"original {original.shape} {original.dtype} and adversarial {adversarial.shape} "
+            f"{adversarial.dtype} must match"
+        )
+    return adversarial.astype(np.int32) - original.astype(np.int32)
+
+
+def protect_array(
+    original: np.ndarray,
+    adversarial: np.ndarray,
+    key: Optional[bytes],
+    *,
+    eps: int,
+    codec: Optional[str] = None,
+    method: Optional[str] = None,
+    **hints,
+) -> tuple[np.ndarray, ProtectInfo]:
+    """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
+
+    Parameters
+    ----------
+    original, adversarial : np.ndarray
+        2-D ``uint8``/``uint16`` images of one shape; ``|adversarial - original| <= eps``.
+    key : bytes or None
+        32-byte AES-256 key; None for the keyless (plaintext) mode.
+    eps : int
+        Perturbation bound in pixel units, recorded in the payload and checked here.
+    codec, method : str, optional
+        Perturbation codec and RDH method (defaults: ``auto`` and ``pee``).
+    **hints
+        Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
+
+    Returns
+    -------
+    marked : np.ndarray
+        The protected image; it has been restored and checked against ``original`` here.
+    info : ProtectInfo
+
+    Raises
+    ------
+    CapacityError
+        The payload does not fit; nothing is produced.
+    """
+    diff = applied_perturbation(original, adversarial)
+    if np.abs(diff).max(initial=0) > eps:
+        raise ValueError(f"perturbation exceeds eps={eps}: max |delta| = {int(np.abs(diff).max())}")
+    coded = codecs.encode_perturbation(diff, codec, **hints)
+    m = rdh.RDH_METHODS.get(rdh.DEFAULT_METHOD if method is None else method)
+    payload = container.seal(
+        coded,
+        container.pixel_digest(original),
+        shape=original.shape,
+        dtype=original.dtype,
+        eps=eps,
+        codec_id=coded[0],
+        rdh_id=m.id,
+        key=key,
+    )
+    marked, passes = rdh.embed_counted(adversarial, payload, m.name)
+    if not np.array_equal(restore_array(marked, key), original):  # never keep an unchecked result
+        raise PayloadError("internal error: protected image does not restore to the original")
+    return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)
+
+
+def restore_array(marked: np.ndarray, key: Optional[bytes]) -> np.ndarray:
+    """The original image, bit for bit, from a protected one.
+
+    Raises
+    ------
+    NotProtectedError, KeyMismatchError, PayloadError
+        Not protected; wrong or missing key; corrupt or tampered (the pixel SHA-256 is checked).
+    """
+    adversarial, payload, method = rdh.extract_with_method(marked)
+    hdr, digest, coded = container.unseal(payload, key)
+    if rdh.RDH_METHODS.get(method).id != hdr.rdh_id:
+        raise PayloadError(f"payload names RDH id {hdr.rdh_id} but the image was marked with {method!r}")
+    if hdr.shape != marked.shape or hdr.dtype != marked.dtype:
+        raise PayloadError(f"payload is for a {hdr.shape} {hdr.dtype} image, not {marked.shape} {marked.dtype}")
+    if not coded or coded[0] != hdr.codec_id:
+        raise PayloadError("payload codec id does not match its header")
+    diff = codecs.decode_perturbation(coded)
+    if diff.shape != marked.shape:
+        raise PayloadError(f"perturbation shape {diff.shape} does not match the image {marked.shape}")
+    original = adversarial.astype(np.int32) - diff
+    top = np.iinfo(marked.dtype).max
+    if original.min() < 0 or original.max() > top:
+        raise PayloadError("restored pixels leave the valid range")
+    original = original.astype(marked.dtype)
+    if container.pixel_digest(original) != digest:
+        raise PayloadError("restored pixels do not match the SHA-256 stored in the payload")
+    return original
+
+
+def inspect_array(marked: np.ndarray) -> dict:
+    """Describe the payload of a protected image without a key (for ``medrae info``)."""
+    _, payload = rdh.extract(marked)
+    hdr = container.read_header(payload)
+    return {
+        "format_version": hdr.version,
+        "encrypted": hdr.encrypted,
+        "codec": codecs.CODECS.by_id(hdr.codec_id).name if codecs.CODECS.has_id(hdr.codec_id) else f"id {hdr.codec_id}",
+        "rdh_method": rdh.RDH_METHODS.by_id(hdr.rdh_id).name if rdh.RDH_METHODS.has_id(hdr.rdh_id) else f"id {hdr.rdh_id}",
+        "shape": list(hdr.shape),
+        "dtype": str(hdr.dtype),
+        "eps": hdr.eps,
+        "payload_bits": 8 * len(payload),
+    }

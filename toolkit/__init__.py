@@ -1,0 +1,1 @@
+"""medrae toolkit: pipelines, image IO, models at run time, metrics and reports."""
