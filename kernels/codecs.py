@@ -1,7 +1,9 @@
 """Lossless codecs for the integer perturbation that protect applied.
 
 Every encoded perturbation is self-describing (see docs/FORMAT.md, "Coded perturbation"):
-``codec id (1 byte) | varint H | varint W | body``. Codecs are interchangeable parts in a
+``codec id (1 byte) | varint H | varint W | varint scale | body``; the body codes ``p / scale``
+where ``scale`` is the gcd of the values (a 16-bit perturbation made on the 8-bit scale and
+multiplied by 257 then costs what the 8-bit one does). Codecs are interchangeable parts in a
 registry; ``auto`` (the default) tries the context coder on the full plane and on coarse grids
 and keeps the smallest.
 """
@@ -152,7 +154,16 @@ def encode_perturbation(p: np.ndarray, codec: Optional[str] = None, **hints) -> 
     q = _check_perturbation(p)
     c = CODECS.get(DEFAULT_CODEC if codec is None else codec)
     h, w = q.shape
-    return bytes([c.id]) + _varint(h) + _varint(w) + c.encode_body(q, **hints)
+    scale = max(1, int(np.gcd.reduce(np.abs(q), axis=None)))
+    if scale > 1:
+        q = q // scale
+        if "grid" in hints and hints["grid"] is not None:
+            g = np.asarray(hints["grid"], dtype=np.int64)
+            hints = dict(hints, grid=g // scale if not (g % scale).any() else None)
+            if hints["grid"] is None:
+                hints.pop("grid")
+                hints.pop("factor", None)
+    return bytes([c.id]) + _varint(h) + _varint(w) + _varint(scale) + c.encode_body(q, **hints)
 
 
 def decode_perturbation(data: bytes) -> np.ndarray:
@@ -167,11 +178,16 @@ def decode_perturbation(data: bytes) -> np.ndarray:
     c = CODECS.by_id(data[0])
     h, pos = _read_varint(data, 1)
     w, pos = _read_varint(data, pos)
+    scale, pos = _read_varint(data, pos)
     if h < 1 or w < 1 or h * w > MAX_PIXELS:
         raise PayloadError(f"implausible perturbation shape {h}x{w}")
-    out = c.decode_body(data[pos:], (h, w))
+    if not 1 <= scale <= VALUE_LIMIT:
+        raise PayloadError(f"implausible perturbation scale {scale}")
+    out = c.decode_body(data[pos:], (h, w)) * scale
     if out.shape != (h, w):
         raise PayloadError(f"{c.name}: decoded shape {out.shape} != header shape {(h, w)}")
+    if out.size and np.abs(out).max() > VALUE_LIMIT:
+        raise PayloadError(f"{c.name}: decoded perturbation leaves the int16 range")
     return out.astype(np.int16)
 
 
@@ -182,6 +198,7 @@ def codec_name(data: bytes) -> str:
     name = CODECS.by_id(data[0]).name
     if name == "auto":
         _, pos = _read_varint(data, 1)
+        _, pos = _read_varint(data, pos)
         _, pos = _read_varint(data, pos)
         if pos < len(data) and CODECS.has_id(data[pos]):
             name += ":" + CODECS.by_id(data[pos]).name
@@ -209,8 +226,8 @@ def _ac_decode(body: bytes, shapes: list[tuple[int, int]], name: str) -> list[np
         vals = np.zeros(shape, dtype=np.int64)
         if not rc.decode_plane(vals, st, data, rc.new_models()):
             raise PayloadError(f"{name}: malformed range-coded stream")
-        if np.abs(vals).max(initial=0) > VALUE_LIMIT:
-            raise PayloadError(f"{name}: decoded value out of int16 range")
+        if np.abs(vals).max(initial=0) > 2 * VALUE_LIMIT:  # a grid residual spans twice int16
+            raise PayloadError(f"{name}: decoded value out of range")
         planes.append(vals)
     if st[2] > data.size + 8:
         raise PayloadError(f"{name}: stream shorter than its planes")

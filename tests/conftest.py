@@ -1,0 +1,36 @@
+"""Shared fixtures: the real cxr3 data (skipped with a reason when absent) and phantoms."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CXR3 = Path(os.environ.get("MEDRAE_CXR3", ROOT.parent / "shared" / "data" / "cxr3"))
+
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=40, deadline=None)
+settings.register_profile("heavy", max_examples=500, deadline=None)  # HYPOTHESIS_PROFILE=heavy
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def cxr3_images(split: str = "*") -> list[Path]:
+    return sorted(CXR3.glob(f"{split}/*/images/*.png"))
+
+
+@pytest.fixture(scope="session")
+def cxr3_paths() -> list[Path]:
+    paths = cxr3_images()
+    if not paths:
+        pytest.skip(f"real chest X-rays not found at {CXR3} (set MEDRAE_CXR3 to the cxr3 folder)")
+    return paths
+
+
+def load_gray(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))

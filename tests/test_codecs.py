@@ -1,0 +1,181 @@
+"""Perturbation codecs and integer resampling: lossless on every input, errors on bad data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import kernels
+from kernels.codecs import CODECS
+from kernels.resample import downsample, grid_shape, upsample
+from toolkit.phantoms import chest_phantom
+
+ALL = CODECS.names()
+
+
+def lung_mask(shape):
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x - 0.3 * w) / (0.18 * w)) ** 2 + ((y - 0.5 * h) / (0.35 * h)) ** 2 < 1
+
+
+def realistic(shape, eps=8, factor=4, seed=0, mode="nearest"):
+    """What protect applies: a coarse grid that is zero on cells touching the lungs, upsampled,
+    masked again at full resolution (linear upsampling leaks across cell borders) and clipped
+    at the cover image's 0/255."""
+    rng = np.random.default_rng(seed)
+    mask = lung_mask(shape)
+    g = rng.integers(-eps, eps + 1, grid_shape(shape, factor))
+    g[downsample(mask.astype(np.int64), factor) > 0] = 0
+    g[np.pad(mask, ((0, -shape[0] % factor), (0, -shape[1] % factor))).reshape(g.shape[0], factor, g.shape[1], factor).any(axis=(1, 3))] = 0
+    p = np.where(mask, 0, upsample(g, factor, shape, mode))
+    image = chest_phantom(seed, shape)[0].astype(np.int64) if min(shape) >= 32 else rng.integers(0, 256, shape)
+    return (np.clip(image + p, 0, 255) - image).astype(np.int16), g
+
+
+@given(
+    codec=st.sampled_from(ALL),
+    p=hnp.arrays(np.int16, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=48), elements=st.integers(-16, 16)),
+)
+def test_round_trip_random(codec, p):
+    assert np.array_equal(kernels.decode_perturbation(kernels.encode_perturbation(p, codec)), p)
+
+
+@given(
+    codec=st.sampled_from(ALL),
+    p=hnp.arrays(np.int16, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.integers(-32767, 32767)),
+)
+def test_round_trip_full_int16_range(codec, p):
+    assert np.array_equal(kernels.decode_perturbation(kernels.encode_perturbation(p, codec)), p)
+
+
+@pytest.mark.parametrize("codec", ALL)
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_round_trip_realistic(codec, seed, mode):
+    p, _ = realistic((224, 224), seed=seed, mode=mode)
+    out = kernels.decode_perturbation(kernels.encode_perturbation(p, codec))
+    assert out.dtype == np.int16 and np.array_equal(out, p)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_grid_hint_codes_only_grid_and_exceptions(mode):
+    p, g = realistic((224, 224), factor=2, seed=3, mode=mode)
+    hinted = kernels.encode_perturbation(p, "grid", grid=g, factor=2, mode=mode)
+    assert np.array_equal(kernels.decode_perturbation(hinted), p)
+    # a 112x112 grid of 17 values costs at most log2(17) bits a cell, plus the sparse exceptions
+    assert 8 * len(hinted) < 112 * 112 * np.log2(17) * 1.15
+    assert len(hinted) < len(kernels.encode_perturbation(p, "ac"))
+
+
+def test_context_coder_beats_rle_threefold_on_dense_sign_noise():
+    rng = np.random.default_rng(0)
+    p = (rng.integers(0, 2, (224, 224)) * 16 - 8).astype(np.int16)
+    assert len(kernels.encode_perturbation(p, "ac")) <= len(kernels.encode_perturbation(p, "rle")) / 3
+
+
+def test_auto_is_never_worse_than_its_candidates():
+    p, _ = realistic((128, 96), seed=5)
+    auto = len(kernels.encode_perturbation(p))
+    assert auto <= 1 + min(len(kernels.encode_perturbation(p, c)) for c in ("ac", "grid"))
+
+
+@pytest.mark.parametrize("codec", ALL)
+def test_garbage_is_a_payload_error(codec):
+    p, _ = realistic((64, 64), seed=1)
+    data = kernels.encode_perturbation(p, codec)
+    for cut in (1, 3, len(data) // 2, len(data) - 1):
+        try:
+            out = kernels.decode_perturbation(data[:cut])
+        except kernels.PayloadError:
+            continue
+        assert out.shape == p.shape  # a range coder may decode a truncated tail as zeros
+    with pytest.raises(kernels.PayloadError):
+        kernels.decode_perturbation(b"")
+    with pytest.raises(kernels.PayloadError):
+        kernels.decode_perturbation(bytes([250, 1, 1]))
+
+
+@given(st.binary(min_size=1, max_size=64), st.sampled_from(ALL))
+def test_random_bytes_never_crash(blob, codec):
+    data = bytes([CODECS.get(codec).id]) + blob
+    try:
+        out = kernels.decode_perturbation(data)
+    except kernels.PayloadError:
+        return
+    assert out.dtype == np.int16 and out.ndim == 2
+
+
+@pytest.mark.parametrize(
+    "bad, exc, words",
+    [
+        (np.zeros((4, 4), np.float32), TypeError, "dtype float32"),
+        (np.zeros((4, 4, 2), np.int16), ValueError, "(4, 4, 2)"),
+        (np.full((4, 4), 40000, np.int32), ValueError, "int16"),
+        (np.zeros((0, 4), np.int16), ValueError, "empty"),
+    ],
+)
+def test_bad_perturbations_are_named(bad, exc, words):
+    with pytest.raises(exc, match=__import__("re").escape(words)):
+        kernels.encode_perturbation(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# resampling
+# ---------------------------------------------------------------------------------------------
+
+
+@given(
+    g=hnp.arrays(np.int64, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(-255, 255)),
+    factor=st.integers(1, 8),
+    trim=st.tuples(st.integers(0, 7), st.integers(0, 7)),
+)
+def test_nearest_block_mean_inverts_upsample(g, factor, trim):
+    shape = (max(1, g.shape[0] * factor - trim[0] % factor), max(1, g.shape[1] * factor - trim[1] % factor))
+    gh, gw = grid_shape(shape, factor)
+    g = g[:gh, :gw]
+    assert np.array_equal(downsample(upsample(g, factor, shape), factor), g)
+
+
+@given(
+    g=hnp.arrays(np.int64, st.tuples(st.integers(1, 10), st.integers(1, 10)), elements=st.integers(-255, 255)),
+    factor=st.integers(1, 6),
+)
+def test_linear_matches_float_bilinear(g, factor):
+    """Integer linear upsampling equals float bilinear (half-pixel centres, edge clamp) rounded half up."""
+    shape = (g.shape[0] * factor, g.shape[1] * factor)
+    out = upsample(g, factor, shape, "linear")
+
+    def coords(n_fine, n_coarse):
+        u = (np.arange(n_fine) + 0.5) / factor - 0.5
+        i0 = np.floor(u).astype(int)
+        t = u - i0
+        return np.clip(i0, 0, n_coarse - 1), np.clip(i0 + 1, 0, n_coarse - 1), t
+
+    r0, r1, ty = coords(shape[0], g.shape[0])
+    c0, c1, tx = coords(shape[1], g.shape[1])
+    gf = g.astype(float)
+    rows = gf[r0] * (1 - ty)[:, None] + gf[r1] * ty[:, None]
+    ref = rows[:, c0] * (1 - tx)[None, :] + rows[:, c1] * tx[None, :]
+    assert np.array_equal(out, np.floor(ref + 0.5 + 1e-9).astype(np.int64))
+
+
+def test_linear_keeps_constants_and_range():
+    g = np.full((5, 7), -3)
+    assert (upsample(g, 4, (20, 28), "linear") == -3).all()
+    g = np.random.default_rng(0).integers(-8, 9, (6, 6))
+    up = upsample(g, 4, (24, 24), "linear")
+    assert up.min() >= g.min() and up.max() <= g.max()
+
+
+def test_resample_errors():
+    with pytest.raises(ValueError, match="factor"):
+        upsample(np.zeros((2, 2), int), 0, (2, 2))
+    with pytest.raises(ValueError, match="does not cover"):
+        upsample(np.zeros((2, 2), int), 2, (9, 9))
+    with pytest.raises(ValueError, match="mode"):
+        upsample(np.zeros((2, 2), int), 2, (4, 4), "cubic")
+    with pytest.raises(TypeError, match="integer"):
+        upsample(np.zeros((2, 2)), 2, (4, 4))
