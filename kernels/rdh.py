@@ -417,8 +417,11 @@ def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
     return image, payload
 
 
-def extract_with_method(marked: np.ndarray) -> tuple[np.ndarray, bytes, str]:
-    """:func:`extract`, also returning the name of the RDH method found in the image."""
+def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None) -> tuple[np.ndarray, bytes, str]:
+    """:func:`extract`, also returning the name of the RDH method found in the image.
+
+    ``impl`` replaces the registered implementation of that method (the NumPy reference).
+    """
     maxv = check_image(marked, "marked")
     shape = marked.shape
     full = marked.astype(np.int32).ravel()
@@ -427,6 +430,10 @@ def extract_with_method(marked: np.ndarray) -> tuple[np.ndarray, bytes, str]:
     if s and maxv == 255:
         raise NotProtectedError("side information names a bit shift for an 8-bit image")
     method = RDH_METHODS.by_id(method_id)
+    if impl is not None:
+        if impl.id != method_id:
+            raise ValueError(f"impl is for method id {impl.id}, image uses {method_id}")
+        method = impl
     work = full >> s
     maxv >>= s
     chunks = []

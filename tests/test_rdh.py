@@ -190,3 +190,27 @@ def test_payload_must_be_bytes():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown RDH method 'lsb'"):
         kernels.embed(chest_phantom(0)[0], b"", "lsb")
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(KINDS),
+    shape=st.tuples(st.integers(35, 200), st.integers(35, 200)),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    payload=st.binary(min_size=0, max_size=1500),
+    seed=st.integers(0, 2**16),
+)
+def test_numba_matches_numpy_reference(kind, shape, dtype, payload, seed):
+    """Two independent implementations of PEE must mark every image identically."""
+    from kernels import _reference
+
+    image = make_image(kind, shape, dtype, seed)
+    try:
+        fast = kernels.embed(image, payload, "pee")
+    except kernels.CapacityError:
+        with pytest.raises(kernels.CapacityError):
+            _reference.embed(image, payload)
+        return
+    assert np.array_equal(_reference.embed(image, payload), fast)
+    restored, extracted = _reference.extract(fast)
+    assert extracted == payload and np.array_equal(restored, image)
