@@ -2,7 +2,8 @@
 
 The coder is the LZMA range coder (32-bit range, carry propagation through a cached byte) with
 15-bit probabilities. Each context keeps a fast and a slow adaptive estimate whose mean codes the
-bit; both adapt quickly while a context is young. A plane value ``v`` is binarised as
+bit; both adapt quickly while a context is young. Each row is cut into segments of
+``SEG`` pixels with an "all zero" flag; in a nonzero segment a value ``v`` is binarised as
 zero flag → sign → unary magnitude (capped, then Exp-Golomb in bypass bits); every binary
 decision is coded in a context drawn from the already-coded causal neighbours W, N, NW, NE.
 """
@@ -17,11 +18,13 @@ TOP = 1 << 24
 MASK32 = (1 << 32) - 1
 
 UNARY = 18  # magnitude bins coded with contexts before the Exp-Golomb escape
+SEG = 16  # row segment with an "all zero" flag: zeros inside the ROI cost one decision per segment
 N_SUM = 9
 CTX_ZERO = 0  # 5 (nonzero neighbours) x 9 (neighbour magnitude bucket)
 CTX_SIGN = CTX_ZERO + 5 * N_SUM  # 27 (sign of W, N, NW+NE)
 CTX_MAG = CTX_SIGN + 27  # 16 (predicted magnitude) x UNARY
-N_CTX = CTX_MAG + 16 * UNARY
+CTX_SEG = CTX_MAG + 16 * UNARY  # 4 (segment above / to the left nonzero)
+N_CTX = CTX_SEG + 4
 
 _SUM_BUCKET = np.array([0, 1, 2, 3, 4, 4, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7], dtype=np.int64)
 
@@ -102,7 +105,7 @@ def _shift_low(st, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def enc_bit(st, out, models, ctx, bit):
     bound = (st[1] >> PROB_BITS) * _p0(models, ctx)
     if bit == 0:
@@ -117,7 +120,7 @@ def enc_bit(st, out, models, ctx, bit):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def enc_direct(st, out, value, nbits):
     for s in range(nbits - 1, -1, -1):
         st[1] >>= 1
@@ -141,7 +144,7 @@ def enc_finish(st, out):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _next_byte(st, data):
     p = st[2]
     st[2] = p + 1
@@ -158,7 +161,7 @@ def dec_init(data, start):
     return st
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def dec_bit(st, data, models, ctx):
     bound = (st[1] >> PROB_BITS) * _p0(models, ctx)
     if st[0] < bound:
@@ -175,7 +178,7 @@ def dec_bit(st, data, models, ctx):
     return bit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def dec_direct(st, data, nbits):
     value = 0
     for _ in range(nbits):
@@ -217,33 +220,52 @@ def _contexts(vals, i, j):
     return zero_ctx, sign_ctx, CTX_MAG + mp * UNARY
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _seg_ctx(flags, i, s):
+    above = flags[i - 1, s] if i > 0 else 0
+    left = flags[i, s - 1] if s > 0 else 0
+    return CTX_SEG + 2 * above + left
+
+
 @njit(cache=True, nogil=True)
 def encode_plane(vals, st, out, models):
     """Append the int plane ``vals`` (2-D int64) to the range-coder stream."""
     h, w = vals.shape
+    nseg = (w + SEG - 1) // SEG
+    flags = np.zeros((h, nseg), dtype=np.int64)
     for i in range(h):
-        for j in range(w):
-            v = vals[i, j]
-            zc, sc, mc = _contexts(vals, i, j)
-            out = enc_bit(st, out, models, zc, np.int64(v != 0))
-            if v == 0:
+        for s in range(nseg):
+            j0 = s * SEG
+            j1 = min(j0 + SEG, w)
+            nz = 0
+            for j in range(j0, j1):
+                nz |= vals[i, j] != 0
+            flags[i, s] = nz
+            out = enc_bit(st, out, models, _seg_ctx(flags, i, s), nz)
+            if nz == 0:
                 continue
-            out = enc_bit(st, out, models, sc, np.int64(v < 0))
-            r = abs(v) - 1
-            k = 0
-            while k < UNARY:
-                more = np.int64(r > k)
-                out = enc_bit(st, out, models, mc + k, more)
-                if more == 0:
-                    break
-                k += 1
-            if k == UNARY:  # escape: Exp-Golomb order 0 of r - UNARY in bypass bits
-                u = r - UNARY + 1
-                nb = 0
-                while (u >> nb) > 1:
-                    nb += 1
-                out = enc_direct(st, out, 0, nb)
-                out = enc_direct(st, out, u, nb + 1)
+            for j in range(j0, j1):
+                v = vals[i, j]
+                zc, sc, mc = _contexts(vals, i, j)
+                out = enc_bit(st, out, models, zc, np.int64(v != 0))
+                if v == 0:
+                    continue
+                out = enc_bit(st, out, models, sc, np.int64(v < 0))
+                r = abs(v) - 1
+                k = 0
+                while k < UNARY:
+                    more = np.int64(r > k)
+                    out = enc_bit(st, out, models, mc + k, more)
+                    if more == 0:
+                        break
+                    k += 1
+                if k == UNARY:  # escape: Exp-Golomb order 0 of r - UNARY in bypass bits
+                    u = r - UNARY + 1
+                    nb = 0
+                    while (u >> nb) > 1:
+                        nb += 1
+                    out = enc_direct(st, out, 0, nb)
+                    out = enc_direct(st, out, u, nb + 1)
     return out
 
 
@@ -251,27 +273,36 @@ def encode_plane(vals, st, out, models):
 def decode_plane(vals, st, data, models):
     """Fill ``vals`` (2-D int64, zeros) from the stream; returns False on a malformed stream."""
     h, w = vals.shape
+    nseg = (w + SEG - 1) // SEG
+    flags = np.zeros((h, nseg), dtype=np.int64)
     for i in range(h):
-        for j in range(w):
-            zc, sc, mc = _contexts(vals, i, j)
-            if dec_bit(st, data, models, zc) == 0:
+        for s in range(nseg):
+            nz = dec_bit(st, data, models, _seg_ctx(flags, i, s))
+            flags[i, s] = nz
+            if nz == 0:
                 continue
-            neg = dec_bit(st, data, models, sc)
-            k = 0
-            while k < UNARY:
-                if dec_bit(st, data, models, mc + k) == 0:
-                    break
-                k += 1
-            r = k
-            if k == UNARY:
-                nb = 0
-                while dec_direct(st, data, 1) == 0:
-                    nb += 1
-                    if nb > 30:
-                        return False
-                u = (1 << nb) | dec_direct(st, data, nb)
-                r = UNARY + u - 1
-            vals[i, j] = -(r + 1) if neg else r + 1
+            j0 = s * SEG
+            j1 = min(j0 + SEG, w)
+            for j in range(j0, j1):
+                zc, sc, mc = _contexts(vals, i, j)
+                if dec_bit(st, data, models, zc) == 0:
+                    continue
+                neg = dec_bit(st, data, models, sc)
+                k = 0
+                while k < UNARY:
+                    if dec_bit(st, data, models, mc + k) == 0:
+                        break
+                    k += 1
+                r = k
+                if k == UNARY:
+                    nb = 0
+                    while dec_direct(st, data, 1) == 0:
+                        nb += 1
+                        if nb > 30:
+                            return False
+                    u = (1 << nb) | dec_direct(st, data, nb)
+                    r = UNARY + u - 1
+                vals[i, j] = -(r + 1) if neg else r + 1
             if st[2] > data.size + 8:
                 return False  # ran far past the end: not a stream of this shape
     return True

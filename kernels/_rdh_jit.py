@@ -295,7 +295,7 @@ def _is_candidate(reserved, k, W, edge):
 
 
 @njit(cache=True, nogil=True)
-def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist):
+def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist, used):
     """Candidates of one rhombus set in raster order, and their statistics per complexity bucket.
 
     A candidate is an interior pixel with ``(i + j) % 2 == parity`` none of whose four neighbours
@@ -305,10 +305,13 @@ def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, id
     ``hist[bucket]``: columns ``0 .. P+2`` count pixels away from 0/maxv by error
     ``e - a_min + 1`` clamped to that range; column ``P+3`` counts the other (boundary) pixels;
     then per bin pair ``(a, a+1)``, ``a = a_min + q``, the boundary pixels' expandable count,
-    location-map bits and narrowings (``P`` columns each). Returns ``n``.
+    location-map bits and narrowings (``P`` columns each). ``used[0]`` is one more than the
+    highest bucket written (rows from it up are zero): read to clear only dirty rows, then
+    updated. Returns ``n``.
     """
     P = npairs
-    hist[:, :] = 0
+    hist[: used[0], :] = 0  # rows from used[0] up are still zero from the last call
+    top = 0
     S = np.empty(W, np.int32)
     C = np.empty(W, np.int32)
     n = 0
@@ -327,6 +330,7 @@ def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, id
             pred[n] = p
             key[n] = c
             n += 1
+            top = max(top, c)
             x = np.int64(work[k])
             e = x - p
             if 1 < x < maxv - 1:
@@ -341,11 +345,12 @@ def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, id
                 if _pee_in_map(v, ev, a, maxv):
                     hist[c, 2 * P + 4 + q] += 1
                 hist[c, 3 * P + 4 + q] += narrowed
+    used[0] = top + 1 if n else 0
     return n
 
 
 @njit(cache=True, nogil=True)
-def pee_plan(hist, npairs, need):
+def pee_plan(hist, npairs, need, used):
     """Smallest bucket prefix holding ``need`` content bits, per bin pair.
 
     Returns ``cap`` (largest content any bucket prefix holds), ``T`` (the bucket in which the
@@ -354,7 +359,7 @@ def pee_plan(hist, npairs, need):
     ``maps`` (location-map pixels up to the end of bucket ``T``).
     """
     P = npairs
-    K = hist.shape[0]
+    K = used  # rows at and above ``used`` are empty
     cap = np.zeros(P, dtype=np.int64)
     T = np.full(P, -1, dtype=np.int64)
     base = np.zeros(P, dtype=np.int64)

@@ -409,17 +409,28 @@ class Zlib(_StdlibCodec):
 
 @register(CODECS)
 class Auto(Codec):
-    """Smallest of ``ac`` and ``grid`` (the body starts with the id of the codec that won)."""
+    """Smallest of ``ac`` and ``grid`` (the body starts with the id of the codec that won).
+
+    Grid factors whose block-mean fit leaves more than a quarter of the pixels as exceptions are
+    not tried: such a grid codes worse than ``ac`` anyway.
+    """
 
     name = "auto"
     id = 6
 
+    GRID_EXCEPTIONS = 0.25  # try a grid factor only if its nearest fit leaves fewer exceptions
+
     def encode_body(self, p, **hints):
-        candidates = [CODECS.get("grid")] if "grid" in hints else [CODECS.get("ac"), CODECS.get("grid")]
-        best = None
-        for c in candidates:
-            body = bytes([c.id]) + c.encode_body(p, **hints)
-            if best is None or len(body) < len(best):
+        if "grid" in hints:
+            return bytes([CODECS.get("grid").id]) + CODECS.get("grid").encode_body(p, **hints)
+        best = bytes([CODECS.get("ac").id]) + CODECS.get("ac").encode_body(p)
+        grid = CODECS.get("grid")
+        for f in grid.FACTORS:
+            g = downsample(p, f)
+            if np.mean(upsample(g, f, p.shape) != p) > self.GRID_EXCEPTIONS:
+                continue  # not grid-shaped at this factor: coding it would only cost time
+            body = bytes([grid.id]) + grid.encode_body(p, grid=g, factor=f)
+            if len(body) < len(best):
                 best = body
         return best
 

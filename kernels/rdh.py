@@ -111,14 +111,16 @@ _tls = threading.local()
 
 
 def _workspace(n: int, hist_shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """Per-thread scratch reused across calls: ``idx``, ``pred``, ``key`` (length >= n) and ``hist``.
+    """Per-thread scratch reused across calls: ``idx``, ``pred``, ``key`` (length >= n), ``hist``
+    and ``used`` (rows of ``hist`` that may be non-zero).
 
     Fresh ~1 MB temporaries on every call make glibc trim and re-fault the heap, which tripled
     the cost of a pass on a 224x224 image; one grown-on-demand set per thread avoids that.
     """
     ws = getattr(_tls, "ws", None)
     if ws is None or ws[0].size < n or ws[3].shape != hist_shape:
-        ws = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int16), np.empty(hist_shape, np.int64))
+        hist = np.zeros(hist_shape, np.int64)
+        ws = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int16), hist, np.array([hist_shape[0]]))
         _tls.ws = ws
     return ws
 
@@ -220,24 +222,26 @@ class RhombusPEE(RDHMethod):
 
     def begin(self, work, reserved, shape, k, maxv):
         h, w = shape
-        idx, pred, key, hist = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
+        idx, pred, key, hist, used = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
         n = jit.pee_analyze(
-            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist
+            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used
         )
-        return work, idx, pred, key, n, hist, maxv
+        return work, idx, pred, key, n, hist, maxv, int(used[0])
 
     @staticmethod
     def _key_shift(maxv: int) -> int:
         return max(0, int(maxv).bit_length() - 8)  # complexity buckets span the pixel range
 
+    def _plan(self, state, need):
+        return jit.pee_plan(state[5], self.N_PAIRS, need, state[7])
+
     def capacity(self, state):
-        cap, _, _, _, _ = jit.pee_plan(state[5], self.N_PAIRS, np.int64(1) << 62)
-        return int(cap.max())
+        return int(self._plan(state, np.int64(1) << 62)[0].max())
 
     def finish_early(self, state, final_bits, share_bits, left_in_group):
         # expected distortion of one pass holding everything vs. the even share in each pass
-        _, t1, _, c1, _ = jit.pee_plan(state[5], self.N_PAIRS, final_bits)
-        _, t2, _, c2, _ = jit.pee_plan(state[5], self.N_PAIRS, share_bits)
+        _, t1, _, c1, _ = self._plan(state, final_bits)
+        _, t2, _, c2, _ = self._plan(state, share_bits)
         if not (t1 >= 0).any():
             return False
         if not (t2 >= 0).any():
@@ -245,9 +249,9 @@ class RhombusPEE(RDHMethod):
         return int(c1[t1 >= 0].min()) <= left_in_group * int(c2[t2 >= 0].min())
 
     def try_embed(self, state, content):
-        work, idx, pred, key, n, hist, maxv = state
+        work, idx, pred, key, n, hist, maxv, _ = state
         need = int(content.size)
-        _, T, base, cost, maps = jit.pee_plan(hist, self.N_PAIRS, need)
+        _, T, base, cost, maps = self._plan(state, need)
         fits = np.flatnonzero(T >= 0)
         if fits.size == 0:
             return None
