@@ -460,48 +460,72 @@ def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
 
 
 @njit(cache=True, nogil=True)
+def _row_decode(work, base, W, key_shift, a, K, P, B, E, D):
+    """For every interior pixel of a row, as if it were a pass member (vectorises):
+    bucket ``K``, prediction ``P``, carried bit ``B``, expandable flag ``E``, change ``D``."""
+    up = work[base - W : base]
+    mid = work[base : base + W]
+    dn = work[base + W : base + 2 * W]
+    b = a + 1
+    for j in range(1, W - 1):
+        vn = up[j]
+        vs = dn[j]
+        vw = mid[j - 1]
+        ve = mid[j + 1]
+        s = vn + vs + vw + ve
+        c = (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift
+        K[j] = min(min(c, 256 + max((c - 256) >> 3, 0)), N_KEYS - 1)
+        p = (s + 2) >> 2
+        P[j] = p
+        e = mid[j] - p
+        inb = np.int32((e == b) | (e == b + 1))
+        ina = np.int32((e == a) | (e == a - 1))
+        bit = inb * (e - b) + ina * (a - e)
+        B[j] = bit
+        E[j] = inb | ina
+        D[j] = ina * bit - inb * bit - np.int32(e > b + 1) + np.int32(e < a - 1)
+
+
+@njit(cache=True, nogil=True)
 def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
     """Invert one PEE pass in place. Returns ``(content bits, ok)``.
 
     Recomputes predictions and complexities row by row (the other set is unchanged by the pass)
     and visits the candidates in the same raster order as :func:`pee_analyze`.
     """
-    b = a + 1
     stream = np.empty((H * W) // 2 + 1, dtype=np.uint8)
     dom = np.empty(64, dtype=np.int64)
-    S = np.empty(W, np.int32)
-    C = np.empty(W, np.int32)
+    K = np.empty(W, np.int32)
+    P = np.empty(W, np.int32)
+    B = np.empty(W, np.int32)
+    E = np.empty(W, np.int32)
+    D = np.empty(W, np.int32)
+    a32 = np.int32(a)
     pos = 0
     nd = 0
     seen = 0
     bad = False
     for i in range(1, H - 1):
         base = i * W
-        _row_stats(work, base, W, key_shift, S, C)
+        _row_decode(work, base, W, key_shift, a32, K, P, B, E, D)
         j0 = 1 if ((i + 1) & 1) == parity else 2
         edge_row = i == 1 or i == H - 2
         for j in range(j0, W - 1, 2):
             k = base + j
             if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
                 continue
-            c = _key(np.int64(C[j]))
+            c = K[j]
             # branch-free: non-members get a zero change
             member = np.int64((c < T) | ((c == T) & (seen < m)))
             seen += c == T
-            y = np.int64(work[k])
-            p = (np.int64(S[j]) + 2) >> 2
-            e = y - p
-            inb = np.int64((e == b) | (e == b + 1))
-            ina = np.int64((e == a) | (e == a - 1))
-            bit = inb * (e - b) + ina * (a - e)
-            v = y + member * (ina * bit - inb * bit - np.int64(e > b + 1) + np.int64(e < a - 1))
-            stream[pos] = bit
-            pos += member * (inb | ina)
+            stream[pos] = B[j]
+            pos += member & E[j]
+            v = np.int64(work[k]) + member * D[j]
             bad |= (v < 0) | (v > maxv)
             work[k] = v
             if 1 < v < maxv - 1 or member == 0:  # the first test is almost always true
                 continue
-            if _pee_in_map(v, v - p, a, maxv):
+            if _pee_in_map(v, v - P[j], a, maxv):
                 if nd == dom.size:
                     grown = np.empty(2 * nd, dtype=np.int64)
                     grown[:nd] = dom
