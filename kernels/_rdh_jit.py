@@ -460,22 +460,16 @@ def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
 
 
 @njit(cache=True, nogil=True)
-def _row_decode(work, base, W, key_shift, a, K, P, B, E, D):
+def _row_decode(work, base, W, key_shift, a, S, C, K, P, B, E, D):
     """For every interior pixel of a row, as if it were a pass member (vectorises):
     bucket ``K``, prediction ``P``, carried bit ``B``, expandable flag ``E``, change ``D``."""
-    up = work[base - W : base]
+    _row_stats(work, base, W, key_shift, S, C)
     mid = work[base : base + W]
-    dn = work[base + W : base + 2 * W]
     b = a + 1
     for j in range(1, W - 1):
-        vn = up[j]
-        vs = dn[j]
-        vw = mid[j - 1]
-        ve = mid[j + 1]
-        s = vn + vs + vw + ve
-        c = (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift
-        K[j] = min(min(c, 256 + max((c - 256) >> 3, 0)), N_KEYS - 1)
-        p = (s + 2) >> 2
+        c = C[j]
+        K[j] = min(min(c, 256 + max((c - 256) >> 3, 0)), N_KEYS - 1)  # = _key(c), vectorised
+        p = (S[j] + 2) >> 2
         P[j] = p
         e = mid[j] - p
         inb = np.int32((e == b) | (e == b + 1))
@@ -495,6 +489,8 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
     """
     stream = np.empty((H * W) // 2 + 1, dtype=np.uint8)
     dom = np.empty(64, dtype=np.int64)
+    S = np.empty(W, np.int32)
+    C = np.empty(W, np.int32)
     K = np.empty(W, np.int32)
     P = np.empty(W, np.int32)
     B = np.empty(W, np.int32)
@@ -507,7 +503,7 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
     bad = False
     for i in range(1, H - 1):
         base = i * W
-        _row_decode(work, base, W, key_shift, a32, K, P, B, E, D)
+        _row_decode(work, base, W, key_shift, a32, S, C, K, P, B, E, D)
         j0 = 1 if ((i + 1) & 1) == parity else 2
         edge_row = i == 1 or i == H - 2
         for j in range(j0, W - 1, 2):

@@ -41,7 +41,10 @@ def analyze(work, reserved, shape, parity, key_shift):
 
 
 class NumpyPEE(RhombusPEE):
-    """:class:`kernels.rdh.RhombusPEE` with every kernel written as vectorised NumPy."""
+    """:class:`kernels.rdh.RhombusPEE` with every kernel written as vectorised NumPy.
+
+    ``capacity`` and ``finish_early`` are inherited: they only call ``_plan``.
+    """
 
     def begin(self, work, reserved, shape, k, maxv):
         idx, pred, key = analyze(work, reserved, shape, k % 2, self._key_shift(maxv))
@@ -61,8 +64,8 @@ class NumpyPEE(RhombusPEE):
         count = np.bincount(key, minlength=jit.N_KEYS)
         return work, idx, pred, key, maxv, (count, nemb, nlm, nnar)
 
-    def _plan(self, stats, need):
-        count, nemb, nlm, nnar = stats
+    def _plan(self, state, need):
+        count, nemb, nlm, nnar = state[-1]
         got = np.cumsum(nemb - nlm, axis=1)
         cap = got.max(axis=1).clip(0)
         reach = got >= need
@@ -77,22 +80,10 @@ class NumpyPEE(RhombusPEE):
         unset = (T < 0) | (need == 0)  # no prefix (or an empty one): nothing to cost
         return cap, T, np.where(unset, 0, base), np.where(unset, 0, cost), np.where(unset, 0, maps)
 
-    def capacity(self, state):
-        return int(self._plan(state[-1], 1 << 62)[0].max())
-
-    def finish_early(self, state, final_bits, share_bits, left_in_group):
-        _, t1, _, c1, _ = self._plan(state[-1], final_bits)
-        _, t2, _, c2, _ = self._plan(state[-1], share_bits)
-        if not (t1 >= 0).any():
-            return False
-        if not (t2 >= 0).any():
-            return True
-        return int(c1[t1 >= 0].min()) <= left_in_group * int(c2[t2 >= 0].min())
-
     def try_embed(self, state, content):
-        work, idx, pred, key, maxv, stats = state
+        work, idx, pred, key, maxv, _ = state
         need = int(content.size)
-        _, T, base, cost, _ = self._plan(stats, need)
+        _, T, base, cost, _ = self._plan(state, need)
         fits = np.flatnonzero(T >= 0)
         if fits.size == 0:
             return None
