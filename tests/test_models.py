@@ -1,0 +1,129 @@
+"""Model definitions, training resume and ONNX export parity (needs the ``train`` extra)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from models import create  # noqa: E402
+from models.advgan import round_ste, roi_cells  # noqa: E402
+from kernels.resample import upsample  # noqa: E402
+from toolkit.phantoms import chest_phantom  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def phantom_dataset(tmp_path_factory):
+    """train/val/test dataset directories of 64x64 phantoms, 3 classes x 4 images, with masks."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("phantoms")
+    k = 0
+    for split in ("train", "val", "test"):
+        for ci, cls in enumerate(("normal", "covid", "viral_pneumonia")):
+            (root / split / cls / "images").mkdir(parents=True)
+            (root / split / cls / "masks").mkdir(parents=True)
+            for i in range(4):
+                img, mask = chest_phantom(k, (64, 64))
+                img = np.clip(img.astype(int) + 25 * ci, 0, 255).astype(np.uint8)  # a learnable class cue
+                Image.fromarray(img).save(root / split / cls / "images" / f"{cls}_{i}.png")
+                Image.fromarray((mask * 255).astype(np.uint8)).save(root / split / cls / "masks" / f"{cls}_{i}.png")
+                k += 1
+    return root
+
+
+@pytest.mark.parametrize("name, out", [("unet_small", (2, 1, 64, 64)), ("resnet18", (2, 3)), ("resnet50", (2, 3)), ("vgg16_small", (2, 3))])
+def test_shapes(name, out):
+    assert tuple(create(name)(torch.zeros(2, 1, 64, 64)).shape) == out
+
+
+@pytest.mark.parametrize("name", ["advgan_paper", "advgan_grid"])
+def test_generator_respects_roi_and_eps(name):
+    torch.manual_seed(0)
+    g = create(name, eps=6)
+    x = torch.randn(2, 1, 64, 64)
+    m = torch.zeros(2, 1, 64, 64)
+    m[:, :, 10:40, 5:30] = 1
+    d = g(x, m).detach()
+    assert d.shape == x.shape and float(d.abs().max()) <= 6
+    assert float(d[m > 0.5].abs().max()) == 0.0
+    if name == "advgan_grid":
+        grid = g.grid(x, m)[0, 0].detach().numpy().astype(np.int64)
+        assert np.array_equal(upsample(grid, 4, (64, 64)), d[0, 0].numpy().astype(np.int64))
+        assert np.array_equal(d.numpy(), np.round(d.numpy()))  # integers
+
+
+def test_roi_cells_matches_kernels_downsample():
+    m = (torch.rand(1, 1, 30, 34) > 0.9).float()
+    cells = roi_cells(m, 4)[0, 0].numpy() > 0
+    ref = np.zeros_like(cells)
+    mm = m[0, 0].numpy() > 0.5
+    for i in range(cells.shape[0]):
+        for j in range(cells.shape[1]):
+            ref[i, j] = mm[4 * i : 4 * i + 4, 4 * j : 4 * j + 4].any()
+    assert np.array_equal(cells, ref)
+
+
+def test_round_ste_passes_gradients():
+    x = torch.tensor([0.2, 1.6, -2.5], requires_grad=True)
+    y = round_ste(x)
+    y.sum().backward()
+    assert y.tolist() == [0.0, 2.0, -2.0] and x.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_training_resumes_exactly(phantom_dataset, tmp_path, capsys, monkeypatch):
+    """Killed after epoch 1, the same command resumes and ends exactly like an uninterrupted run."""
+    from models import train
+
+    def run(out, **patch):
+        train.main(["segmenter", "--data", str(phantom_dataset), "--out", str(out), "--size", "32", "--batch", "4", "--epochs", "2"])
+        return json.loads((out / "metrics.json").read_text())
+
+    straight = run(tmp_path / "a")
+    real_save = torch.save
+
+    def save_then_die(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        if str(path).endswith("last.pt"):
+            raise KeyboardInterrupt  # the machine went away after the first epoch's checkpoint
+
+    monkeypatch.setattr(train.torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(train.torch, "save", real_save)
+    resumed = run(tmp_path / "b")
+    assert "resuming" in capsys.readouterr().out
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed) == strip(straight)
+    result = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert 0 <= result["test"]["dsc"] <= 1 and result["command"].startswith("python -m models.train ")
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "classifier", "generator"])
+def test_export_parity(kind, phantom_dataset, tmp_path):
+    from export import onnx_export as ex
+    from models.train import build
+
+    torch.manual_seed(0)
+    if kind == "generator":
+        state = {"arch": "advgan_grid", "eps": 8.0, "model": create("advgan_grid", eps=8.0).state_dict(), "dilate": 4}
+    else:
+        arch = "unet_small" if kind == "segmenter" else "resnet18"
+        state = {"arch": arch, "size": 32, "model": build(kind, arch, 32).state_dict()}
+    ckpt = tmp_path / "model.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / f"{kind}.onnx"
+    assert ex.main([kind, str(ckpt), str(out), "--data", str(phantom_dataset / "test")]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["sha256"] == ex.sha256(out) and card["parity"]["decision_mismatches"] == 0
+    assert card["parity"]["max_abs_diff"] <= 1e-4 and card["opset"] == 17
+    # a model that no longer matches its export must fail loudly
+    model, _ = ex.load(kind, str(ckpt))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)
+    with pytest.raises(ex.ParityError):
+        ex.parity(kind, model, out, phantom_dataset / "test", 1e-4)
