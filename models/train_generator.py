@@ -55,7 +55,7 @@ def ssim_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def half(x: torch.Tensor) -> torch.Tensor:
     """The discriminator looks at half resolution (CPU budget; the classifiers do too)."""
-    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True)
+    return F.avg_pool2d(x, 2, ceil_mode=True)
 
 
 def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
