@@ -34,3 +34,25 @@ def load_gray(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory):
+    """train/val/test dataset directories of 224x224 phantoms (the networks' input size), 3 classes x 4 images."""
+    from PIL import Image
+
+    from toolkit.phantoms import chest_phantom
+
+    root = tmp_path_factory.mktemp("phantoms")
+    k = 0
+    for split in ("train", "val", "test"):
+        for ci, cls in enumerate(("normal", "covid", "viral_pneumonia")):
+            (root / split / cls / "images").mkdir(parents=True)
+            (root / split / cls / "masks").mkdir(parents=True)
+            for i in range(4):
+                img, mask = chest_phantom(k)
+                img = np.clip(img.astype(int) + 25 * ci, 0, 255).astype(np.uint8)  # a learnable class cue
+                Image.fromarray(img).save(root / split / cls / "images" / f"{cls}_{i}.png")
+                Image.fromarray((mask * 255).astype(np.uint8)).save(root / split / cls / "masks" / f"{cls}_{i}.png")
+                k += 1
+    return root

@@ -15,26 +15,6 @@ from kernels.resample import upsample  # noqa: E402
 from toolkit.phantoms import chest_phantom  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def phantom_dataset(tmp_path_factory):
-    """train/val/test dataset directories of 64x64 phantoms, 3 classes x 4 images, with masks."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("phantoms")
-    k = 0
-    for split in ("train", "val", "test"):
-        for ci, cls in enumerate(("normal", "covid", "viral_pneumonia")):
-            (root / split / cls / "images").mkdir(parents=True)
-            (root / split / cls / "masks").mkdir(parents=True)
-            for i in range(4):
-                img, mask = chest_phantom(k, (64, 64))
-                img = np.clip(img.astype(int) + 25 * ci, 0, 255).astype(np.uint8)  # a learnable class cue
-                Image.fromarray(img).save(root / split / cls / "images" / f"{cls}_{i}.png")
-                Image.fromarray((mask * 255).astype(np.uint8)).save(root / split / cls / "masks" / f"{cls}_{i}.png")
-                k += 1
-    return root
-
-
 @pytest.mark.parametrize("name, out", [("unet_small", (2, 1, 64, 64)), ("resnet18", (2, 3)), ("resnet50", (2, 3)), ("vgg16_small", (2, 3))])
 def test_shapes(name, out):
     assert tuple(create(name)(torch.zeros(2, 1, 64, 64)).shape) == out

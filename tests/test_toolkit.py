@@ -1,0 +1,122 @@
+"""Toolkit: mask post-processing, metrics against scikit-image, ORT providers, protect on ONNX."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from toolkit.masks import dilate, fill_holes, largest_components, postprocess
+from toolkit.metrics import psnr, ssim
+from toolkit.phantoms import chest_phantom
+
+
+@given(hnp.arrays(np.bool_, st.tuples(st.integers(1, 30), st.integers(1, 30))), st.integers(0, 4))
+def test_dilate_is_a_square_max_filter(mask, r):
+    h, w = mask.shape
+    ref = np.zeros_like(mask)
+    for i in range(h):
+        for j in range(w):
+            ref[i, j] = mask[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].any()
+    assert np.array_equal(dilate(mask, r), ref)
+
+
+def test_components_and_holes():
+    m = np.zeros((60, 60), bool)
+    m[5:30, 5:25] = True  # big
+    m[5:30, 35:55] = True  # big
+    m[50:53, 50:53] = True  # speck
+    m[10:14, 10:14] = False  # hole
+    kept = largest_components(m)
+    assert kept[5:30, 5:25].sum() + kept[5:30, 35:55].sum() == m[5:30, 5:25].sum() + m[5:30, 35:55].sum()
+    assert not kept[50:53, 50:53].any()
+    assert fill_holes(kept)[10:14, 10:14].all()
+    assert not fill_holes(np.zeros((5, 5), bool)).any()
+    roi = postprocess(np.where(m, 1.0, -1.0).astype(np.float32), dilation=2)
+    assert roi[3:32, 3:27].all() and not roi[50:53, 50:53].any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ssim_matches_scikit_image(seed):
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(seed)
+    a = chest_phantom(seed, (96, 80))[0]
+    b = np.clip(a.astype(int) + rng.integers(-12, 13, a.shape) * (rng.random(a.shape) < 0.5), 0, 255).astype(np.uint8)
+    ref = skm.structural_similarity(a, b, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert ssim(a, b, data_range=255) == pytest.approx(ref, abs=1e-10)
+    assert skm.peak_signal_noise_ratio(a, b, data_range=255) == pytest.approx(psnr(a, b, data_range=255), abs=1e-10)
+
+
+def test_metric_edge_cases():
+    a = np.full((20, 20), 100, np.uint8)
+    assert psnr(a, a, data_range=255) == float("inf") and ssim(a, a, data_range=255) == pytest.approx(1.0)
+    assert psnr(a, a + 1, data_range=255) == pytest.approx(10 * np.log10(255**2))
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(a, a[:, :-1], data_range=255)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(a[:5], a[:5], data_range=255)
+
+
+def test_providers_never_request_missing_cuda():
+    ort = pytest.importorskip("onnxruntime")
+    from toolkit.ort import providers
+
+    got = providers("auto")
+    assert got[-1] == "CPUExecutionProvider"
+    assert ("CUDAExecutionProvider" in got) == ("CUDAExecutionProvider" in ort.get_available_providers())
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(RuntimeError, match="no CUDA provider"):
+            providers("cuda")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(phantom_dataset, tmp_path_factory):
+    """Random-weight segmenter and grid generator, exported to ONNX with cards."""
+    torch = pytest.importorskip("torch")
+    from export import onnx_export as ex
+    from models import create
+    from models.train import build
+
+    out = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    gen = create("advgan_grid", eps=8.0)
+    with torch.no_grad():  # make sure the untrained generator emits non-zero values
+        gen.out.bias.fill_(0.5)
+    states = {
+        "segmenter": {"arch": "unet_small", "size": 112, "model": build("segmenter", "unet_small", 112).state_dict()},
+        "generator": {"arch": "advgan_grid", "eps": 8.0, "model": gen.state_dict(), "dilate": 2},
+    }
+    data = phantom_dataset / "test"
+    for kind, state in states.items():
+        torch.save(state, out / f"{kind}.pt")
+        assert ex.main([kind, str(out / f"{kind}.pt"), str(out / f"{kind}.onnx"), "--data", str(data)]) == 0
+    return out
+
+
+def test_protect_on_onnx_models(tiny_models):
+    import kernels
+    from toolkit.protect import Protector
+
+    prot = Protector(tiny_models)
+    images = np.stack([chest_phantom(s)[0] for s in range(3)])
+    key = os.urandom(32)
+    for x, r in zip(images, prot.protect(images, key)):
+        assert np.array_equal(kernels.restore_array(r.marked, key), x)
+        change = np.abs(r.marked.astype(int) - x)
+        assert change[r.roi].max(initial=0) <= 2  # only the RDH touches the ROI
+        assert np.abs(r.adversarial.astype(int) - x)[r.roi].max(initial=0) == 0
+        assert np.abs(r.adversarial.astype(int) - x).max() <= 8
+        assert r.info.codec.startswith("auto:grid") or r.info.codec == "grid"
+    card = json.loads((tiny_models / "generator.json").read_text())
+    assert card["grid_factor"] == 4 and card["eps"] == 8.0
+
+
+def test_protect_rejects_other_sizes(tiny_models):
+    from toolkit.protect import Protector
+
+    with pytest.raises(ValueError, match="expected"):
+        Protector(tiny_models).protect(np.zeros((1, 100, 100), np.uint8), None)
