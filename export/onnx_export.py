@@ -129,7 +129,7 @@ def card(kind: str, state: dict, out: Path, parity_report: dict, extra: dict) ->
     else:
         info["output"] = "perturbation in pixel units, zero on ROI cells; round to integers, grid upsampled by repetition"
         info["eps"] = state.get("eps")
-        info["grid_factor"] = 4 if state.get("arch") == "advgan_grid" else 1
+        info["grid_factor"] = int(create(state["arch"]).grid_factor)
         info["roi_dilation_px"] = state.get("dilate")
     info.update(extra)
     (out.with_suffix(".json")).write_text(json.dumps(info, indent=1))

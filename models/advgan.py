@@ -73,8 +73,8 @@ class AdvGenerator(nn.Module):
 
     def __init__(self, eps: float = 8.0, width: int = 32, blocks: int = 4, grid_factor: int = 1):
         super().__init__()
-        if grid_factor not in (1, 4):
-            raise ValueError(f"grid_factor must be 1 or 4, got {grid_factor}")
+        if grid_factor not in (1, 2, 4):
+            raise ValueError(f"grid_factor must be 1, 2 or 4, got {grid_factor}")
         self.eps = float(eps)
         self.grid_factor = grid_factor
         w = width
@@ -82,15 +82,15 @@ class AdvGenerator(nn.Module):
         self.bottleneck = nn.Sequential(*[ResBlock(4 * w) for _ in range(blocks)])
         self.d4, self.att3, self.fuse3 = _dec(4 * w, 4 * w), CBAM(4 * w), _enc(8 * w, 2 * w, 1)
         self.d3, self.att2, self.fuse2 = _dec(2 * w, 2 * w), CBAM(2 * w), _enc(4 * w, w, 1)
-        if grid_factor == 1:
+        if grid_factor in (1, 2):
             self.d2, self.att1, self.fuse1 = _dec(w, w), CBAM(w), _enc(2 * w, w, 1)
         self.out = nn.Conv2d(w, 1, 3, padding=1)
 
     def raw(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Continuous output in [-eps, eps] at the output resolution (full or grid), before masking.
 
-        The grid model reads the image at half resolution (the grid is a quarter): e1 at H/2,
-        bottleneck at H/16, two decoder stages back to H/4.
+        Grid models read the image at half resolution: e1 at H/2, bottleneck at H/16, decoder
+        stages back to the grid (H/4: two stages; H/2: three).
         """
         inp = torch.cat([x, mask], 1)
         if self.grid_factor > 1:
@@ -101,7 +101,7 @@ class AdvGenerator(nn.Module):
         z = self.bottleneck(self.e4(z3))
         y = self.fuse3(torch.cat([self.d4(z)[..., : z3.shape[-2], : z3.shape[-1]], self.att3(z3)], 1))
         y = self.fuse2(torch.cat([self.d3(y)[..., : z2.shape[-2], : z2.shape[-1]], self.att2(z2)], 1))
-        if self.grid_factor == 1:
+        if self.grid_factor in (1, 2):
             y = self.fuse1(torch.cat([self.d2(y)[..., : z1.shape[-2], : z1.shape[-1]], self.att1(z1)], 1))
         return self.eps * torch.tanh(self.out(y))
 
@@ -145,4 +145,11 @@ def advgan_paper(eps: float = 8.0, **kw) -> AdvGenerator:
 
 @register
 def advgan_grid(eps: float = 8.0, **kw) -> AdvGenerator:
+    """56x56 grid for 224x224 images (x4)."""
     return AdvGenerator(eps=eps, grid_factor=4, **kw)
+
+
+@register
+def advgan_grid2(eps: float = 8.0, **kw) -> AdvGenerator:
+    """112x112 grid for 224x224 images (x2): the classifiers' own resolution."""
+    return AdvGenerator(eps=eps, grid_factor=2, **kw)

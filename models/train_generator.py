@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--classifier", required=True, help="best.pt of the white-box classifier (models.train)")
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="advgan_grid", choices=["advgan_grid", "advgan_paper"])
+    p.add_argument("--arch", default="advgan_grid2", choices=["advgan_grid2", "advgan_grid", "advgan_paper"])
     p.add_argument("--loss", default="ours", choices=["ours", "paper"])
     p.add_argument("--eps", type=float, default=8.0, help="in 1/255 units")
     p.add_argument("--epochs", type=int, default=12)
