@@ -72,7 +72,8 @@ def evaluate(data: Path, models: Path, limit: int = 0, key: bytes | None = None)
         return out
     prot = Protector(models)
     key = key or os.urandom(32)
-    rae, stats = [], {"psnr": [], "ssim": [], "payload_bpp": [], "coded_bpp": [], "roi_max_change": [], "restored": [], "seconds": []}
+    rae, stats = [], {"psnr": [], "ssim": [], "payload_bpp": [], "coded_bpp": [], "roi_max_change": [], "restored": [], "seconds": [],
+                      "used_roi_max_change": [], "lung_changed_gt1": []}
     for i in range(0, len(images), 16):
         t = time.perf_counter()
         results = prot.protect(images[i : i + 16], key)
@@ -85,14 +86,20 @@ def evaluate(data: Path, models: Path, limit: int = 0, key: bytes | None = None)
             stats["payload_bpp"].append(r.info.payload_bits / x.size)
             stats["coded_bpp"].append(r.info.coded_bits / x.size)
             stats["restored"].append(bool(np.array_equal(kernels.restore_array(r.marked, key), x)))
+            change = np.abs(r.marked.astype(int) - x)
+            stats["used_roi_max_change"].append(int(change[r.roi].max(initial=0)))
             if masks is not None:
-                stats["roi_max_change"].append(int(np.abs(r.marked.astype(int) - x)[masks[i + k]].max()))
+                stats["roi_max_change"].append(int(change[masks[i + k]].max(initial=0)))
+                stats["lung_changed_gt1"].append(float((change[masks[i + k]] > 1).mean()))
     rae = np.stack(rae)
-    gen = {k: float(np.mean(v)) for k, v in stats.items() if k not in ("roi_max_change", "restored")}
+    skip = ("roi_max_change", "restored", "used_roi_max_change", "lung_changed_gt1")
+    gen = {k: float(np.mean(v)) for k, v in stats.items() if k not in skip}
     gen["psnr_min"] = float(np.min(stats["psnr"]))
     gen["restored_fraction"] = float(np.mean(stats["restored"]))
+    gen["used_roi_max_change"] = int(np.max(stats["used_roi_max_change"]))  # RDH only: <= 2 by design
     if stats["roi_max_change"]:
-        gen["roi_max_change"] = int(np.max(stats["roi_max_change"]))
+        gen["true_lung_max_change"] = int(np.max(stats["roi_max_change"]))
+        gen["true_lung_fraction_changed_gt1"] = float(np.mean(stats["lung_changed_gt1"]))
     gen["asr"] = {}
     for name, s in clfs.items():
         ok = clean[name] == labels
