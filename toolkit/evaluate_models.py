@@ -72,7 +72,8 @@ def evaluate(data: Path, models: Path, limit: int = 0, key: bytes | None = None)
         return out
     prot = Protector(models)
     key = key or os.urandom(32)
-    rae, stats = [], {"psnr": [], "ssim": [], "payload_bpp": [], "coded_bpp": [], "roi_max_change": [], "restored": [], "seconds": [],
+    rae, kept, refused = [], [], 0
+    stats = {"psnr": [], "ssim": [], "payload_bpp": [], "coded_bpp": [], "roi_max_change": [], "restored": [], "seconds": [],
                       "used_roi_max_change": [], "lung_changed_gt1": []}
     for i in range(0, len(images), 16):
         t = time.perf_counter()
@@ -80,6 +81,10 @@ def evaluate(data: Path, models: Path, limit: int = 0, key: bytes | None = None)
         stats["seconds"].append((time.perf_counter() - t) / len(results))
         for k, r in enumerate(results):
             x = images[i + k]
+            if r.marked is None:
+                refused += 1
+                continue
+            kept.append(i + k)
             rae.append(r.marked)
             stats["psnr"].append(psnr(x, r.marked, data_range=255))
             stats["ssim"].append(ssim(x, r.marked, data_range=255))
@@ -100,10 +105,13 @@ def evaluate(data: Path, models: Path, limit: int = 0, key: bytes | None = None)
     if stats["roi_max_change"]:
         gen["true_lung_max_change"] = int(np.max(stats["roi_max_change"]))
         gen["true_lung_fraction_changed_gt1"] = float(np.mean(stats["lung_changed_gt1"]))
+    gen["protected"] = len(kept)
+    gen["refused_capacity"] = refused
     gen["asr"] = {}
-    for name, s in clfs.items():
-        ok = clean[name] == labels
-        gen["asr"][name] = float((predict(s, rae)[ok] != labels[ok]).mean()) if ok.any() else float("nan")
+    kept = np.array(kept)
+    for name, s in clfs.items():  # over the protected images this classifier gets right
+        ok = clean[name][kept] == labels[kept]
+        gen["asr"][name] = float((predict(s, rae)[ok] != labels[kept][ok]).mean()) if ok.any() else float("nan")
     out["generator"] = gen
     return out
 

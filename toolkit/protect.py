@@ -30,10 +30,13 @@ def normalize(images: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Protected:
-    marked: np.ndarray
+    """One image's result: ``marked``/``info`` are None and ``error`` says why when it was refused."""
+
+    marked: Optional[np.ndarray]
     roi: np.ndarray
     adversarial: np.ndarray
-    info: kernels.ProtectInfo
+    info: Optional[kernels.ProtectInfo]
+    error: Optional[str] = None
 
 
 class Protector:
@@ -45,9 +48,7 @@ class Protector:
         self.gen_card = json.loads((models_dir / generator).with_suffix(".json").read_text())
         self.seg = session(models_dir / segmenter, device)
         self.gen = session(models_dir / generator, device)
-        self.eps = int(eps if eps is not None else round(self.gen_card["eps"]))
-        trained_eps = float(self.gen_card["eps"])
-        self.scale = self.eps / trained_eps  # the generator's tanh·eps output, rescaled for another eps
+        self.eps = int(eps if eps is not None else round(self.gen_card["eps"]))  # 1/255 units
         self.factor = int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
 
@@ -58,7 +59,7 @@ class Protector:
     def perturbation(self, images: np.ndarray, rois: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Integer perturbations (N, H, W) zero on the ROI, and their grids (grid models)."""
         raw = self.gen.run(None, {"image": normalize(images), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
-        values = np.clip(np.round(raw * self.scale), -self.eps, self.eps).astype(np.int64)
+        values = np.clip(np.round(raw * self.eps), -self.eps, self.eps).astype(np.int64)  # raw is in [-1, 1]
         if self.factor == 1:
             return np.where(rois, 0, values), None
         shape = images.shape[1:]
@@ -66,7 +67,8 @@ class Protector:
         return np.where(rois, 0, full), values
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
-        """Protect a batch (N, 224, 224) uint8; each result has been checked to restore."""
+        """Protect a batch (N, 224, 224) uint8; each result has been checked to restore, or carries
+        the reason it was refused (payload does not fit), and nothing was produced for it."""
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (NET_SIZE, NET_SIZE):
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8, got {images.shape} {images.dtype}")
         rois = self.roi(images)
@@ -75,6 +77,10 @@ class Protector:
         for k, image in enumerate(images):
             adv = np.clip(image.astype(np.int64) + deltas[k], 0, 255).astype(np.uint8)
             hints = {"grid": grids[k], "factor": self.factor} if grids is not None else {}
-            marked, info = kernels.protect_array(image, adv, key, eps=self.eps, method=method, **hints)
+            try:
+                marked, info = kernels.protect_array(image, adv, key, eps=self.eps, method=method, **hints)
+            except kernels.CapacityError as exc:
+                out.append(Protected(None, rois[k], adv, None, f"{exc} (short by {exc.needed_bits - exc.capacity_bits} bits)"))
+                continue
             out.append(Protected(marked, rois[k], adv, info))
         return out
