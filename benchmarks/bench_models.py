@@ -16,20 +16,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import best_of  # noqa: E402
 
 from toolkit.ort import session  # noqa: E402
 from toolkit.phantoms import chest_phantom  # noqa: E402
 from toolkit.protect import normalize  # noqa: E402
-
-
-def best_of(fn, repeat=5):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

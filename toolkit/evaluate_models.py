@@ -20,28 +20,10 @@ import numpy as np
 
 import kernels
 
+from .datasets import load_split
 from .metrics import psnr, ssim
 from .ort import session
 from .protect import MODELS_DIR, Protector, normalize
-
-
-def load_dataset(root: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
-    from PIL import Image
-
-    classes = ["normal", "covid", "viral_pneumonia"]
-    found = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
-    classes = [c for c in classes if c in found] + [c for c in found if c not in classes]
-    imgs, masks, labels = [], [], []
-    for ci, c in enumerate(classes):
-        for p in sorted((root / c / "images").glob("*.png")):
-            with Image.open(p) as im:
-                imgs.append(np.asarray(im.convert("L")))
-            mp = root / c / "masks" / p.name
-            if mp.exists():
-                with Image.open(mp) as im:
-                    masks.append(np.asarray(im.convert("L")) > 127)
-            labels.append(ci)
-    return np.stack(imgs), (np.stack(masks) if len(masks) == len(imgs) else None), np.array(labels), classes
 
 
 def classifiers(models: Path) -> dict[str, object]:
@@ -53,7 +35,8 @@ def predict(sess, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def evaluate(data: Path, models: Path, limit: int = 0, key: bytes | None = None) -> dict:
-    images, masks, labels, classes = load_dataset(data)
+    split = load_split(data)
+    images, masks, labels, classes = split.images, split.masks, split.labels, split.classes
     if limit:
         pick = np.concatenate([np.flatnonzero(labels == c)[: limit // len(classes)] for c in range(len(classes))])
         images, labels = images[pick], labels[pick]
