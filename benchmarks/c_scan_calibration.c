@@ -1,6 +1,6 @@
 /* Calibration for bench_kernels: one PEE extract-like scan of a 224x224 image in C, to compare with the
  * Numba kernel on the same machine:  gcc -O3 -march=native benchmarks/c_scan_calibration.c -o /tmp/cal && /tmp/cal
- * (measured here: 140 us; kernels._rdh_jit.pee_extract: ~185 us with its extra checks). */
+ * (measured here: 140-170 us across runs; kernels._rdh_jit.pee_extract: ~185 us with its extra checks). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
