@@ -468,7 +468,7 @@ def _row_decode(work, base, W, key_shift, a, S, C, K, P, B, E, D):
     b = a + 1
     for j in range(1, W - 1):
         c = C[j]
-        K[j] = min(min(c, 256 + max((c - 256) >> 3, 0)), N_KEYS - 1)  # = _key(c), vectorised
+        K[j] = _key(c)
         p = (S[j] + 2) >> 2
         P[j] = p
         e = mid[j] - p
