@@ -1,16 +1,178 @@
 """The ``medrae`` command line: a thin Typer app over the library.
 
+Exit codes: 0 every file succeeded (or was already done), 1 some files failed (each listed with
+its reason), 2 usage errors (bad options, missing key, output inside the input, ...).
+
 Training and export need the ``train`` extra (PyTorch); they forward their options unchanged to
 ``models.train``, ``models.train_generator`` and ``export.onnx_export`` (``--help`` lists them).
 """
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reversible adversarial protection of medical images.")
 PASS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+KEY_HELP = "key file (medrae keygen); default: $MEDRAE_KEY_FILE"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _key(path: Optional[Path], required: bool) -> Optional[bytes]:
+    from toolkit.keys import KeyFileError, load_key
+
+    try:
+        return load_key(path)
+    except KeyFileError as exc:
+        if required or path is not None:
+            _fail(str(exc))
+        return None
+
+
+def _run_batch(run, total_label: str, report: Optional[Path], **kw):
+    """Run a batch driver under a progress bar, print failures and the summary, write the report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from toolkit.batch import UsageError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    console = Console(stderr=True)
+    with Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(total_label, total=None)
+        try:
+            rep = run(on_start=lambda n: bar.update(task, total=n), on_result=lambda r: bar.advance(task), **kw)
+        except UsageError as exc:
+            _fail(str(exc))
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            _fail(str(exc))
+    for r in rep.failed:  # plain lines: one per file, never wrapped
+        typer.echo(f"failed {r.input}: {r.reason}", err=True)
+    _summary(console, rep)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(rep.to_json(), indent=1))
+    raise typer.Exit(1 if rep.failed else 0)
+
+
+def _summary(console, rep) -> None:
+    from rich.table import Table
+
+    t = rep.totals()
+    table = Table(title=f"medrae {rep.command}", show_header=True)
+    cols = ["files", "protected", "restored", "identical", "differs", "skipped", "failed"]
+    cols = [c for c in cols if c == "files" or c == "failed" or t[c]]
+    for c in cols + ["mean PSNR", "mean payload bits", "images/s"]:
+        table.add_column(c, justify="right")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    table.add_row(*[str(t[c]) for c in cols], fmt(t["mean_psnr"], ".2f"), fmt(t["mean_payload_bits"], ".0f"), f"{t['images_per_second']:.1f}")
+    console.print(table)
+    if rep.providers:
+        console.print(f"onnxruntime providers: {', '.join(rep.providers)}", highlight=False)
+
+
+@app.command()
+def keygen(keyfile: Path = typer.Argument(..., help="where to write the new key (mode 0600)")) -> None:
+    """Create a new random 256-bit key file; refuses to overwrite."""
+    from toolkit.keys import KeyFileError, keygen as make
+
+    try:
+        make(keyfile)
+    except KeyFileError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {keyfile} (keep it secret: it restores every image protected with it)")
+
+
+@app.command()
+def protect(
+    input: Path = typer.Argument(..., help="image file or directory (recursive)"),
+    output: Path = typer.Argument(..., help="output file or directory (mirrors the input tree)"),
+    key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
+    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="perturbation bound in 1/255 units (default: the generator's, 8)"),
+    models: Optional[Path] = typer.Option(None, "--models", help="directory with segmenter.onnx and generator.onnx"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    workers: int = typer.Option(1, "--workers", min=1, help="processes for decoding, coding, embedding and writing"),
+    no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
+    method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
+    codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
+) -> None:
+    """Protect images: adversarial outside the lungs, restorable with the key."""
+    from toolkit.batch import protect_paths
+    from toolkit.protect import MODELS_DIR
+
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    if no_encrypt:
+        if key is not None:
+            _fail("--no-encrypt and --key exclude each other")
+        typer.echo("warning: --no-encrypt: the payload is not encrypted; anyone with medrae can restore these images", err=True)
+        k = None
+    else:
+        k = _key(key, required=True)
+    _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
+               device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
+               with_ssim=report is not None)
+
+
+@app.command()
+def restore(
+    input: Path = typer.Argument(..., help="protected file or directory"),
+    output: Path = typer.Argument(..., help="output file or directory"),
+    key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP + " (not needed for --no-encrypt files)"),
+    workers: int = typer.Option(1, "--workers", min=1),
+    report: Optional[Path] = typer.Option(None, "--report"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Restore the originals, bit for bit (no neural network involved)."""
+    from toolkit.batch import restore_paths
+
+    _run_batch(restore_paths, "restore", report, src=input, dst=output, key=_key(key, required=False), workers=workers, overwrite=overwrite)
+
+
+@app.command()
+def verify(
+    original: Path = typer.Argument(..., help="original file or directory"),
+    protected: Path = typer.Argument(..., help="protected file or directory"),
+    key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
+    workers: int = typer.Option(1, "--workers", min=1),
+    report: Optional[Path] = typer.Option(None, "--report"),
+) -> None:
+    """Restore in memory and compare with the originals bit for bit (exit 0 only if all identical)."""
+    from toolkit.batch import verify_paths
+
+    _run_batch(verify_paths, "verify", report, original=original, protected=protected, key=_key(key, required=False), workers=workers)
+
+
+@app.command()
+def info(file: Path = typer.Argument(..., help="an image file")) -> None:
+    """Is FILE protected? Format version, RDH method, codec, payload bits, encryption (no key needed)."""
+    import kernels
+    from toolkit.batch import info as describe
+    from toolkit.imageio import ImageError
+
+    try:
+        d = describe(file)
+    except ImageError as exc:
+        _fail(str(exc), 1)
+    except kernels.NotProtectedError:
+        typer.echo(f"{file}: not protected by medrae")
+        raise typer.Exit(1)
+    except kernels.MedraeError as exc:
+        _fail(f"{file}: damaged medrae payload ({exc})", 1)
+    for k, v in d.items():
+        typer.echo(f"{k:<15} {v}")
 
 
 def _forward(main, args: List[str]) -> None:
@@ -58,8 +220,8 @@ def evaluate_models(ctx: typer.Context) -> None:
 
 
 @app.command()
-def demo(outdir: Optional[str] = typer.Argument(None, help="where to write the phantom PNGs")) -> None:
-    """Protect → restore → verify on generated phantoms."""
+def demo(outdir: Optional[str] = typer.Argument(None, help="where to write the phantom images (default: a temporary directory)")) -> None:
+    """Protect → restore → verify on generated phantoms with the shipped models."""
     from toolkit.demo import main
 
     raise typer.Exit(main([outdir] if outdir else []))

@@ -34,6 +34,7 @@ SIDE_BITS = 8 + 4 + 4 + 8 + RECORD_BITS + 16  # signature, method, bit shift, pa
 MIN_SIDE = 8
 MAX_PASSES = 255
 MAX_SHIFT = 8  # 16-bit images embed into x >> s, s <= MAX_SHIFT
+SHIFT_GROUPS = 2  # passes' worth of groups the shift estimate allows for
 DEFAULT_METHOD = "pee"
 
 RDH_METHODS: Registry["RDHMethod"] = Registry("RDH method")
@@ -79,6 +80,20 @@ def check_image(image: np.ndarray, name: str = "image") -> int:
             f"and the border must hold {SIDE_BITS} pixels (2*(H+W)-4 >= {SIDE_BITS}, e.g. 35x35)"
         )
     return 255 if image.dtype == np.uint8 else 65535
+
+
+def value_ceiling(image: np.ndarray, ceiling: Optional[int] = None, name: str = "image") -> int:
+    """Largest pixel value the marked image may hold: the dtype's, or ``2**b - 1`` for data of
+    ``b`` significant bits in a wider container (DICOM BitsStored). Checks ``image`` stays under it."""
+    top = check_image(image, name)
+    if ceiling is None:
+        return top
+    ceiling = int(ceiling)
+    if ceiling < 255 or ceiling > top or ceiling & (ceiling + 1):
+        raise ValueError(f"ceiling must be 2**b - 1 with 8 <= b <= {top.bit_length()} bits, got {ceiling}")
+    if image.size and int(image.max()) > ceiling:
+        raise ValueError(f"{name} holds the value {int(image.max())}, above its ceiling {ceiling}")
+    return ceiling
 
 
 def reserved_indices(shape: tuple[int, int]) -> np.ndarray:
@@ -304,21 +319,22 @@ def _read_side_bits(bits: np.ndarray) -> tuple[int, int, int, PassRecord]:
 
 def _shifts(image: np.ndarray, maxv: int, bits: int, method: RDHMethod, reserved: np.ndarray) -> list[int]:
     """Bit shifts to try, smallest first: 0 for 8-bit; for 16-bit from the smallest whose
-    first pass, repeated over its group, is estimated to hold ``bits``."""
+    first pass, repeated over ``SHIFT_GROUPS`` groups, is estimated to hold ``bits`` (a few
+    passes at a small shift change pixels less than one pass at a larger one)."""
     if maxv == 255:
         return [0]
     work = image.astype(np.int32).ravel()
     for s in range(MAX_SHIFT + 1):
         hi = work >> s
         state = method.begin(hi, reserved, image.shape, 0, maxv >> s)
-        if method.capacity(state) * method.group >= bits or s == MAX_SHIFT:
+        if method.capacity(state) * method.group * SHIFT_GROUPS >= bits or s == MAX_SHIFT:
             return list(range(s, MAX_SHIFT + 1))
     return [MAX_SHIFT]
 
 
-def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod) -> tuple[np.ndarray, int]:
+def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: Optional[int] = None) -> tuple[np.ndarray, int]:
     """Embed the bit array ``data``; returns ``(marked, passes)`` or raises ``CapacityError``."""
-    maxv = check_image(image)
+    maxv = value_ceiling(image, ceiling)
     reserved, _ = _reserved(image.shape)
     error: Optional[CapacityError] = None
     for s in _shifts(image, maxv, data.size + SIDE_BITS, method, reserved):
@@ -375,7 +391,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
     raise CapacityError(f"payload needs more than {MAX_PASSES} passes", total, pos)
 
 
-def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> np.ndarray:
+def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None) -> np.ndarray:
     """Hide ``payload`` in ``image`` reversibly.
 
     Parameters
@@ -386,6 +402,9 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> np
         Data to hide.
     method : str, optional
         ``"pee"`` (default: rhombus prediction-error expansion) or ``"hs"`` (histogram shift).
+    ceiling : int, optional
+        Largest value a marked pixel may take, ``2**b - 1`` (default: the dtype's maximum). For
+        ``b``-bit data in 16-bit words (DICOM BitsStored); :func:`extract` needs the same value.
 
     Returns
     -------
@@ -397,17 +416,17 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> np
     CapacityError
         The payload does not fit; nothing is returned or written.
     """
-    return embed_counted(image, payload, method)[0]
+    return embed_counted(image, payload, method, ceiling)[0]
 
 
-def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None) -> tuple[np.ndarray, int]:
+def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None) -> tuple[np.ndarray, int]:
     """:func:`embed`, also returning how many passes it took."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method))
+    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling)
 
 
-def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
+def extract(marked: np.ndarray, ceiling: Optional[int] = None) -> tuple[np.ndarray, bytes]:
     """Recover ``(image, payload)`` from a marked image, bit for bit.
 
     Raises
@@ -417,16 +436,22 @@ def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:
     PayloadError
         The side information is readable but the marked pixels do not decode consistently.
     """
-    image, payload, _ = extract_with_method(marked)
+    image, payload, _ = extract_with_method(marked, ceiling=ceiling)
     return image, payload
 
 
-def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None) -> tuple[np.ndarray, bytes, str]:
+def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ceiling: Optional[int] = None) -> tuple[np.ndarray, bytes, str]:
     """:func:`extract`, also returning the name of the RDH method found in the image.
 
-    ``impl`` replaces the registered implementation of that method (the NumPy reference).
+    ``impl`` replaces the registered implementation of that method (the NumPy reference);
+    ``ceiling`` is the one given to :func:`embed`.
     """
-    maxv = check_image(marked, "marked")
+    try:
+        maxv = value_ceiling(marked, ceiling, "marked")
+    except ValueError as exc:
+        if "above its ceiling" in str(exc):
+            raise NotProtectedError(str(exc)) from None
+        raise
     shape = marked.shape
     full = marked.astype(np.int32).ravel()
     reserved, res_idx = _reserved(shape)
@@ -462,7 +487,7 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None) ->
     return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data), method.name
 
 
-def capacity(image: np.ndarray, method: Optional[str] = None) -> int:
+def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[int] = None) -> int:
     """Payload bits that fit into ``image`` (a whole number of bytes).
 
     Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits, for
@@ -470,7 +495,7 @@ def capacity(image: np.ndarray, method: Optional[str] = None) -> int:
     the first depends slightly on the bits themselves, so a payload at the very limit may still
     raise ``CapacityError`` in :func:`embed`; it never yields a wrong image.
     """
-    maxv = check_image(image)
+    maxv = value_ceiling(image, ceiling)
     m = _method(method)
     s = 0 if maxv == 255 else MAX_SHIFT
     work = image.astype(np.int32).ravel() >> s

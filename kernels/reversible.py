@@ -45,6 +45,7 @@ def protect_array(
     eps: int,
     codec: Optional[str] = None,
     method: Optional[str] = None,
+    ceiling: Optional[int] = None,
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -59,6 +60,8 @@ def protect_array(
         Perturbation bound in pixel units, recorded in the payload and checked here.
     codec, method : str, optional
         Perturbation codec and RDH method (defaults: ``auto`` and ``pee``).
+    ceiling : int, optional
+        Largest value a pixel may take, ``2**b - 1`` (default: the dtype's); restore needs it too.
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -74,6 +77,8 @@ def protect_array(
         The payload does not fit; nothing is produced.
     """
     diff = applied_perturbation(original, adversarial)
+    rdh.value_ceiling(original, ceiling, "original")
+    rdh.value_ceiling(adversarial, ceiling, "adversarial")
     if np.abs(diff).max(initial=0) > eps:
         raise ValueError(f"perturbation exceeds eps={eps}: max |delta| = {int(np.abs(diff).max())}")
     coded = codecs.encode_perturbation(diff, codec, **hints)
@@ -88,21 +93,21 @@ def protect_array(
         rdh_id=m.id,
         key=key,
     )
-    marked, passes = rdh.embed_counted(adversarial, payload, m.name)
-    if not np.array_equal(restore_array(marked, key), original):  # never keep an unchecked result
+    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling)
+    if not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
         raise PayloadError("internal error: protected image does not restore to the original")
     return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)
 
 
-def restore_array(marked: np.ndarray, key: Optional[bytes]) -> np.ndarray:
-    """The original image, bit for bit, from a protected one.
+def restore_array(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[int] = None) -> np.ndarray:
+    """The original image, bit for bit, from a protected one (``ceiling`` as given to protect).
 
     Raises
     ------
     NotProtectedError, KeyMismatchError, PayloadError
         Not protected; wrong or missing key; corrupt or tampered (the pixel SHA-256 is checked).
     """
-    adversarial, payload, method = rdh.extract_with_method(marked)
+    adversarial, payload, method = rdh.extract_with_method(marked, ceiling=ceiling)
     hdr, digest, coded = container.unseal(payload, key)
     if rdh.RDH_METHODS.get(method).id != hdr.rdh_id:
         raise PayloadError(f"payload names RDH id {hdr.rdh_id} but the image was marked with {method!r}")
@@ -114,7 +119,7 @@ def restore_array(marked: np.ndarray, key: Optional[bytes]) -> np.ndarray:
     if diff.shape != marked.shape:
         raise PayloadError(f"perturbation shape {diff.shape} does not match the image {marked.shape}")
     original = adversarial.astype(np.int32) - diff
-    top = np.iinfo(marked.dtype).max
+    top = np.iinfo(marked.dtype).max if ceiling is None else ceiling
     if original.min() < 0 or original.max() > top:
         raise PayloadError("restored pixels leave the valid range")
     original = original.astype(marked.dtype)
@@ -123,9 +128,9 @@ def restore_array(marked: np.ndarray, key: Optional[bytes]) -> np.ndarray:
     return original
 
 
-def inspect_array(marked: np.ndarray) -> dict:
+def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
     """Describe the payload of a protected image without a key (for ``medrae info``)."""
-    _, payload = rdh.extract(marked)
+    _, payload = rdh.extract(marked, ceiling)
     hdr = container.read_header(payload)
     return {
         "format_version": hdr.version,

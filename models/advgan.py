@@ -71,7 +71,7 @@ class AdvGenerator(nn.Module):
     integer grid of H/4 x W/4 cells, upsampled by repetition (ours). ``eps`` is in 1/255 units.
     """
 
-    def __init__(self, eps: float = 8.0, width: int = 32, blocks: int = 4, grid_factor: int = 1):
+    def __init__(self, eps: float = 8.0, width: int = 32, blocks: int = 4, grid_factor: int = 1, universal: int = 0):
         super().__init__()
         if grid_factor not in (1, 2, 4):
             raise ValueError(f"grid_factor must be 1, 2 or 4, got {grid_factor}")
@@ -85,6 +85,9 @@ class AdvGenerator(nn.Module):
         if grid_factor in (1, 2):
             self.d2, self.att1, self.fuse1 = _dec(w, w), CBAM(w), _enc(2 * w, w, 1)
         self.out = nn.Conv2d(w, 1, 3, padding=1)
+        # optional learned image-independent term (``universal`` = output side in cells): a
+        # universal perturbation the image-dependent decoder refines; ties the model to that size
+        self.universal = nn.Parameter(torch.zeros(1, 1, universal, universal)) if universal else None
 
     def raw(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Continuous output in [-eps, eps] at the output resolution (full or grid), before masking.
@@ -103,7 +106,12 @@ class AdvGenerator(nn.Module):
         y = self.fuse2(torch.cat([self.d3(y)[..., : z2.shape[-2], : z2.shape[-1]], self.att2(z2)], 1))
         if self.grid_factor in (1, 2):
             y = self.fuse1(torch.cat([self.d2(y)[..., : z1.shape[-2], : z1.shape[-1]], self.att1(z1)], 1))
-        return self.eps * torch.tanh(self.out(y))
+        logit = self.out(y)
+        if self.universal is not None:
+            if logit.shape[-2:] != self.universal.shape[-2:]:
+                raise ValueError(f"this generator works on a {tuple(self.universal.shape[-2:])} grid, got {tuple(logit.shape[-2:])}")
+            logit = logit + self.universal
+        return self.eps * torch.tanh(logit)
 
     def grid(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Integer grid (float tensor of integers), zero on cells touching the ROI (grid models)."""
@@ -153,3 +161,9 @@ def advgan_grid(eps: float = 8.0, **kw) -> AdvGenerator:
 def advgan_grid2(eps: float = 8.0, **kw) -> AdvGenerator:
     """112x112 grid for 224x224 images (x2): the classifiers' own resolution."""
     return AdvGenerator(eps=eps, grid_factor=2, **kw)
+
+
+@register
+def advgan_grid2u(eps: float = 8.0, **kw) -> AdvGenerator:
+    """advgan_grid2 plus a learned universal term on the 112x112 grid (224x224 input only)."""
+    return AdvGenerator(eps=eps, grid_factor=2, universal=112, **kw)

@@ -127,9 +127,16 @@ def train(args: argparse.Namespace) -> dict:
             split.images, split.masks, split.labels = split.images[keep], split.masks[keep], split.labels[keep]
     clf = load_classifier(args.classifier, args.device)
     G = create(args.arch, eps=args.eps).to(args.device)
+    if args.init:
+        st = torch.load(args.init, weights_only=False, map_location=args.device)
+        missing, unexpected = G.load_state_dict(st.get("G", st.get("model")), strict=False)
+        print(f"warm start from {args.init}: new {missing}, ignored {unexpected}")
     D = Discriminator().to(args.device)
     D(half(torch.zeros(1, 1, *tr.images.shape[1:], device=args.device)))  # materialise the lazy layer
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    # the universal term is one logit per cell: a larger step lets it settle within a few epochs
+    uni = [G.universal] if G.universal is not None else []
+    rest = [p for p in G.parameters() if all(p is not u for u in uni)]
+    opt_g = torch.optim.Adam([{"params": rest}, {"params": uni, "lr": 10 * args.lr}], lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
     start, best, history, lam2 = 0, -1e9, [], 0.0
     ckpt = out / "last.pt"
@@ -225,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--classifier", required=True, help="best.pt of the white-box classifier (models.train)")
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="advgan_grid2", choices=["advgan_grid2", "advgan_grid", "advgan_paper"])
+    p.add_argument("--arch", default="advgan_grid2", choices=["advgan_grid2u", "advgan_grid2", "advgan_grid", "advgan_paper"])
     p.add_argument("--loss", default="ours", choices=["ours", "paper"])
     p.add_argument("--eps", type=float, default=8.0, help="in 1/255 units")
     p.add_argument("--epochs", type=int, default=12)
@@ -242,6 +249,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-psnr", type=float, default=34.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="use only this many images per split (quick runs)")
+    p.add_argument("--init", default="", help="warm start: generator weights from a last.pt/best.pt (missing layers stay new)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p
 

@@ -28,4 +28,5 @@ def test_demo_round_trips(tmp_path):
     r = runner.invoke(app, ["demo", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "all round trips bit-exact" in r.output
-    assert len(list(tmp_path.glob("*_protected.png"))) == 6
+    assert len(list((tmp_path / "protected").glob("*.png"))) == 7
+    assert len(list((tmp_path / "restored").glob("*.png"))) == 7

@@ -214,3 +214,36 @@ def test_numba_matches_numpy_reference(kind, shape, dtype, payload, seed):
     assert np.array_equal(_reference.embed(image, payload), fast)
     restored, extracted = _reference.extract(fast)
     assert extracted == payload and np.array_equal(restored, image)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bits=st.integers(9, 15),
+    method=st.sampled_from(["pee", "hs"]),
+    payload=st.binary(min_size=0, max_size=300),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ceiling_keeps_b_bit_data_in_range(bits, method, payload, seed):
+    """b-bit data in 16-bit words (DICOM BitsStored): marked pixels never exceed 2**b - 1,
+    even with pixels at 0 and at the ceiling, and extract with the same ceiling is exact."""
+    top = (1 << bits) - 1
+    rng = np.random.default_rng(seed)
+    x = rng.normal(top * 0.6, top * 0.05, (48, 56)).clip(0, top).astype(np.uint16)
+    x[:4] = top
+    x[-3:] = 0
+    try:
+        marked = kernels.embed(x, payload, method, ceiling=top)
+    except kernels.CapacityError:
+        event("capacity")
+        return
+    assert int(marked.max()) <= top
+    back, got = kernels.extract(marked, ceiling=top)
+    assert got == payload and np.array_equal(back, x)
+
+
+def test_ceiling_must_be_all_ones_and_above_the_data():
+    x = np.full((40, 40), 5000, np.uint16)
+    with pytest.raises(ValueError, match="2\\*\\*b - 1"):
+        kernels.embed(x, b"x", ceiling=5000)
+    with pytest.raises(ValueError, match="above its ceiling"):
+        kernels.embed(x, b"x", ceiling=4095)

@@ -141,3 +141,32 @@ def test_batch_goes_on_past_an_image_that_does_not_fit(tiny_models, monkeypatch)
     assert [r.marked is None for r in results] == [False, True, False]
     assert "short by 50000 bits" in results[1].error and results[1].info is None
     assert np.array_equal(kernels.restore_array(results[2].marked, None), images[2])
+
+
+def test_plan_perturbation_maps_grid_and_roi_exactly():
+    """Any resolution: ROI by nearest index mapping, grid cells of f = min(H, W) // side pixels,
+    no change on any cell touching the ROI, one level = ceiling // 255, MONOCHROME1 flips the sign."""
+    from kernels.resample import upsample
+    from toolkit.imageio import Image
+    from toolkit.protect import cells_touching, plan_perturbation, resize_nearest
+
+    rng = np.random.default_rng(0)
+    roi = np.zeros((224, 224), bool)
+    roi[60:170, 40:110] = True
+    grid = rng.integers(-8, 9, (112, 112))
+    x = rng.integers(3000, 3500, (700, 500)).astype(np.uint16)
+    for mono1 in (False, True):
+        plan = plan_perturbation(Image(x, 4095, "dicom", monochrome1=mono1), roi, grid, 8)
+        f = 500 // 112
+        assert plan.hints["factor"] == f and plan.eps == 8 * 16
+        roi_full = resize_nearest(roi, x.shape)
+        assert np.array_equal(plan.roi, roi_full)
+        delta = plan.adversarial.astype(int) - x
+        assert not delta[roi_full].any() and np.abs(delta).max() <= 8 * 16
+        g = plan.hints["grid"]
+        assert not g[cells_touching(roi_full, f)].any()
+        assert np.array_equal(upsample(g, f, x.shape), delta)  # no clipping at these values
+        gi = (np.arange(g.shape[0]) * 112) // g.shape[0]
+        gj = (np.arange(g.shape[1]) * 112) // g.shape[1]
+        free = ~cells_touching(roi_full, f)
+        assert np.array_equal(g[free], ((-16 if mono1 else 16) * grid[gi][:, gj])[free])

@@ -1,65 +1,67 @@
-"""Protect → restore → verify on generated chest phantoms (no real data, no trained model).
+"""Protect → restore → verify on generated chest phantoms with the shipped models (no real data).
 
     python -m toolkit.demo [OUTDIR]
 
-Until the trained generator ships, the adversarial perturbation is a synthetic coarse-grid ±eps
-pattern outside the lungs: the kind of perturbation the generator is trained to emit.
+Writes ``OUTDIR/original`` (six 224x224 8-bit phantoms, one 16-bit 640x560 phantom), then runs the
+same batch pipeline as ``medrae protect / restore / verify`` into ``OUTDIR/protected`` and
+``OUTDIR/restored``, checks a wrong key is refused, and prints what it measured.
 """
 from __future__ import annotations
 
 import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-import kernels
-from kernels.resample import downsample, grid_shape, upsample
 from toolkit.phantoms import chest_phantom
 
 
-def synthetic_adversarial(image: np.ndarray, lungs: np.ndarray, eps: int, seed: int, factor: int = 4) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    g = rng.integers(-eps, eps + 1, grid_shape(image.shape, factor))
-    g[downsample(lungs.astype(np.int64), factor) > 0] = 0  # no change on cells touching the lungs
-    delta = np.where(lungs, 0, upsample(g, factor, image.shape))
-    return np.clip(image.astype(np.int64) + delta, 0, 255).astype(np.uint8)
+def write_phantoms(root: Path) -> list[Path]:
+    from PIL import Image
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(6):
+        image, _ = chest_phantom(seed)
+        paths.append(root / f"phantom{seed}.png")
+        Image.fromarray(image).save(paths[-1])
+    big = np.asarray(Image.fromarray(chest_phantom(6)[0]).resize((560, 640), Image.BILINEAR)).astype(np.uint16) * 257
+    paths.append(root / "phantom6_16bit.png")
+    Image.fromarray(big).save(paths[-1])
+    return paths
 
 
 def main(argv: list[str]) -> int:
-    outdir = Path(argv[0]) if argv else None
-    key = os.urandom(32)
-    eps = 8
-    print(f"{'image':<10} {'PSNR(prot)':>10} {'payload':>9} {'codec':>10} {'passes':>6} {'restored':>9} {'ms':>6}")
-    ok = True
-    for seed in range(6):
-        image, lungs = chest_phantom(seed)
-        adv = synthetic_adversarial(image, lungs, eps, seed)
-        t = time.perf_counter()
-        protected, info = kernels.protect_array(image, adv, key, eps=eps)
-        restored = kernels.restore_array(protected, key)
-        ms = (time.perf_counter() - t) * 1e3
-        exact = np.array_equal(restored, image)
-        ok &= exact and not np.any(protected[lungs].astype(int) - image[lungs] > 2)
-        print(f"phantom{seed:<3} {psnr(protected, image):>9.2f}  {info.payload_bits:>8}b {info.codec:>10} {info.passes:>6} {str(exact):>9} {ms:>6.1f}")
-        if outdir is not None:
-            from PIL import Image
+    from toolkit.batch import protect_paths, restore_paths, verify_paths
+    from toolkit.imageio import read_image
 
-            outdir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(outdir / f"phantom{seed}_original.png")
-            Image.fromarray(protected).save(outdir / f"phantom{seed}_protected.png")
-    try:
-        kernels.restore_array(protected, os.urandom(32))
-        ok = False
-    except kernels.KeyMismatchError as exc:
-        print(f"wrong key → {type(exc).__name__}: {exc}")
-    print("verify:", "all round trips bit-exact" if ok else "FAILED")
-    return 0 if ok else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(argv[0]) if argv else Path(tmp)
+        original, protected, restored = out / "original", out / "protected", out / "restored"
+        write_phantoms(original)
+        key = os.urandom(32)
+        rep = protect_paths(original, protected, key, overwrite=True)
+        print(f"{'image':<22} {'shape':>10} {'PSNR':>7} {'payload':>9} {'codec':>9} {'ms':>6}")
+        for r in rep.results:
+            shape = "x".join(map(str, r.shape or []))
+            if r.status == "protected":
+                print(f"{Path(r.input).name:<22} {shape:>10} {r.psnr:>7.2f} {r.payload_bits:>8}b {r.codec:>9} {1e3 * r.seconds:>6.1f}")
+            else:
+                print(f"{Path(r.input).name:<22} {r.status}: {r.reason}")
+        back = restore_paths(protected, restored, key, overwrite=True)
+        check = verify_paths(original, protected, key)
+        exact = check.count("identical") == len(check.results) == len(rep.results)
+        exact &= all(np.array_equal(read_image(p).pixels, read_image(restored / p.name).pixels) for p in sorted(original.iterdir()))
+        wrong = verify_paths(original, protected, os.urandom(32))
+        refused = all("wrong or missing key" in (r.reason or "") for r in wrong.results)
+        print(f"protected {rep.count('protected')}/{len(rep.results)}, restored {back.count('restored')}, "
+              f"wrong key refused: {refused}, providers: {', '.join(rep.providers)}")
+        print("verify:", "all round trips bit-exact" if exact and refused else "FAILED")
+        if argv:
+            print(f"images in {out}")
+        return 0 if exact and refused else 1
 
 
 if __name__ == "__main__":

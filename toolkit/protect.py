@@ -1,8 +1,12 @@
 """Protect on the shipped ONNX models: segment → ROI → generator → exact integer perturbation →
 reversible embedding (kernels). No PyTorch at run time.
 
-Networks run at 224x224 (the images are resized for them); this module handles 224x224 8-bit
-images, the size of the training data. (Other sizes and bit depths: toolkit pipeline.)
+The networks see a 224x224 8-bit view of each image (scaled from its bit depth, inverted for
+DICOM MONOCHROME1, area-resized). Their outputs come back to the image's own resolution with
+integer-exact rules: the ROI mask by nearest-neighbour index mapping, the generator's coarse grid
+by index mapping onto a grid of ``f``-pixel cells (``f = min(H, W) // grid side``), upsampled by
+cell repetition exactly as ``kernels.resample.upsample`` does, so the codec stores just that grid.
+One perturbation level is ``ceiling // 255`` native units (1 for 8-bit, 257 for 16-bit).
 """
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from typing import Optional
 import numpy as np
 
 import kernels
-from kernels.resample import upsample
+from kernels.resample import grid_shape, upsample
 
+from .imageio import Image
 from .masks import postprocess
 from .ort import session
 
@@ -26,6 +31,76 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 def normalize(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W) → float32 (N, 1, H, W) network input, ``(x / 255 - 0.5) / 0.25``."""
     return ((images.astype(np.float32) / 255.0 - 0.5) / 0.25)[:, None]
+
+
+def nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each of ``n_out`` samples resampled from ``n_in`` (integer-exact)."""
+    return (np.arange(n_out, dtype=np.int64) * n_in) // n_out
+
+
+def resize_nearest(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return plane[nearest_index(shape[0], plane.shape[0])][:, nearest_index(shape[1], plane.shape[1])]
+
+
+def cells_touching(mask: np.ndarray, factor: int) -> np.ndarray:
+    """True for each ``factor x factor`` cell (partial edge cells included) holding any mask pixel."""
+    h, w = mask.shape
+    gh, gw = grid_shape((h, w), factor)
+    pad = np.zeros((gh * factor, gw * factor), dtype=bool)
+    pad[:h, :w] = mask
+    return pad.reshape(gh, factor, gw, factor).any(axis=(1, 3))
+
+
+def network_view(image: Image) -> np.ndarray:
+    """The 224x224 uint8 image the networks see (8-bit scale, MONOCHROME1 inverted, area resize)."""
+    from PIL import Image as PILImage
+
+    x = image.pixels
+    if image.ceiling != 255:
+        x = np.round(x.astype(np.float64) * (255.0 / image.ceiling)).astype(np.uint8)
+    if image.monochrome1:
+        x = 255 - x
+    if x.shape != (NET_SIZE, NET_SIZE):
+        x = np.asarray(PILImage.fromarray(x).resize((NET_SIZE, NET_SIZE), PILImage.BOX))
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+@dataclass
+class Plan:
+    """The exact perturbation for one image at its own resolution, and what the codec is told."""
+
+    adversarial: np.ndarray
+    roi: np.ndarray  # bool, the image's own resolution
+    eps: int  # native units
+    hints: dict
+
+
+def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int) -> Plan:
+    """Map a 224x224 ROI and the generator's integer grid (levels in ``-eps..eps``) onto ``image``.
+
+    ``grid`` is either a coarse grid (side < 224) or a dense 224x224 perturbation.
+    """
+    h, w = image.pixels.shape
+    step = max(1, image.ceiling // 255)
+    sign = -1 if image.monochrome1 else 1
+    roi_full = resize_nearest(roi, (h, w)) if roi.shape != (h, w) else roi
+    side = grid.shape[0]
+    factor = max(1, min(h, w) // side)
+    g = resize_nearest(grid, grid_shape((h, w), factor)).astype(np.int64)
+    g[cells_touching(roi_full, factor)] = 0  # no change on any cell the ROI touches
+    g *= step * sign
+    delta = upsample(g, factor, (h, w)) if factor > 1 else g
+    adv = np.clip(image.pixels.astype(np.int64) + delta, 0, image.ceiling).astype(image.pixels.dtype)
+    hints = {"grid": g, "factor": factor} if side < NET_SIZE and factor > 1 else {}
+    return Plan(adv, roi_full, eps * step, hints)
+
+
+def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Optional[str] = None,
+                    codec: Optional[str] = None) -> tuple[np.ndarray, kernels.ProtectInfo]:
+    """Embed the plan's exact perturbation; raises ``kernels.CapacityError`` when it does not fit."""
+    return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec,
+                                 ceiling=None if image.ceiling == np.iinfo(image.pixels.dtype).max else image.ceiling,
+                                 **plan.hints)
 
 
 @dataclass
@@ -39,48 +114,55 @@ class Protected:
     error: Optional[str] = None
 
 
+def capacity_reason(exc: kernels.CapacityError) -> str:
+    return f"payload does not fit: {exc} (short by {exc.needed_bits - exc.capacity_bits} bits)"
+
+
 class Protector:
-    """Holds the segmenter and generator sessions; protects batches of 224x224 uint8 images."""
+    """Holds the segmenter and generator sessions and turns network views into ROIs and grids."""
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
                  dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx"):
         models_dir = Path(models_dir)
+        for name in (segmenter, generator):
+            if not (models_dir / name).is_file():
+                raise FileNotFoundError(f"{models_dir / name}: model file not found (--models DIR)")
         self.gen_card = json.loads((models_dir / generator).with_suffix(".json").read_text())
         self.seg = session(models_dir / segmenter, device)
         self.gen = session(models_dir / generator, device)
         self.eps = int(eps if eps is not None else round(self.gen_card["eps"]))  # 1/255 units
+        if not 1 <= self.eps <= 16:
+            raise ValueError(f"eps must be 1..16 (in 1/255 units), got {self.eps}")
         self.factor = int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
 
-    def roi(self, images: np.ndarray) -> np.ndarray:
-        logits = self.seg.run(None, {"image": normalize(images)})[0][:, 0]
+    def roi(self, views: np.ndarray) -> np.ndarray:
+        logits = self.seg.run(None, {"image": normalize(views)})[0][:, 0]
         return np.stack([postprocess(l, self.dilation) for l in logits])
 
-    def perturbation(self, images: np.ndarray, rois: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """Integer perturbations (N, H, W) zero on the ROI, and their grids (grid models)."""
-        raw = self.gen.run(None, {"image": normalize(images), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
-        values = np.clip(np.round(raw * self.eps), -self.eps, self.eps).astype(np.int64)  # raw is in [-1, 1]
-        if self.factor == 1:
-            return np.where(rois, 0, values), None
-        shape = images.shape[1:]
-        full = np.stack([upsample(g, self.factor, shape) for g in values])
-        return np.where(rois, 0, full), values
+    def analyse(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ROIs (N, 224, 224) bool and integer grids (N, g, g), levels in ``-eps..eps``, zero on ROI cells."""
+        if views.dtype != np.uint8 or views.ndim != 3 or views.shape[1:] != (NET_SIZE, NET_SIZE):
+            raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
+        rois = self.roi(views)
+        raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
+        grids = np.clip(np.round(raw * self.eps), -self.eps, self.eps).astype(np.int64)  # raw is in [-1, 1]
+        for g, r in zip(grids, rois):
+            g[cells_touching(r, self.factor)] = 0
+        return rois, grids
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
         """Protect a batch (N, 224, 224) uint8; each result has been checked to restore, or carries
         the reason it was refused (payload does not fit), and nothing was produced for it."""
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (NET_SIZE, NET_SIZE):
-            raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8, got {images.shape} {images.dtype}")
-        rois = self.roi(images)
-        deltas, grids = self.perturbation(images, rois)
+        rois, grids = self.analyse(images)
         out = []
-        for k, image in enumerate(images):
-            adv = np.clip(image.astype(np.int64) + deltas[k], 0, 255).astype(np.uint8)
-            hints = {"grid": grids[k], "factor": self.factor} if grids is not None else {}
+        for image, roi, grid in zip(images, rois, grids):
+            img = Image(image, 255, "png")
+            plan = plan_perturbation(img, roi, grid, self.eps)
             try:
-                marked, info = kernels.protect_array(image, adv, key, eps=self.eps, method=method, **hints)
+                marked, info = protect_planned(img, plan, key, method)
             except kernels.CapacityError as exc:
-                out.append(Protected(None, rois[k], adv, None, f"{exc} (short by {exc.needed_bits - exc.capacity_bits} bits)"))
+                out.append(Protected(None, roi, plan.adversarial, None, capacity_reason(exc)))
                 continue
-            out.append(Protected(marked, rois[k], adv, info))
+            out.append(Protected(marked, roi, plan.adversarial, info))
         return out

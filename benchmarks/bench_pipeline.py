@@ -1,0 +1,119 @@
+"""End-to-end protect / restore throughput of the batch pipeline, per-stage times, a full-size image,
+and command start-up time.
+
+    python benchmarks/bench_pipeline.py [--data ../shared/data/cxr3/test] [--workers 1,2] [--size 2048]
+
+Uses the cxr3 test images (270 PNGs, 224x224) when present, else 270 generated phantoms. The
+reference in the same run is the paper's configuration of the same pipeline (``--rdh hs --codec
+rle``): the ratio shows what the default codec + RDH buy in time. Process start-up is excluded from
+images/s (the models are loaded inside the timed call; that is ~0.3 s of the total).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def stage_inputs(data: Path, dst: Path) -> int:
+    """Copy the dataset directory's images (not its masks) into ``dst``; phantoms when absent."""
+    from PIL import Image
+
+    from toolkit.phantoms import chest_phantom
+
+    paths = sorted(data.glob("*/images/*.png")) if data.is_dir() else []
+    if paths:
+        for p in paths:
+            (dst / p.parent.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, dst / p.parent.parent.name / p.name)
+        return len(paths)
+    dst.mkdir(parents=True, exist_ok=True)
+    for i in range(270):
+        Image.fromarray(chest_phantom(i)[0]).save(dst / f"phantom{i}.png")
+    return 270
+
+
+def row(label: str, rep, n: int) -> dict:
+    t = rep.totals()
+    stages = " ".join(f"{k}={1e3 * v:.1f}" for k, v in t["stage_seconds_per_image"].items())
+    print(f"{label:<34} {n / rep.seconds:>8.1f} img/s  failed={t['failed']:<3} per image ms: {stages}")
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cxr3" / "test")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--size", type=int, default=2048)
+    args = ap.parse_args()
+
+    from toolkit.batch import protect_paths, restore_paths
+    from toolkit.imageio import read_image
+
+    key = os.urandom(32)
+    workers = [int(w) for w in args.workers.split(",")]
+    print(f"cores: {os.cpu_count()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n = stage_inputs(args.data, tmp / "in")
+        print(f"{n} images from {args.data if (tmp / 'in').exists() else 'phantoms'}\n")
+        protect_paths(tmp / "in", tmp / "warm", key)  # JIT cache, ORT warm-up, page cache
+        speeds = {}
+        for w in workers:
+            rep = protect_paths(tmp / "in", tmp / f"p{w}", key, workers=w, batch_size=16)
+            speeds[("protect", w)] = n / rep.seconds
+            row(f"protect   workers={w}", rep, n)
+            rep = restore_paths(tmp / f"p{w}", tmp / f"r{w}", key, workers=w)
+            speeds[("restore", w)] = n / rep.seconds
+            row(f"restore   workers={w}", rep, rep.count("restored"))
+        ref = protect_paths(tmp / "in", tmp / "paper", key, workers=1, method="hs", codec="rle")
+        row("protect   paper config (hs + rle)", ref, n)
+        print(f"  default / paper config protect speed: {speeds[('protect', 1)] / (n / ref.seconds):.2f}x "
+              f"(paper config failed {ref.count('failed')} of {n} on capacity)")
+        # one full-size radiograph: the first image upsampled (or a phantom), 16-bit and 8-bit
+        from PIL import Image
+
+        src = next((tmp / "in").rglob("*.png"))
+        base = Image.fromarray(read_image(src).pixels).resize((args.size, args.size), Image.BICUBIC)
+        big = tmp / "big"
+        big.mkdir()
+        base.save(big / "full8.png")
+        Image.fromarray(np.asarray(base).astype(np.uint16) * 257).save(big / "full16.png")
+        rep = protect_paths(big, tmp / "bigp", key)
+        for r in rep.results:
+            print(f"full size {Path(r.input).name} {r.shape}: protect {r.seconds:.2f} s ({r.status}{': ' + r.reason if r.reason else ''}), "
+                  f"payload {r.payload_bits} bits, PSNR {r.psnr:.2f} dB, stages ms: "
+                  + " ".join(f"{k}={1e3 * v:.0f}" for k, v in r.stages.items()) if r.status == "protected" else f"full size {r.input}: {r.reason}")
+        back = restore_paths(tmp / "bigp", tmp / "bigr", key)
+        for r in back.results:
+            print(f"full size {Path(r.input).name}: restore {r.seconds:.2f} s ({r.status})")
+        # start-up of commands (warm JIT cache): wall time of a whole process
+        exe = shutil.which("medrae")
+        (tmp / "k.key").write_text(key.hex())
+        cmds = {"medrae --help": [exe, "--help"], "medrae info FILE": [exe, "info", str(next((tmp / "p1").rglob("*.png")))],
+                "medrae restore 1 file": [exe, "restore", str(next((tmp / "p1").rglob("*.png"))), str(tmp / "one.png"), "--key", str(tmp / "k.key")]}
+        for label, cmd in cmds.items():
+            if exe is None:
+                print("medrae is not installed (pip install -e .): start-up not measured")
+                break
+            best = 1e9
+            for _ in range(3):
+                t = time.perf_counter()
+                subprocess.run(cmd, capture_output=True)
+                best = min(best, time.perf_counter() - t)
+                (tmp / "one.png").unlink(missing_ok=True)
+            print(f"start-up {label:<24} {best:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""protect / restore / verify / info / keygen end to end through the CLI (CliRunner) on real files."""
+from __future__ import annotations
+
+import stat
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+from toolkit.phantoms import chest_phantom
+
+from conftest import cxr3_images
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def pixels(path: Path) -> np.ndarray:
+    from toolkit.imageio import read_image
+
+    return read_image(path).pixels
+
+
+@pytest.fixture
+def key(tmp_path) -> Path:
+    k = tmp_path / "k.key"
+    r = invoke("keygen", k)
+    assert r.exit_code == 0, r.output
+    return k
+
+
+@pytest.fixture
+def phantom_dir(tmp_path) -> Path:
+    d = tmp_path / "in"
+    for i in range(3):
+        img, _ = chest_phantom(i)
+        (d / ("a" if i < 2 else "b/c")).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / ("a" if i < 2 else "b/c") / f"p{i}.png")
+    return d
+
+
+def test_keygen_mode_0600_and_refuses_overwrite(tmp_path):
+    k = tmp_path / "new.key"
+    assert invoke("keygen", k).exit_code == 0
+    assert stat.S_IMODE(k.stat().st_mode) == 0o600 and len(bytes.fromhex(k.read_text().strip())) == 32
+    before = k.read_bytes()
+    r = invoke("keygen", k)
+    assert r.exit_code == 2 and "refusing to overwrite" in r.output and k.read_bytes() == before
+
+
+def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
+    out, back, rep = tmp_path / "out", tmp_path / "back", tmp_path / "rep.json"
+    r = invoke("protect", phantom_dir, out, "--key", key, "--report", rep)
+    assert r.exit_code == 0, r.output
+    import json
+
+    report = json.loads(rep.read_text())
+    assert report["totals"]["protected"] == 3 and report["totals"]["failed"] == 0
+    f0 = report["files"][0]
+    assert f0["status"] == "protected" and f0["payload_bits"] > 0 and 0 < f0["roi_fraction"] < 1 and f0["ssim"] > 0.5
+    assert (out / "b/c/p2.png").exists()  # tree mirrored
+    for src in phantom_dir.rglob("*.png"):
+        prot = pixels(out / src.relative_to(phantom_dir))
+        assert not np.array_equal(prot, pixels(src))  # protection changed the pixels
+    r = invoke("restore", out, back, "--key", key)
+    assert r.exit_code == 0, r.output
+    for src in phantom_dir.rglob("*.png"):
+        assert np.array_equal(pixels(back / src.relative_to(phantom_dir)), pixels(src))
+    assert invoke("verify", phantom_dir, out, "--key", key).exit_code == 0
+    r = invoke("info", out / "a/p0.png")
+    assert r.exit_code == 0 and "encrypted" in r.output and "True" in r.output and "pee" in r.output
+    r = invoke("info", phantom_dir / "a/p0.png")
+    assert r.exit_code == 1 and "not protected" in r.output
+
+
+def test_verify_detects_a_different_original(tmp_path, phantom_dir, key):
+    out = tmp_path / "out"
+    assert invoke("protect", phantom_dir / "a/p0.png", out, "--key", key).exit_code == 0
+    other = tmp_path / "other.png"
+    img = pixels(phantom_dir / "a/p0.png").copy()
+    img[100, 100] ^= 1
+    Image.fromarray(img).save(other)
+    protected = out / "p0.png"
+    assert invoke("verify", phantom_dir / "a/p0.png", protected, "--key", key).exit_code == 0
+    r = invoke("verify", other, protected, "--key", key)
+    assert r.exit_code == 1 and "differ" in r.output
+
+
+def test_keyless_mode_warns_and_restores_without_key(tmp_path, phantom_dir):
+    out, back = tmp_path / "out", tmp_path / "back"
+    r = invoke("protect", phantom_dir / "a", out, "--no-encrypt")
+    assert r.exit_code == 0 and "not encrypted" in r.output
+    assert invoke("restore", out, back).exit_code == 0
+    assert np.array_equal(pixels(back / "p0.png"), pixels(phantom_dir / "a/p0.png"))
+
+
+def test_protect_needs_a_key(tmp_path, phantom_dir, monkeypatch):
+    monkeypatch.delenv("MEDRAE_KEY_FILE", raising=False)
+    r = invoke("protect", phantom_dir, tmp_path / "out")
+    assert r.exit_code == 2 and "no key" in r.output and not (tmp_path / "out").exists()
+
+
+def test_key_from_environment(tmp_path, phantom_dir, key, monkeypatch):
+    monkeypatch.setenv("MEDRAE_KEY_FILE", str(key))
+    assert invoke("protect", phantom_dir / "a/p1.png", tmp_path / "o.png").exit_code == 0
+    assert invoke("verify", phantom_dir / "a/p1.png", tmp_path / "o.png").exit_code == 0
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose IHDR declares w x h and which has no image data."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_bad_inputs_fail_one_by_one_and_the_batch_goes_on(tmp_path, phantom_dir, key):
+    d = phantom_dir
+    (d / "zero.png").write_bytes(b"")
+    good = (d / "a/p0.png").read_bytes()
+    (d / "trunc.png").write_bytes(good[: len(good) // 2])
+    (d / "text.png").write_text("hello, I am not an image\n")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(d / "tiny.png")
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(d / "colour.png")
+    (d / "huge.png").write_bytes(_png_header_only(100_000, 100_000))
+    out = tmp_path / "out"
+    r = invoke("protect", d, out, "--key", key)
+    assert r.exit_code == 1
+    expect = {
+        "zero.png": "empty file",
+        "trunc.png": "truncated or corrupt",
+        "text.png": "not a PNG, TIFF, JPEG or DICOM",
+        "tiny.png": "image 1x1 is too small",
+        "colour.png": "colour image",
+        "huge.png": "declared size",
+    }
+    flat = " ".join(r.output.split())  # rich wraps long lines
+    for name, reason in expect.items():
+        assert f"{d / name}: {reason}" in flat, (name, flat)
+        assert not (out / name).exists()
+    assert "Traceback" not in r.output
+    for name in ("a/p0.png", "a/p1.png", "b/c/p2.png"):
+        assert (out / name).exists()
+    assert not list(out.rglob(".*medrae-tmp"))
+
+
+def test_sixteen_bit_any_resolution_and_gray_rgb(tmp_path, key):
+    d = tmp_path / "in"
+    d.mkdir()
+    img, _ = chest_phantom(5)
+    big = np.asarray(Image.fromarray(img).resize((333, 410), Image.BILINEAR)).astype(np.uint16) * 257 + 7
+    Image.fromarray(big).save(d / "wide16.png")
+    Image.fromarray(np.repeat(img[..., None], 3, axis=2)).save(d / "grayrgb.png")
+    Image.fromarray(big).save(d / "scan.tif")
+    Image.fromarray(img).save(d / "photo.jpg", quality=95)
+    out, back = tmp_path / "out", tmp_path / "back"
+    r = invoke("protect", d, out, "--key", key, "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    import json
+
+    passes = {Path(f["input"]).name: f["rdh_passes"] for f in json.loads((tmp_path / "r.json").read_text())["files"]}
+    assert (out / "photo.png").exists() and not (out / "photo.jpg").exists()  # JPEG → lossless PNG
+    p16 = pixels(out / "wide16.png")
+    assert p16.dtype == np.uint16 and p16.shape == (410, 333)
+    diff = np.abs(p16.astype(int) - big)
+    assert diff.max() <= 8 * 257 + passes["wide16.png"] * 2**8  # eps in 16-bit units, plus <= 1 level of x >> s per RDH pass
+    assert pixels(out / "scan.tif").dtype == np.uint16
+    assert invoke("restore", out, back, "--key", key).exit_code == 0
+    assert np.array_equal(pixels(back / "wide16.png"), big)
+    assert np.array_equal(pixels(back / "scan.tif"), big)
+    assert np.array_equal(pixels(back / "grayrgb.png"), img)
+    with Image.open(d / "photo.jpg") as im:
+        assert np.array_equal(pixels(back / "photo.png"), np.asarray(im.convert("L")))
+
+
+def _dicom(path: Path, pixels16: np.ndarray, photometric: str, bits: int) -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName, ds.PatientID, ds.Modality = "Test^Phantom", "P0001", "DX"
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels16.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = pixels16.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_monochrome1_12_bit(tmp_path, key):
+    pydicom = pytest.importorskip("pydicom")
+    img, lungs = chest_phantom(2)
+    x = (4095 - img.astype(np.uint16) * 16).astype(np.uint16)  # MONOCHROME1: air is bright
+    x[:10] = 4095  # values at the BitsStored ceiling
+    d = tmp_path / "in"
+    d.mkdir()
+    _dicom(d / "IM0001", x, "MONOCHROME1", 12)  # no suffix, as DICOM files often have
+    out, back = tmp_path / "out", tmp_path / "back"
+    r = invoke("protect", d, out, "--key", key)
+    assert r.exit_code == 0, r.output
+    src, prot = pydicom.dcmread(d / "IM0001"), pydicom.dcmread(out / "IM0001")
+    assert prot.PatientID == "P0001" and prot.SOPInstanceUID == src.SOPInstanceUID and prot.BitsStored == 12
+    assert [e.tag for e in prot if e.tag != 0x7FE00010] == [e.tag for e in src if e.tag != 0x7FE00010]
+    p = prot.pixel_array
+    assert p.max() <= 4095 and not np.array_equal(p, x)
+    assert np.abs(p.astype(int) - x).max() <= 2 * 8 * 16  # eps in 12-bit units plus a few RDH levels of x >> s
+    assert invoke("restore", out, back, "--key", key).exit_code == 0
+    assert np.array_equal(pydicom.dcmread(back / "IM0001").pixel_array, x)
+    assert invoke("verify", d, out, "--key", key).exit_code == 0
+
+
+def test_restore_errors(tmp_path, phantom_dir, key):
+    out = tmp_path / "out"
+    assert invoke("protect", phantom_dir / "a", out, "--key", key).exit_code == 0
+    other = tmp_path / "other.key"
+    invoke("keygen", other)
+    r = invoke("restore", out, tmp_path / "back", "--key", other)
+    assert r.exit_code == 1 and "wrong or missing key" in r.output and not list((tmp_path / "back").rglob("*.png"))
+    r = invoke("restore", out, tmp_path / "back2")
+    assert r.exit_code == 1 and "no key was given" in " ".join(r.output.split())
+    r = invoke("restore", phantom_dir / "a", tmp_path / "back3", "--key", key)
+    assert r.exit_code == 1 and "not a medrae-protected image" in " ".join(r.output.split())
+    # one flipped bit in the pixels of a protected file
+    p = pixels(out / "p0.png").copy()
+    p[120, 60] ^= 1
+    Image.fromarray(p).save(tmp_path / "flipped.png")
+    r = invoke("restore", tmp_path / "flipped.png", tmp_path / "f.png", "--key", key)
+    assert r.exit_code == 1 and not (tmp_path / "f.png").exists()
+    assert any(s in " ".join(r.output.split()) for s in ("corrupt or tampered", "not a medrae-protected"))
+
+
+def test_usage_errors(tmp_path, phantom_dir, key):
+    r = invoke("protect", phantom_dir, phantom_dir / "sub", "--key", key)
+    assert r.exit_code == 2 and "inside the input" in r.output
+    r = invoke("protect", phantom_dir, phantom_dir, "--key", key)
+    assert r.exit_code == 2 and "never overwrites an input" in r.output
+    r = invoke("protect", tmp_path / "nope", tmp_path / "o", "--key", key)
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = invoke("protect", phantom_dir, tmp_path / "o", "--key", key, "--eps", "40")
+    assert r.exit_code == 2
+
+
+def test_interrupted_batch_resumes(tmp_path, phantom_dir, key):
+    from toolkit.batch import protect_paths
+    from toolkit.keys import load_key
+
+    out = tmp_path / "out"
+    seen = []
+
+    def stop_after_one(r):
+        seen.append(r)
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        protect_paths(phantom_dir, out, load_key(key), batch_size=1, on_result=stop_after_one)
+    assert len(list(out.rglob("*.png"))) == 1
+    (out / "a" / ".p1.png.medrae-tmp").write_bytes(b"half")  # a temporary left by a crash
+    r = invoke("protect", phantom_dir, out, "--key", key, "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    import json
+
+    totals = json.loads((tmp_path / "r.json").read_text())["totals"]
+    assert totals["skipped"] == 1 and totals["protected"] == 2
+    assert invoke("verify", phantom_dir, out, "--key", key).exit_code == 0
+
+
+def test_existing_output_is_not_overwritten_without_flag(tmp_path, phantom_dir, key):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"precious")
+    r = invoke("protect", phantom_dir / "a/p0.png", out, "--key", key)
+    assert r.exit_code == 0 and out.read_bytes() == b"precious"  # skipped
+    r = invoke("protect", phantom_dir / "a/p0.png", out, "--key", key, "--overwrite")
+    assert r.exit_code == 0 and out.read_bytes() != b"precious"
+
+
+def test_workers_give_the_same_files(tmp_path, phantom_dir, key):
+    a, b = tmp_path / "w1", tmp_path / "w2"
+    assert invoke("protect", phantom_dir, a, "--key", key, "--workers", "1").exit_code == 0
+    assert invoke("protect", phantom_dir, b, "--key", key, "--workers", "2", "--batch-size", "2").exit_code == 0
+    names = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))  # noqa: E731
+    assert names(a) == names(b) and len(names(a)) == 3
+    assert invoke("verify", phantom_dir, b, "--key", key, "--workers", "2").exit_code == 0
+
+
+def test_real_xrays_round_trip(tmp_path, key):
+    paths = cxr3_images("test")
+    if not paths:
+        pytest.skip("real chest X-rays (../shared/data/cxr3) not found")
+    d = tmp_path / "in"
+    d.mkdir()
+    for p in paths[::45]:  # 6 images across the classes
+        (d / p.name).write_bytes(p.read_bytes())
+    out, back = tmp_path / "out", tmp_path / "back"
+    assert invoke("protect", d, out, "--key", key).exit_code == 0
+    assert invoke("restore", out, back, "--key", key).exit_code == 0
+    for p in d.iterdir():
+        assert (back / p.name).read_bytes() != b"" and np.array_equal(pixels(back / p.name), pixels(p))

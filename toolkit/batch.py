@@ -1,0 +1,420 @@
+"""Batch protect / restore / verify of files and directory trees.
+
+Outputs mirror the input tree. A file is written to a temporary name and renamed only after the
+bytes on their way to disk have been decoded again and restored, bit for bit, to the original
+(protect) or re-read identical (restore). Existing outputs are skipped (so an interrupted batch
+resumes) unless ``overwrite``; inputs are never written. A file that fails gets a one-line reason
+and the batch goes on. Network inference runs in the calling process, batched; decoding, coding,
+embedding, checking and writing run in ``workers`` processes.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+import kernels
+
+from . import metrics
+from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
+from .protect import MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_planned
+
+
+# A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
+# quarter of the payload each time): a coarser, still adversarial perturbation beats no protection.
+MAX_COARSENING = 2
+MIN_GRID = 28
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit code 2), e.g. an output inside the input tree."""
+
+
+@dataclass
+class FileResult:
+    """One file's outcome; ``reason`` is set for ``failed`` and ``skipped``."""
+
+    input: str
+    output: Optional[str]
+    status: str  # protected | restored | identical | differs | skipped | failed
+    reason: Optional[str] = None
+    shape: Optional[list[int]] = None
+    payload_bits: Optional[int] = None
+    codec: Optional[str] = None
+    rdh_passes: Optional[int] = None
+    psnr: Optional[float] = None
+    ssim: Optional[float] = None
+    roi_fraction: Optional[float] = None
+    coarsened: int = 0  # times the grid was subsampled 2x so that the payload fits
+    seconds: float = 0.0
+    stages: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in ("failed", "differs")
+
+
+@dataclass
+class BatchReport:
+    command: str
+    results: list[FileResult]
+    seconds: float
+    providers: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    def totals(self) -> dict:
+        done = [r for r in self.results if r.status in ("protected", "restored", "identical")]
+        mean = lambda k: float(np.mean([getattr(r, k) for r in done if getattr(r, k) is not None])) if any(getattr(r, k) is not None for r in done) else None  # noqa: E731
+        stages: dict[str, float] = {}
+        for r in done:
+            for k, v in r.stages.items():
+                stages[k] = stages.get(k, 0.0) + v
+        return {
+            "files": len(self.results),
+            **{s: self.count(s) for s in ("protected", "restored", "identical", "differs", "skipped", "failed")},
+            "mean_psnr": mean("psnr"),
+            "mean_ssim": mean("ssim"),
+            "mean_payload_bits": mean("payload_bits"),
+            "coarsened": sum(r.coarsened > 0 for r in self.results),
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(len(done) / self.seconds, 2) if self.seconds > 0 and done else 0.0,
+            "stage_seconds_per_image": {k: v / len(done) for k, v in stages.items()} if done else {},
+        }
+
+    def to_json(self) -> dict:
+        return {"command": self.command, "providers": self.providers, "totals": self.totals(), "files": [asdict(r) for r in self.results]}
+
+
+# ----------------------------------------------------------------------------------------------
+# collecting the work
+# ----------------------------------------------------------------------------------------------
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def pair_paths(src: Path, dst: Path, map_name: bool = True) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: a file → one pair; a directory → every image below it, mirrored."""
+    if not src.exists():
+        raise UsageError(f"{src}: no such file or directory")
+    if src.resolve() == dst.resolve():
+        raise UsageError(f"{dst}: output is the input; medrae never overwrites an input")
+    if src.is_file():
+        # OUTPUT is a directory when it is one, or has no suffix while the input has one
+        if dst.is_dir() or (not dst.suffix and src.suffix):
+            dst = dst / (output_name(Path(src.name)) if map_name else src.name)
+        return [(src, dst)]
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"{dst}: input is a directory, so the output must be a directory")
+    if _inside(dst, src):
+        raise UsageError(f"{dst}: output directory is inside the input directory {src}")
+    return [(p, dst / (output_name(p.relative_to(src)) if map_name else p.relative_to(src))) for p in image_files(src)]
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files below ``root`` in sorted order (hidden files, e.g. temporaries, left out)."""
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".") and is_image_path(p)]
+
+
+# ----------------------------------------------------------------------------------------------
+# per-file work (runs in worker processes)
+# ----------------------------------------------------------------------------------------------
+
+
+def _load(src: str) -> tuple[Optional[Image], Optional[np.ndarray], Optional[str], float]:
+    t = time.perf_counter()
+    try:
+        image = read_image(src)
+        return image, network_view(image), None, time.perf_counter() - t
+    except ImageError as exc:
+        return None, None, exc.reason, time.perf_counter() - t
+
+
+def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, Optional[float]]:
+    psnr = metrics.psnr(image.pixels, other, data_range=image.ceiling)
+    ssim = metrics.ssim(image.pixels, other, data_range=image.ceiling) if with_ssim and min(image.pixels.shape) >= 11 else None
+    return psnr, ssim
+
+
+def _ceiling_arg(image: Image) -> Optional[int]:
+    return None if image.ceiling == np.iinfo(image.pixels.dtype).max else image.ceiling
+
+
+def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
+                    key: Optional[bytes], method: Optional[str], codec: Optional[str], overwrite: bool,
+                    with_ssim: bool) -> FileResult:
+    """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    res = FileResult(src, dst, "failed", shape=list(image.pixels.shape))
+    try:
+        for level in range(MAX_COARSENING + 1):
+            plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
+            res.roi_fraction = float(plan.roi.mean())
+            try:
+                marked, info = protect_planned(image, plan, key, method, codec)
+                res.coarsened = level
+                break
+            except kernels.CapacityError as exc:
+                if level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID:
+                    res.reason = capacity_reason(exc)
+                    return res
+        stages["code_embed"] = time.perf_counter() - t
+        t1 = time.perf_counter()
+        data = encode_image(image, marked)
+        back = decode_bytes(data, image, dst)  # exactly what goes to disk
+        if not np.array_equal(kernels.restore_array(back.pixels, key, _ceiling_arg(image)), image.pixels):
+            res.reason = "internal error: the encoded file does not restore to the original; not written"
+            return res
+        stages["verify"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        write_atomic(Path(dst), data, overwrite)
+        stages["write"] = time.perf_counter() - t2
+        res.status, res.payload_bits, res.codec, res.rdh_passes = "protected", info.payload_bits, info.codec, info.passes
+        res.psnr, res.ssim = _quality(image, marked, with_ssim)
+    except (ImageError, kernels.MedraeError, ValueError) as exc:
+        res.reason = getattr(exc, "reason", None) or str(exc)
+    finally:
+        res.stages.update(stages)
+    return res
+
+
+def _restore_core(src: str, key: Optional[bytes]) -> tuple[FileResult, Optional[Image], Optional[np.ndarray]]:
+    """Read and restore one protected file in memory: (result, protected image, original pixels)."""
+    t = time.perf_counter()
+    res = FileResult(src, None, "failed")
+    try:
+        image = read_image(src)
+        res.shape = list(image.pixels.shape)
+        t1 = time.perf_counter()
+        original = kernels.restore_array(image.pixels, key, _ceiling_arg(image))
+        res.stages = {"decode": t1 - t, "extract_restore": time.perf_counter() - t1}
+        res.status = "restored"
+        res.psnr = metrics.psnr(original, image.pixels, data_range=image.ceiling)
+        return res, image, original
+    except ImageError as exc:
+        res.reason = exc.reason
+    except kernels.NotProtectedError as exc:
+        res.reason = f"not a medrae-protected image ({exc})"
+    except kernels.KeyMismatchError as exc:
+        res.reason = f"wrong or missing key: {exc}"
+    except kernels.PayloadError as exc:
+        res.reason = f"corrupt or tampered: {exc}"
+    return res, None, None
+
+
+def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool) -> FileResult:
+    """Restore one file and write it (checked to read back identically). Runs in a worker."""
+    res, image, original = _restore_core(src, key)
+    res.output = dst
+    if original is not None:
+        t = time.perf_counter()
+        try:
+            data = encode_image(image, original)
+            if not np.array_equal(decode_bytes(data, image, dst).pixels, original):
+                raise ImageError(dst, "internal error: encoded output does not read back identically; not written")
+            write_atomic(Path(dst), data, overwrite)
+            res.stages["write"] = time.perf_counter() - t
+        except ImageError as exc:
+            res.status, res.reason = "failed", exc.reason
+    res.seconds = sum(res.stages.values())
+    return res
+
+
+def _verify_one(original: str, protected: str, key: Optional[bytes]) -> FileResult:
+    """Restore ``protected`` in memory and compare with ``original`` bit for bit. Runs in a worker."""
+    res, _, restored = _restore_core(protected, key)
+    res.input, res.output = original, protected
+    if restored is None:
+        return res
+    try:
+        ref = read_image(original)
+    except ImageError as exc:
+        res.status, res.reason = "failed", exc.reason
+        return res
+    same = ref.pixels.shape == restored.shape and ref.pixels.dtype == restored.dtype and np.array_equal(ref.pixels, restored)
+    res.status = "identical" if same else "differs"
+    if not same:
+        res.reason = "restored pixels differ from the original"
+    res.seconds = sum(res.stages.values())
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# drivers
+# ----------------------------------------------------------------------------------------------
+
+
+class _Inline(Executor):
+    """``Executor`` that runs each call at once (``workers=1``)."""
+
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # surfaced by f.result()
+            f.set_exception(exc)
+        return f
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        return map(fn, *iterables)
+
+
+def _warm(_: int = 0) -> int:
+    import kernels  # noqa: F401  (imports and loads the cached JIT code in the worker)
+
+    return os.getpid()
+
+
+def executor(workers: int) -> Executor:
+    """Worker processes (forked before any ONNX Runtime session exists) or inline for 1."""
+    if workers <= 1:
+        return _Inline()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    list(pool.map(_warm, range(workers)))  # start every worker now, while this process is still simple
+    return pool
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
+                  device: str = "auto", batch_size: int = 16, workers: int = 1, overwrite: bool = False,
+                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False,
+                  on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                  command: str = "protect") -> BatchReport:
+    """Protect one file or a directory tree into ``dst``; see the module docstring."""
+    from .protect import Protector
+
+    t0 = time.perf_counter()
+    pairs = pair_paths(src, dst)
+    on_start(len(pairs))
+    results: list[FileResult] = []
+
+    def done(r: FileResult) -> None:
+        results.append(r)
+        on_result(r)
+
+    todo = []
+    for s, d in pairs:
+        if d.exists() and not overwrite:
+            done(FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)"))
+        else:
+            todo.append((s, d))
+    pool = executor(workers)
+    try:
+        protector = Protector(models, device, eps) if todo else None
+        for chunk in _chunks(todo, max(1, batch_size)):
+            loaded = list(pool.map(_load, [str(s) for s, _ in chunk]))
+            ok = [(pair, item) for pair, item in zip(chunk, loaded) if item[0] is not None]
+            for (s, d), (_, _, reason, _) in zip(chunk, loaded):
+                if reason is not None:
+                    done(FileResult(str(s), str(d), "failed", reason))
+            if not ok:
+                continue
+            t = time.perf_counter()
+            rois, grids = protector.analyse(np.stack([item[1] for _, item in ok]))
+            infer = (time.perf_counter() - t) / len(ok)
+            futures = [
+                (item, pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim))
+                for ((s, d), item), roi, grid in zip(ok, rois, grids)
+            ]
+            for item, fut in futures:
+                r = fut.result()
+                r.stages = {"decode": item[3], "segment_generate": infer, **r.stages}
+                r.seconds = sum(r.stages.values())
+                done(r)
+        providers = list(protector.seg.get_providers()) if protector else []
+    finally:
+        pool.shutdown() if hasattr(pool, "shutdown") else None
+    return BatchReport(command, results, time.perf_counter() - t0, providers)
+
+
+def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 1, overwrite: bool = False,
+                  on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                  command: str = "restore") -> BatchReport:
+    """Restore one file or a tree of protected files into ``dst`` (same names)."""
+    t0 = time.perf_counter()
+    pairs = pair_paths(src, dst, map_name=False)
+    on_start(len(pairs))
+    results = []
+    todo = []
+    for s, d in pairs:
+        if d.exists() and not overwrite:
+            r = FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)")
+            results.append(r)
+            on_result(r)
+        else:
+            todo.append((s, d))
+    pool = executor(workers)
+    try:
+        for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite) for s, d in todo]):
+            results.append(r)
+            on_result(r)
+    finally:
+        pool.shutdown() if hasattr(pool, "shutdown") else None
+    return BatchReport(command, results, time.perf_counter() - t0)
+
+
+def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, workers: int = 1,
+                 on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                 command: str = "verify") -> BatchReport:
+    """Restore each protected file in memory and compare it with its original, bit for bit."""
+    t0 = time.perf_counter()
+    if not protected.exists():
+        raise UsageError(f"{protected}: no such file or directory")
+    if original.is_file() and protected.is_file():
+        pairs = [(original, protected)]
+    elif original.is_dir() and protected.is_dir():
+        pairs = [(o, protected / output_name(o.relative_to(original))) for o in image_files(original)]
+    else:
+        raise UsageError(f"{original} and {protected} must both be files or both be directories")
+    on_start(len(pairs))
+    results = []
+    missing = [(o, p) for o, p in pairs if not p.exists()]
+    for o, p in missing:
+        r = FileResult(str(o), str(p), "failed", "protected file is missing")
+        results.append(r)
+        on_result(r)
+    pool = executor(workers)
+    try:
+        for r in _ordered(pool, _verify_one, [(str(o), str(p), key) for o, p in pairs if p.exists()]):
+            results.append(r)
+            on_result(r)
+    finally:
+        pool.shutdown() if hasattr(pool, "shutdown") else None
+    return BatchReport(command, results, time.perf_counter() - t0)
+
+
+def _ordered(pool: Executor, fn, arglists: Iterable[tuple]) -> Iterator[FileResult]:
+    """Results in input order."""
+    futures = [pool.submit(fn, *a) for a in arglists]
+    for f in futures:
+        yield f.result()
+
+
+def info(path: Path) -> dict:
+    """What a protected file carries (no key needed); raises ImageError or kernels errors."""
+    image = read_image(path)
+    return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, _ceiling_arg(image))}

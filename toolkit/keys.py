@@ -1,0 +1,55 @@
+"""Key files: 256-bit AES keys stored as 64 hex digits, created with mode 0600."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from kernels import KEY_BYTES
+
+ENV_VAR = "MEDRAE_KEY_FILE"
+
+
+class KeyFileError(Exception):
+    """A key file that is missing, unreadable or malformed; ``str()`` is one line."""
+
+
+def keygen(path: Path | str) -> Path:
+    """Create a new random key file (mode 0600). Refuses to overwrite an existing file."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: exists; refusing to overwrite a key file") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot create: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+    return path
+
+
+def load_key(path: Optional[Path | str]) -> bytes:
+    """The 32-byte key in ``path`` (or in ``$MEDRAE_KEY_FILE`` when ``path`` is None).
+
+    Accepts the 64-hex-digit text written by :func:`keygen` or 32 raw bytes.
+    """
+    if path is None:
+        path = os.environ.get(ENV_VAR)
+        if not path:
+            raise KeyFileError(f"no key: pass --key KEYFILE or set {ENV_VAR} (create one with: medrae keygen KEYFILE)")
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    if len(data) == KEY_BYTES:
+        return data
+    text = data.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"{path}: not a medrae key (expected {2 * KEY_BYTES} hex digits or {KEY_BYTES} raw bytes)")
+    return key
