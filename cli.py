@@ -101,7 +101,7 @@ def protect(
     models: Optional[Path] = typer.Option(None, "--models", help="directory with segmenter.onnx and generator.onnx"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    workers: int = typer.Option(1, "--workers", min=1, help="processes for decoding, coding, embedding and writing"),
+    workers: int = typer.Option(0, "--workers", min=0, help="processes for decoding, coding, embedding and writing (0: one per core, max 4)"),
     no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
     codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
@@ -131,7 +131,7 @@ def restore(
     input: Path = typer.Argument(..., help="protected file or directory"),
     output: Path = typer.Argument(..., help="output file or directory"),
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP + " (not needed for --no-encrypt files)"),
-    workers: int = typer.Option(1, "--workers", min=1),
+    workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
     report: Optional[Path] = typer.Option(None, "--report"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
@@ -146,7 +146,7 @@ def verify(
     original: Path = typer.Argument(..., help="original file or directory"),
     protected: Path = typer.Argument(..., help="protected file or directory"),
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
-    workers: int = typer.Option(1, "--workers", min=1),
+    workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
     report: Optional[Path] = typer.Option(None, "--report"),
 ) -> None:
     """Restore in memory and compare with the originals bit for bit (exit 0 only if all identical)."""

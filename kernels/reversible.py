@@ -46,6 +46,7 @@ def protect_array(
     codec: Optional[str] = None,
     method: Optional[str] = None,
     ceiling: Optional[int] = None,
+    check: bool = True,
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -62,6 +63,10 @@ def protect_array(
         Perturbation codec and RDH method (defaults: ``auto`` and ``pee``).
     ceiling : int, optional
         Largest value a pixel may take, ``2**b - 1`` (default: the dtype's); restore needs it too.
+    check : bool
+        Restore the result and compare with ``original`` before returning (default). Turn off only
+        when the caller runs that check itself on what it stores (the batch pipeline restores the
+        encoded file bytes).
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -94,7 +99,7 @@ def protect_array(
         key=key,
     )
     marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling)
-    if not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
+    if check and not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
         raise PayloadError("internal error: protected image does not restore to the original")
     return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)
 

@@ -169,7 +169,7 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
             plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
             res.roi_fraction = float(plan.roi.mean())
             try:
-                marked, info = protect_planned(image, plan, key, method, codec)
+                marked, info = protect_planned(image, plan, key, method, codec, check=False)  # checked below, on the file bytes
                 res.coarsened = level
                 break
             except kernels.CapacityError as exc:
@@ -285,6 +285,13 @@ def _warm(_: int = 0) -> int:
     return os.getpid()
 
 
+def auto_workers(workers: int, n_files: int) -> int:
+    """``workers <= 0``: one per core (at most 4) for batches, inline for a single file."""
+    if workers > 0:
+        return workers
+    return 1 if n_files <= 1 else max(1, min(4, os.cpu_count() or 1))
+
+
 def executor(workers: int) -> Executor:
     """Worker processes (forked before any ONNX Runtime session exists) or inline for 1."""
     if workers <= 1:
@@ -300,7 +307,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 
 def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
-                  device: str = "auto", batch_size: int = 16, workers: int = 1, overwrite: bool = False,
+                  device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
                   method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False,
                   on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "protect") -> BatchReport:
@@ -322,36 +329,35 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
             done(FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)"))
         else:
             todo.append((s, d))
-    pool = executor(workers)
+    pool = executor(auto_workers(workers, len(todo)))
     try:
         protector = Protector(models, device, eps) if todo else None
+        pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
         for chunk in _chunks(todo, max(1, batch_size)):
             loaded = list(pool.map(_load, [str(s) for s, _ in chunk]))
             ok = [(pair, item) for pair, item in zip(chunk, loaded) if item[0] is not None]
             for (s, d), (_, _, reason, _) in zip(chunk, loaded):
                 if reason is not None:
                     done(FileResult(str(s), str(d), "failed", reason))
-            if not ok:
-                continue
-            t = time.perf_counter()
-            rois, grids = protector.analyse(np.stack([item[1] for _, item in ok]))
-            infer = (time.perf_counter() - t) / len(ok)
-            futures = [
-                (item, pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim))
-                for ((s, d), item), roi, grid in zip(ok, rois, grids)
-            ]
-            for item, fut in futures:
-                r = fut.result()
-                r.stages = {"decode": item[3], "segment_generate": infer, **r.stages}
-                r.seconds = sum(r.stages.values())
-                done(r)
+            jobs = []
+            if ok:
+                t = time.perf_counter()
+                rois, grids = protector.analyse(np.stack([item[1] for _, item in ok]))
+                infer = (time.perf_counter() - t) / len(ok)
+                jobs = [
+                    (item[3], infer, pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim))
+                    for ((s, d), item), roi, grid in zip(ok, rois, grids)
+                ]
+            _collect(pending, done)  # workers ran these while this chunk was decoded and inferred
+            pending = jobs
+        _collect(pending, done)
         providers = list(protector.seg.get_providers()) if protector else []
     finally:
         pool.shutdown() if hasattr(pool, "shutdown") else None
     return BatchReport(command, results, time.perf_counter() - t0, providers)
 
 
-def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 1, overwrite: bool = False,
+def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False,
                   on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "restore") -> BatchReport:
     """Restore one file or a tree of protected files into ``dst`` (same names)."""
@@ -367,7 +373,7 @@ def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 
             on_result(r)
         else:
             todo.append((s, d))
-    pool = executor(workers)
+    pool = executor(auto_workers(workers, len(todo)))
     try:
         for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite) for s, d in todo]):
             results.append(r)
@@ -377,7 +383,7 @@ def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
-def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, workers: int = 1,
+def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, workers: int = 0,
                  on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                  command: str = "verify") -> BatchReport:
     """Restore each protected file in memory and compare it with its original, bit for bit."""
@@ -397,7 +403,7 @@ def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, worke
         r = FileResult(str(o), str(p), "failed", "protected file is missing")
         results.append(r)
         on_result(r)
-    pool = executor(workers)
+    pool = executor(auto_workers(workers, len(pairs)))
     try:
         for r in _ordered(pool, _verify_one, [(str(o), str(p), key) for o, p in pairs if p.exists()]):
             results.append(r)
@@ -405,6 +411,14 @@ def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, worke
     finally:
         pool.shutdown() if hasattr(pool, "shutdown") else None
     return BatchReport(command, results, time.perf_counter() - t0)
+
+
+def _collect(jobs: list, done: Callable[[FileResult], None]) -> None:
+    for decode, infer, fut in jobs:
+        r = fut.result()
+        r.stages = {"decode": decode, "segment_generate": infer, **r.stages}
+        r.seconds = sum(r.stages.values())
+        done(r)
 
 
 def _ordered(pool: Executor, fn, arglists: Iterable[tuple]) -> Iterator[FileResult]:

@@ -96,9 +96,10 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int)
 
 
 def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Optional[str] = None,
-                    codec: Optional[str] = None) -> tuple[np.ndarray, kernels.ProtectInfo]:
-    """Embed the plan's exact perturbation; raises ``kernels.CapacityError`` when it does not fit."""
-    return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec,
+                    codec: Optional[str] = None, check: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo]:
+    """Embed the plan's exact perturbation; raises ``kernels.CapacityError`` when it does not fit.
+    ``check=False`` only where the caller restores the encoded file itself (batch does)."""
+    return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
                                  ceiling=None if image.ceiling == np.iinfo(image.pixels.dtype).max else image.ceiling,
                                  **plan.hints)
 
@@ -136,19 +137,19 @@ class Protector:
         self.factor = int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
 
-    def roi(self, views: np.ndarray) -> np.ndarray:
-        logits = self.seg.run(None, {"image": normalize(views)})[0][:, 0]
-        return np.stack([postprocess(l, self.dilation) for l in logits])
-
     def analyse(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ROIs (N, 224, 224) bool and integer grids (N, g, g), levels in ``-eps..eps``, zero on ROI cells."""
         if views.dtype != np.uint8 or views.ndim != 3 or views.shape[1:] != (NET_SIZE, NET_SIZE):
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
-        rois = self.roi(views)
-        raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
+        x = normalize(views)
+        logits = self.seg.run(None, {"image": x})[0][:, 0]
+        rois = np.stack([postprocess(l, self.dilation) for l in logits])
+        raw = self.gen.run(None, {"image": x, "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * self.eps), -self.eps, self.eps).astype(np.int64)  # raw is in [-1, 1]
-        for g, r in zip(grids, rois):
-            g[cells_touching(r, self.factor)] = 0
+        if grids.shape[-1] < NET_SIZE:  # the generator zeroes ROI cells itself; this keeps it exact
+            f = self.factor
+            touched = rois.reshape(len(rois), NET_SIZE // f, f, NET_SIZE // f, f).any(axis=(2, 4))
+            grids[touched] = 0
         return rois, grids
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
