@@ -211,6 +211,15 @@ def export(ctx: typer.Context) -> None:
     _forward(main, list(ctx.args))
 
 
+@app.command(context_settings=PASS)
+def evaluate(ctx: typer.Context) -> None:
+    """Every method (ours, FGSM, BIM, PGD, C&W, Liu-RAE, ...) on a dataset directory; tables and
+    reports (options: medrae evaluate DATASET --report DIR [--methods] [--eps 1,2,4,8] [--quick])."""
+    from toolkit.evaluate import main
+
+    _forward(main, list(ctx.args))
+
+
 @app.command("evaluate-models", context_settings=PASS)
 def evaluate_models(ctx: typer.Context) -> None:
     """Measure the shipped ONNX models on a dataset directory (options: --help)."""

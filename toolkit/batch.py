@@ -23,13 +23,7 @@ import kernels
 
 from . import metrics
 from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
-from .protect import MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_planned
-
-
-# A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
-# quarter of the payload each time): a coarser, still adversarial perturbation beats no protection.
-MAX_COARSENING = 2
-MIN_GRID = 28
+from .protect import MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback
 
 
 class UsageError(Exception):
@@ -165,17 +159,13 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
     t = time.perf_counter()
     res = FileResult(src, dst, "failed", shape=list(image.pixels.shape))
     try:
-        for level in range(MAX_COARSENING + 1):
-            plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
+        try:  # checked below, on the file bytes
+            marked, info, plan, res.coarsened = protect_with_fallback(image, roi, grid, eps, key, method, codec, check=False)
             res.roi_fraction = float(plan.roi.mean())
-            try:
-                marked, info = protect_planned(image, plan, key, method, codec, check=False)  # checked below, on the file bytes
-                res.coarsened = level
-                break
-            except kernels.CapacityError as exc:
-                if level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID:
-                    res.reason = capacity_reason(exc)
-                    return res
+        except kernels.CapacityError as exc:
+            res.roi_fraction = float(plan_perturbation(image, roi, grid, eps).roi.mean())
+            res.reason = capacity_reason(exc)
+            return res
         stages["code_embed"] = time.perf_counter() - t
         t1 = time.perf_counter()
         data = encode_image(image, marked)

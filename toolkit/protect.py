@@ -104,6 +104,29 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
                                  **plan.hints)
 
 
+# A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
+# quarter of the payload each time): a coarser, still adversarial perturbation beats no protection.
+MAX_COARSENING = 2
+MIN_GRID = 28
+
+
+def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
+                          method: Optional[str] = None, codec: Optional[str] = None,
+                          check: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int]:
+    """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
+    not fit; returns ``(marked, info, plan, coarsening level)`` or raises the last ``CapacityError``."""
+    level = 0
+    while True:
+        plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
+        try:
+            marked, info = protect_planned(image, plan, key, method, codec, check)
+            return marked, info, plan, level
+        except kernels.CapacityError:
+            if level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE:
+                raise
+            level += 1
+
+
 @dataclass
 class Protected:
     """One image's result: ``marked``/``info`` are None and ``error`` says why when it was refused."""

@@ -1,0 +1,150 @@
+"""Gradient attacks on the target classifiers (PyTorch), torchattacks-style: construct, then call.
+
+    attack = PGD(model, eps=8)
+    adv = attack(images, labels, region)     # images: (N, 1, H, W) float in 0..255
+
+Every attack works in pixel units (``eps`` in 1/255 of the range, i.e. pixel levels of 8-bit
+images), changes pixels only where ``region`` is 1 (None: everywhere), returns a float tensor in
+0..255 within ``eps`` of the input (the caller rounds to 8 bits, as a saved file would be), and
+calls the model on the normalised input ``(x / 255 - 0.5) / 0.25``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTACKS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    ATTACKS[cls.name] = cls
+    return cls
+
+
+def normalize(x255: torch.Tensor) -> torch.Tensor:
+    return (x255 / 255.0 - 0.5) / 0.25
+
+
+class Attack:
+    """Base class: holds the model and the budget; subclasses implement :meth:`forward`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier taking normalised (N, 1, H, W) input, returning logits.
+    eps : float
+        L-infinity bound in pixel levels (8 = 8/255).
+    """
+
+    name = "attack"
+
+    def __init__(self, model: nn.Module, eps: float = 8.0, **kw):
+        self.model = model.eval()
+        self.eps = float(eps)
+        for k, v in kw.items():
+            if not hasattr(self, k):
+                raise TypeError(f"{type(self).__name__} has no option {k!r}")
+            setattr(self, k, v)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, region: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"images must be (N, 1, H, W), got {tuple(images.shape)}")
+        region = torch.ones_like(images) if region is None else region.to(images.dtype)
+        adv = self.forward(images.detach(), labels, region)
+        return self._project(adv, images, region)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _project(self, adv: torch.Tensor, images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        delta = torch.clamp(adv - images, -self.eps, self.eps) * region
+        return torch.clamp(images + delta, 0, 255).detach()
+
+    def _grad(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(self.model(normalize(x)), labels)
+        return torch.autograd.grad(loss, x)[0]
+
+
+@register
+class FGSM(Attack):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps."""
+
+    name = "fgsm"
+
+    def forward(self, images, labels, region):
+        return images + self.eps * self._grad(images, labels).sign() * region
+
+
+@register
+class BIM(Attack):
+    """Basic iterative method (Kurakin et al. 2017): ``steps`` sign steps of ``alpha``, projected."""
+
+    name = "bim"
+    steps = 10
+    alpha = 1.0
+
+    def forward(self, images, labels, region):
+        adv = images
+        for _ in range(self.steps):
+            adv = self._project(adv + self.alpha * self._grad(adv, labels).sign() * region, images, region)
+        return adv
+
+
+@register
+class PGD(BIM):
+    """Projected gradient descent (Madry et al. 2018): BIM from a uniform random start."""
+
+    name = "pgd"
+    seed = 0
+
+    def forward(self, images, labels, region):
+        g = torch.Generator(device="cpu").manual_seed(self.seed)
+        start = (torch.rand(images.shape, generator=g) * 2 - 1).to(images.device) * self.eps
+        adv = self._project(images + start * region, images, region)
+        for _ in range(self.steps):
+            adv = self._project(adv + self.alpha * self._grad(adv, labels).sign() * region, images, region)
+        return adv
+
+
+@register
+class CW(Attack):
+    """Carlini-Wagner L2 (the paper's eq. 4-5): minimise ||delta||^2 + c * f(x + delta), with
+    f = max(Z_y - max_{i != y} Z_i, -kappa), in tanh space with Adam. The result is then clipped to
+    the eps ball so it sits in the same table as the L-infinity attacks."""
+
+    name = "cw"
+    c = 1.0
+    kappa = 0.0
+    steps = 50
+    lr = 0.01
+
+    def forward(self, images, labels, region):
+        x01 = (images / 255.0).clamp(1e-6, 1 - 1e-6)
+        w = torch.atanh(2 * x01 - 1).detach().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=self.lr)
+        best = images.clone()
+        best_l2 = torch.full((len(images),), float("inf"), device=images.device)
+        onehot = F.one_hot(labels, num_classes=self.model(normalize(images[:1])).shape[1]).bool()
+        for _ in range(self.steps):
+            adv = images + ((torch.tanh(w) + 1) / 2 * 255.0 - images) * region
+            z = self.model(normalize(adv))
+            real = z[onehot]
+            other = z.masked_fill(onehot, float("-inf")).amax(1)
+            f = torch.clamp(real - other, min=-self.kappa)
+            l2 = ((adv - images) / 255.0).pow(2).flatten(1).sum(1)
+            loss = (l2 + self.c * f).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                fooled = z.argmax(1) != labels
+                better = fooled & (l2 < best_l2)
+                best[better] = adv[better].detach()
+                best_l2[better] = l2[better]
+                keep = ~fooled & torch.isinf(best_l2)  # not fooled yet: keep the latest iterate
+                best[keep] = adv[keep].detach()
+        return best

@@ -1,0 +1,406 @@
+"""``medrae evaluate DATASET --report DIR``: every method through one harness, the paper's tables.
+
+For each method and eps, over the images the white-box classifier gets right: ASR on the 8-bit
+file a third party gets (encoded as PNG and decoded again), PSNR and SSIM (data range 255, C1 =
+6.5025, C2 = 58.5225), the largest and mean change inside the true lung mask, payload bits per
+pixel, seconds per image, transfer ASR on every other shipped classifier (each over the images it
+gets right), and for reversible methods the fraction that fit and the fraction restored bit-exact.
+An image whose payload does not fit cannot be published reversibly: a reversible method leaves it
+unchanged, so it counts as not fooled.
+
+Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as ``medrae protect``),
+``ours_rae_noregion`` (the generator given an empty ROI: Table 5), ``fgsm``, ``bim``, ``pgd``
+(10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``liu_rae`` (PGD, then the whole
+perturbation embedded with the same codec + RDH), ``paper_rae`` (the ``--arch paper`` generator +
+RLE + histogram shifting, when ``models/generator_paper.onnx`` exists). Attacks need PyTorch (the
+``train`` extra); they run on a torch rebuild of the shipped ONNX classifier (checked equal).
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+import kernels
+
+from .datasets import load_split
+from .imageio import Image
+from .metrics import psnr, ssim
+from .ort import session
+from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
+
+AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw")
+RAE_METHODS = ("ours_rae", "liu_rae", "paper_rae")
+DEFAULT_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion",)
+WHITE_BOX = "classifier_resnet18"
+
+# Published numbers (reference paper, eps = 8/255, ResNet50 target, 3-class chest X-rays); only
+# the figures given to us are filled in, the rest stay None rather than guessed.
+PUBLISHED = {
+    ("paper_rae", 8): {"asr": 0.8927, "psnr": 29.54, "ssim": 0.7922, "seconds_per_image": 1.891},
+}
+
+
+@dataclass
+class Output:
+    """What one method produced for a batch: the 8-bit images a third party gets, and extras."""
+
+    images: np.ndarray  # uint8 (N, H, W)
+    payload_bits: Optional[np.ndarray] = None  # reversible methods; NaN where it did not fit
+    restored: Optional[np.ndarray] = None  # bool, reversible methods
+
+
+def _png_roundtrip(images: np.ndarray) -> np.ndarray:
+    """The pixels of each image after saving it as an 8-bit PNG and reading it back."""
+    from PIL import Image as PILImage
+
+    out = np.empty_like(images)
+    for k, x in enumerate(images):
+        buf = io.BytesIO()
+        PILImage.fromarray(x).save(buf, format="PNG")
+        buf.seek(0)
+        with PILImage.open(buf) as im:
+            out[k] = np.asarray(im)
+    return out
+
+
+class Harness:
+    """Loads the models once; :meth:`run` returns one method's outputs for a batch at one eps."""
+
+    def __init__(self, models: Path, key: bytes, cw_steps: int = 20):
+        self.models, self.key, self.cw_steps = models, key, cw_steps
+        self._torch = None
+        self.protector = Protector(models)
+        paper = models / "generator_paper.onnx"
+        self.paper = Protector(models, generator=paper.name) if paper.exists() else None
+
+    def torch_model(self):
+        if self._torch is None:
+            from models.from_onnx import load_classifier
+
+            self._torch = load_classifier(self.models / f"{WHITE_BOX}.onnx")
+        return self._torch
+
+    def available(self, method: str) -> Optional[str]:
+        """None if ``method`` can run here, else the reason it cannot."""
+        if method == "paper_rae" and self.paper is None:
+            return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
+        if method in ("fgsm", "bim", "pgd", "cw", "liu_rae"):
+            try:
+                import torch  # noqa: F401
+            except ModuleNotFoundError:
+                return "needs PyTorch (pip install -e '.[train]')"
+        return None
+
+    def _attack(self, name: str, x: np.ndarray, y: np.ndarray, eps: int) -> np.ndarray:
+        import torch
+
+        from models.attacks import ATTACKS
+
+        opts = {"steps": self.cw_steps} if name == "cw" else {}
+        attack = ATTACKS[name](self.torch_model(), eps=eps, **opts)
+        adv = attack(torch.from_numpy(x[:, None].astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
+        return np.clip(np.round(adv[:, 0].numpy()), 0, 255).astype(np.uint8)
+
+    def _embed(self, x: np.ndarray, adv: np.ndarray, eps: int, method: Optional[str] = None, codec: Optional[str] = None,
+               hints: Optional[list[dict]] = None) -> Output:
+        out, bits, restored = adv.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
+        for k in range(len(x)):
+            try:
+                marked, info = kernels.protect_array(x[k], adv[k], self.key, eps=eps, method=method, codec=codec, **(hints[k] if hints else {}))
+            except kernels.CapacityError:
+                out[k] = x[k]  # cannot be published reversibly: the original goes out
+                continue
+            out[k], bits[k] = marked, info.payload_bits
+            restored[k] = np.array_equal(kernels.restore_array(marked, self.key), x[k])
+        return Output(out, bits, restored)
+
+    def _ours(self, prot: Protector, x: np.ndarray, eps: int, embed: bool, region: bool = True,
+              method: Optional[str] = None, codec: Optional[str] = None) -> Output:
+        old = prot.eps
+        prot.eps = eps
+        try:
+            rois, grids = prot.analyse(x) if region else self._no_region(prot, x)
+        finally:
+            prot.eps = old
+        plans = [plan_perturbation(Image(img, 255, "png"), roi, grid, eps) for img, roi, grid in zip(x, rois, grids)]
+        adv = np.stack([p.adversarial for p in plans])
+        if not embed:
+            return Output(adv)
+        out, bits, restored = adv.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
+        for k, (img, roi, grid) in enumerate(zip(x, rois, grids)):
+            try:  # the same fallback as medrae protect
+                marked, info, _, _ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec)
+            except kernels.CapacityError:
+                out[k] = img  # cannot be published reversibly: the original goes out
+                continue
+            out[k], bits[k] = marked, info.payload_bits
+            restored[k] = np.array_equal(kernels.restore_array(marked, self.key), img)
+        return Output(out, bits, restored)
+
+    @staticmethod
+    def _no_region(prot: Protector, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rois = np.zeros(x.shape, bool)
+        raw = prot.gen.run(None, {"image": normalize(x), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
+        return rois, np.clip(np.round(raw * prot.eps), -prot.eps, prot.eps).astype(np.int64)
+
+    def run(self, method: str, x: np.ndarray, y: np.ndarray, eps: int, cache: dict) -> Output:
+        if method == "ours_ae":
+            return self._ours(self.protector, x, eps, embed=False)
+        if method == "ours_rae":
+            return self._ours(self.protector, x, eps, embed=True)
+        if method == "ours_rae_noregion":
+            return self._ours(self.protector, x, eps, embed=True, region=False)
+        if method == "paper_rae":
+            return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle")
+        if method in ("fgsm", "bim", "pgd", "cw"):
+            adv = self._attack(method, x, y, eps)
+            cache[(method, eps)] = adv
+            return Output(adv)
+        if method == "liu_rae":
+            adv = cache.get(("pgd", eps))
+            if adv is None:
+                adv = self._attack("pgd", x, y, eps)
+            return self._embed(x, adv, eps)
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(DEFAULT_METHODS)}")
+
+
+def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHODS, eps_list: tuple[int, ...] = (1, 2, 4, 8),
+             models: Path = MODELS_DIR, limit: int = 0, batch: int = 30, cw_steps: int = 20,
+             on_progress: Callable[[str, int], None] = lambda m, n: None) -> dict:
+    """Run every method at every eps on the dataset directory ``data``; write results and reports."""
+    split = load_split(data)
+    x_all, masks_all, y_all = split.images, split.masks, split.labels
+    if limit:
+        pick = np.concatenate([np.flatnonzero(y_all == c)[: max(1, limit // len(split.classes))] for c in range(len(split.classes))])
+        x_all, y_all = x_all[pick], y_all[pick]
+        masks_all = masks_all[pick] if masks_all is not None else None
+    clfs = {p.stem: session(p) for p in sorted(models.glob("classifier_*.onnx"))}
+    if WHITE_BOX not in clfs:
+        raise FileNotFoundError(f"{models / (WHITE_BOX + '.onnx')}: the white-box classifier is missing")
+    predict = lambda s, imgs: np.concatenate([s.run(None, {"image": normalize(imgs[i : i + 64])})[0].argmax(1) for i in range(0, len(imgs), 64)])  # noqa: E731
+    clean = {n: predict(s, x_all) for n, s in clfs.items()}
+    ok = clean[WHITE_BOX] == y_all
+    x, y = x_all[ok], y_all[ok]
+    masks = masks_all[ok] if masks_all is not None else None
+    harness = Harness(models, os.urandom(32), cw_steps)
+    results: dict = {
+        "dataset": str(data), "images": int(len(x_all)), "evaluated": int(len(x)), "white_box": WHITE_BOX,
+        "clean_accuracy": {n: float((p == y_all).mean()) for n, p in clean.items()},
+        "eps": list(eps_list), "methods": {}, "skipped": {}, "published": {f"{m}@{e}": v for (m, e), v in PUBLISHED.items()},
+    }
+    examples: dict = {}
+    for method in methods:
+        why = harness.available(method)
+        if why:
+            results["skipped"][method] = why
+            continue
+        results["methods"][method] = {}
+        cache: dict = {}
+        for eps in (eps_list if method in AE_METHODS else (8,) if 8 in eps_list else eps_list[-1:]):
+            t0 = time.perf_counter()
+            outs = []
+            for i in range(0, len(x), batch):
+                outs.append(harness.run(method, x[i : i + batch], y[i : i + batch], eps, cache))
+                on_progress(f"{method} eps={eps}", len(x[i : i + batch]))
+            secs = (time.perf_counter() - t0) / max(1, len(x))
+            adv = _png_roundtrip(np.concatenate([o.images for o in outs]))
+            row = _measure(adv, x, y, masks, clfs, clean, ok, secs)
+            if outs[0].payload_bits is not None:
+                bits = np.concatenate([o.payload_bits for o in outs])
+                fit = ~np.isnan(bits)
+                row["fit_fraction"] = float(fit.mean())
+                row["payload_bpp"] = float(np.nanmean(bits) / x[0].size) if fit.any() else None
+                row["restored_fraction"] = float(np.concatenate([o.restored for o in outs])[fit].mean()) if fit.any() else None
+            results["methods"][method][str(eps)] = row
+            if eps == max(eps_list) or method in RAE_METHODS:
+                examples[method] = adv
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "results.json").write_text(json.dumps(results, indent=1))
+    write_reports(results, report, x, masks, y, split.classes, examples)
+    return results
+
+
+def _measure(adv, x, y, masks, clfs, clean, ok, secs) -> dict:
+    d = np.abs(adv.astype(np.int64) - x)
+    row = {
+        "asr": None, "psnr": float(np.mean([psnr(a, b, data_range=255) for a, b in zip(x, adv) if not np.array_equal(a, b)] or [float("inf")])),
+        "ssim": float(np.mean([ssim(a, b, data_range=255) for a, b in zip(x, adv)])),
+        "seconds_per_image": secs, "transfer": {},
+    }
+    if masks is not None:
+        row["roi_max_change"] = int(max(int(dk[mk].max(initial=0)) for dk, mk in zip(d, masks)))
+        row["roi_mean_change"] = float(np.mean([dk[mk].mean() if mk.any() else 0.0 for dk, mk in zip(d, masks)]))
+    for name, s in clfs.items():
+        pred = np.concatenate([s.run(None, {"image": normalize(adv[i : i + 64])})[0].argmax(1) for i in range(0, len(adv), 64)])
+        right = clean[name][ok] == y  # over the images this classifier gets right
+        asr = float((pred[right] != y[right]).mean()) if right.any() else None
+        if name == WHITE_BOX:
+            row["asr"] = asr
+        else:
+            row["transfer"][name] = asr
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# reports
+# ----------------------------------------------------------------------------------------------
+
+
+def _f(v, fmt=".2f", pct=False) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    return f"{100 * v:.2f} %" if pct else format(v, fmt)
+
+
+def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of Tables 1-5, with the published numbers beside ours."""
+    M = results["methods"]
+    pub = results["published"]
+    out = []
+    eps_list = results["eps"]
+    rows = []
+    for m in AE_METHODS:
+        if m in M:
+            rows.append([m] + [" / ".join([_f(M[m].get(str(e), {}).get("asr"), pct=True), _f(M[m].get(str(e), {}).get("psnr")), _f(M[m].get(str(e), {}).get("ssim"), ".4f")]) for e in eps_list])
+    out.append(("Table 1: adversarial examples (ASR / PSNR dB / SSIM) by eps (x/255)", ["method"] + [f"eps={e}" for e in eps_list], rows))
+    rows = []
+    for m in RAE_METHODS + ("ours_rae_noregion",):
+        for e, r in M.get(m, {}).items():
+            p = pub.get(f"{m}@{e}", {})
+            rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), _f(r.get("payload_bpp"), ".3f"), _f(r.get("fit_fraction"), pct=True),
+                         _f(r.get("restored_fraction"), pct=True), _f(p.get("asr"), pct=True), _f(p.get("psnr")), _f(p.get("ssim"), ".4f")])
+    out.append(("Table 2: reversible adversarial examples", ["method", "eps", "ASR", "PSNR", "SSIM", "payload bpp", "fits", "restored exact", "published ASR", "published PSNR", "published SSIM"], rows))
+    rows = []
+    for m, by_eps in M.items():
+        e = "8" if "8" in by_eps else next(iter(by_eps))
+        p = pub.get(f"{m}@{e}", {})
+        rows.append([m, e, _f(by_eps[e]["seconds_per_image"], ".4f"), _f(p.get("seconds_per_image"), ".3f")])
+    out.append(("Table 3: time per image (s, this machine)", ["method", "eps", "seconds", "published"], rows))
+    rows = []
+    for m, by_eps in M.items():
+        e = "8" if "8" in by_eps else next(iter(by_eps))
+        rows.append([m, e, _f(by_eps[e]["asr"], pct=True)] + [_f(v, pct=True) for v in by_eps[e]["transfer"].values()])
+    names = next((list(b[e]["transfer"]) for b in M.values() for e in b), [])
+    out.append(("Table 4: transfer (ASR on the white-box target, then on the others)", ["method", "eps", results["white_box"]] + names, rows))
+    rows = []
+    for m in ("ours_rae", "ours_rae_noregion"):
+        for e, r in M.get(m, {}).items():
+            rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), str(r.get("roi_max_change", "-")), _f(r.get("roi_mean_change"), ".3f")])
+    out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs"], rows))
+    return out
+
+
+def _markdown(results: dict) -> str:
+    lines = [f"# medrae evaluation: {results['dataset']}", "",
+             f"{results['evaluated']} of {results['images']} images (those the white-box {results['white_box']} classifies right). "
+             f"Clean accuracy: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in results["clean_accuracy"].items()), ""]
+    for title, header, rows in tables(results):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    if results["skipped"]:
+        lines += ["## Not run", ""] + [f"* {m}: {why}" for m, why in results["skipped"].items()] + [""]
+    lines += ["Published numbers: the reference paper (ResNet50 target, its own data); '-' where none was given.",
+              "![examples](examples.png)", "", "![ASR and PSNR against eps](curves.svg)", ""]
+    return "\n".join(lines)
+
+
+def _html(results: dict) -> str:
+    parts = [f"<html><head><meta charset='utf-8'><title>medrae evaluation</title><style>table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:2px 6px}}</style></head><body>",
+             f"<h1>medrae evaluation: {html.escape(results['dataset'])}</h1>"]
+    for title, header, rows in tables(results):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    parts.append("<h2>Examples</h2><img src='examples.png'><h2>ASR and PSNR against eps</h2><img src='curves.svg'></body></html>")
+    return "\n".join(parts)
+
+
+def _curves_svg(results: dict) -> str:
+    """Two small line charts (ASR %, PSNR dB against eps) for the AE methods, as plain SVG."""
+    eps = results["eps"]
+    W, H, pad = 320, 220, 40
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{2 * W + 40}' height='{H + 40}' font-family='sans-serif' font-size='11'>"]
+    for panel, (key, lo, hi, label) in enumerate((("asr", 0, 100, "ASR %"), ("psnr", 20, 60, "PSNR dB"))):
+        ox = panel * (W + 40)
+        svg.append(f"<text x='{ox + W / 2}' y='14'>{label}</text><rect x='{ox + pad}' y='20' width='{W - pad}' height='{H - pad}' fill='none' stroke='#999'/>")
+        for k, m in enumerate(m for m in AE_METHODS if m in results["methods"]):
+            pts = []
+            for i, e in enumerate(eps):
+                r = results["methods"][m].get(str(e))
+                if r is None or r.get(key) is None or not np.isfinite(r[key]):
+                    continue
+                v = 100 * r[key] if key == "asr" else r[key]
+                px = ox + pad + (W - pad) * (i / max(1, len(eps) - 1))
+                py = 20 + (H - pad) * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))
+                pts.append(f"{px:.1f},{py:.1f}")
+            svg.append(f"<polyline points='{' '.join(pts)}' fill='none' stroke='{colors[k % 6]}' stroke-width='2'/>")
+            svg.append(f"<text x='{ox + pad + 4}' y='{34 + 12 * k}' fill='{colors[k % 6]}'>{m}</text>")
+        for i, e in enumerate(eps):
+            svg.append(f"<text x='{ox + pad + (W - pad) * (i / max(1, len(eps) - 1)) - 4:.1f}' y='{H + 2}'>{e}</text>")
+        svg.append(f"<text x='{ox + pad - 30}' y='{H - pad + 24}'>{lo}</text><text x='{ox + pad - 30}' y='28'>{hi}</text>")
+    svg.append("</svg>")
+    return "\n".join(svg)
+
+
+def _examples_png(path: Path, x, masks, y, classes, examples: dict, per_class: int = 2) -> None:
+    """Grid per image: original | AE (ours) | RAE (ours) | |diff| x10 | mask."""
+    from PIL import Image as PILImage
+
+    ae, rae = examples.get("ours_ae"), examples.get("ours_rae")
+    if ae is None or rae is None:
+        return
+    rows = []
+    for c in range(len(classes)):
+        for k in np.flatnonzero(y == c)[:per_class]:
+            diff = np.clip(np.abs(rae[k].astype(int) - x[k]) * 10, 0, 255).astype(np.uint8)
+            mask = (masks[k] * 255).astype(np.uint8) if masks is not None else np.zeros_like(x[k])
+            rows.append(np.concatenate([x[k], ae[k], rae[k], diff, mask], axis=1))
+    if rows:
+        PILImage.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def write_reports(results: dict, report: Path, x, masks, y, classes, examples: dict) -> None:
+    (report / "report.md").write_text(_markdown(results))
+    (report / "report.html").write_text(_html(results))
+    (report / "curves.svg").write_text(_curves_svg(results))
+    _examples_png(report / "examples.png", x, masks, y, classes, examples)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help="dataset directory (<class>/images, optional <class>/masks)")
+    p.add_argument("--report", type=Path, required=True, help="output directory")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--eps", default="1,2,4,8")
+    p.add_argument("--models", type=Path, default=MODELS_DIR)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only this many images (class-balanced)")
+    p.add_argument("--quick", action="store_true", help="CI subset: 30 images, eps 8, C&W 5 steps")
+    a = p.parse_args(argv)
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    eps = tuple(int(e) for e in a.eps.split(","))
+    limit, cw_steps = (a.limit or 30, 5) if a.quick else (a.limit, 20)
+    if a.quick:
+        eps = (8,)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("evaluate", total=None)
+        res = evaluate(a.data, a.report, methods, eps, a.models, limit, cw_steps=cw_steps,
+                       on_progress=lambda label, n: bar.update(task, advance=n, description=label))
+    print(_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
