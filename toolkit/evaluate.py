@@ -11,7 +11,8 @@ unchanged, so it counts as not fooled.
 Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as ``medrae protect``),
 ``ours_rae_noregion`` (the generator given an empty ROI: Table 5), ``fgsm``, ``bim``, ``pgd``
 (10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``liu_rae`` (PGD, then the whole
-perturbation embedded with the same codec + RDH), ``paper_rae`` (the ``--arch paper`` generator +
+perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: reversible image
+transformation of the original into its FGSM example, auxiliary data embedded, ``toolkit.rit``), ``paper_rae`` (the ``--arch paper`` generator +
 RLE + histogram shifting, when ``models/generator_paper.onnx`` exists). Attacks need PyTorch (the
 ``train`` extra); they run on a torch rebuild of the shipped ONNX classifier (checked equal).
 """
@@ -39,7 +40,7 @@ from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
 AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw")
-RAE_METHODS = ("ours_rae", "liu_rae", "paper_rae")
+RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae")
 DEFAULT_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion",)
 WHITE_BOX = "classifier_resnet18"
 
@@ -94,7 +95,7 @@ class Harness:
         """None if ``method`` can run here, else the reason it cannot."""
         if method == "paper_rae" and self.paper is None:
             return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
-        if method in ("fgsm", "bim", "pgd", "cw", "liu_rae"):
+        if method in ("fgsm", "bim", "pgd", "cw", "liu_rae", "rit_rae"):
             try:
                 import torch  # noqa: F401
             except ModuleNotFoundError:
@@ -148,6 +149,19 @@ class Harness:
         return Output(out, bits, restored)
 
     @staticmethod
+    def _rit(x: np.ndarray, target: np.ndarray) -> Output:
+        from . import rit
+
+        out, bits, restored = x.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
+        for k in range(len(x)):
+            try:
+                out[k], bits[k] = rit.protect(x[k], target[k])
+            except kernels.CapacityError:
+                continue  # not reversible: the original goes out
+            restored[k] = np.array_equal(rit.restore(out[k]), x[k])
+        return Output(out, bits, restored)
+
+    @staticmethod
     def _no_region(prot: Protector, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rois = np.zeros(x.shape, bool)
         raw = prot.gen.run(None, {"image": normalize(x), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
@@ -171,6 +185,9 @@ class Harness:
             if adv is None:
                 adv = self._attack("pgd", x, y, eps)
             return self._embed(x, adv, eps)
+        if method == "rit_rae":
+            target = cache.get(("fgsm", eps))
+            return self._rit(x, self._attack("fgsm", x, y, eps) if target is None else target)
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(DEFAULT_METHODS)}")
 
 
