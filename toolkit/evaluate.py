@@ -51,6 +51,54 @@ PUBLISHED = {
 }
 
 
+def _jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
+    def f(x: np.ndarray) -> np.ndarray:
+        from PIL import Image as PILImage
+
+        buf = io.BytesIO()
+        PILImage.fromarray(x).save(buf, format="JPEG", quality=q)
+        buf.seek(0)
+        with PILImage.open(buf) as im:
+            return np.asarray(im.convert("L"))
+    return f
+
+
+def _resize_half(x: np.ndarray) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    h, w = x.shape
+    small = PILImage.fromarray(x).resize((w // 2, h // 2), PILImage.BILINEAR)
+    return np.asarray(small.resize((w, h), PILImage.BILINEAR))
+
+
+def _median3(x: np.ndarray) -> np.ndarray:
+    from PIL import Image as PILImage, ImageFilter
+
+    return np.asarray(PILImage.fromarray(x).filter(ImageFilter.MedianFilter(3)))
+
+
+def _gauss1(x: np.ndarray) -> np.ndarray:
+    """Gaussian blur, sigma = 1 (separable, 7 taps, edges reflected)."""
+    t = np.arange(-3, 4)
+    g = np.exp(-(t**2) / 2.0)
+    g /= g.sum()
+    p = np.pad(x.astype(np.float64), 3, mode="reflect")
+    rows = sum(g[k] * p[:, k : k + x.shape[1]] for k in range(7))
+    out = sum(g[k] * rows[k : k + x.shape[0], :] for k in range(7))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# What an unauthorised party might do to an image before its model sees it (issue: --conditions)
+CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "jpeg90": _jpeg(90),
+    "jpeg75": _jpeg(75),
+    "resize0.5": _resize_half,
+    "median3": _median3,
+    "gauss1": _gauss1,
+    "resize0.5+jpeg75": lambda x: _jpeg(75)(_resize_half(x)),
+}
+
+
 @dataclass
 class Output:
     """What one method produced for a batch: the 8-bit images a third party gets, and extras."""
@@ -192,7 +240,7 @@ class Harness:
 
 
 def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHODS, eps_list: tuple[int, ...] = (1, 2, 4, 8),
-             models: Path = MODELS_DIR, limit: int = 0, batch: int = 30, cw_steps: int = 20,
+             models: Path = MODELS_DIR, limit: int = 0, batch: int = 30, cw_steps: int = 20, conditions: tuple[str, ...] = (),
              on_progress: Callable[[str, int], None] = lambda m, n: None) -> dict:
     """Run every method at every eps on the dataset directory ``data``; write results and reports."""
     split = load_split(data)
@@ -210,10 +258,15 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
     x, y = x_all[ok], y_all[ok]
     masks = masks_all[ok] if masks_all is not None else None
     harness = Harness(models, os.urandom(32), cw_steps)
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise ValueError(f"unknown condition {c!r}; choose from {', '.join(CONDITIONS)}")
+    # per condition: which images the white-box classifier still gets right once preprocessed
+    clean_ok = {c: predict(clfs[WHITE_BOX], np.stack([CONDITIONS[c](im) for im in x])) == y for c in conditions}
     results: dict = {
         "dataset": str(data), "images": int(len(x_all)), "evaluated": int(len(x)), "white_box": WHITE_BOX,
         "clean_accuracy": {n: float((p == y_all).mean()) for n, p in clean.items()},
-        "eps": list(eps_list), "methods": {}, "skipped": {}, "published": {f"{m}@{e}": v for (m, e), v in PUBLISHED.items()},
+        "eps": list(eps_list), "conditions": list(conditions), "methods": {}, "skipped": {}, "published": {f"{m}@{e}": v for (m, e), v in PUBLISHED.items()},
     }
     examples: dict = {}
     for method in methods:
@@ -238,6 +291,12 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
                 row["fit_fraction"] = float(fit.mean())
                 row["payload_bpp"] = float(np.nanmean(bits) / x[0].size) if fit.any() else None
                 row["restored_fraction"] = float(np.concatenate([o.restored for o in outs])[fit].mean()) if fit.any() else None
+            if conditions:
+                row["conditions"] = {}
+                for c in conditions:
+                    pred = predict(clfs[WHITE_BOX], np.stack([CONDITIONS[c](im) for im in adv]))
+                    keep = clean_ok[c]
+                    row["conditions"][c] = float((pred[keep] != y[keep]).mean()) if keep.any() else None
             results["methods"][method][str(eps)] = row
             if eps == max(eps_list) or method in RAE_METHODS:
                 examples[method] = adv
@@ -313,6 +372,13 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     for m in ("ours_rae", "ours_rae_noregion"):
         for e, r in M.get(m, {}).items():
             rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), str(r.get("roi_max_change", "-")), _f(r.get("roi_mean_change"), ".3f")])
+    if results.get("conditions"):
+        rows = []
+        for m, by_eps in M.items():
+            e = "8" if "8" in by_eps else next(iter(by_eps))
+            rows.append([m, e, _f(by_eps[e]["asr"], pct=True)] + [_f(by_eps[e].get("conditions", {}).get(c), pct=True) for c in results["conditions"]])
+        out.append(("Table 6: white-box ASR after the attacker's preprocessing (over images still classified right when clean)",
+                    ["method", "eps", "none"] + results["conditions"], rows))
     out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs"], rows))
     return out
 
@@ -402,10 +468,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--eps", default="1,2,4,8")
     p.add_argument("--models", type=Path, default=MODELS_DIR)
     p.add_argument("--limit", type=int, default=0, help="evaluate only this many images (class-balanced)")
+    p.add_argument("--conditions", default="", help=f"attacker preprocessing, comma-separated: {', '.join(CONDITIONS)} or all")
     p.add_argument("--quick", action="store_true", help="CI subset: 30 images, eps 8, C&W 5 steps")
     a = p.parse_args(argv)
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     eps = tuple(int(e) for e in a.eps.split(","))
+    conditions = tuple(CONDITIONS) if a.conditions == "all" else tuple(c.strip() for c in a.conditions.split(",") if c.strip())
     limit, cw_steps = (a.limit or 30, 5) if a.quick else (a.limit, 20)
     if a.quick:
         eps = (8,)
@@ -413,7 +481,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     with Progress(transient=True) as bar:
         task = bar.add_task("evaluate", total=None)
-        res = evaluate(a.data, a.report, methods, eps, a.models, limit, cw_steps=cw_steps,
+        res = evaluate(a.data, a.report, methods, eps, a.models, limit, cw_steps=cw_steps, conditions=conditions,
                        on_progress=lambda label, n: bar.update(task, advance=n, description=label))
     print(_markdown(res))
     return 0
