@@ -148,3 +148,102 @@ class CW(Attack):
                 keep = ~fooled & torch.isinf(best_l2)  # not fooled yet: keep the latest iterate
                 best[keep] = adv[keep].detach()
         return best
+
+
+def _conv_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Outputs of every Conv2d of ``model`` on ``x`` (in execution order) and the logits last."""
+    feats: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: feats.append(o)) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return feats + [logits]
+
+
+def _gram(f: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = f.shape
+    f = f.flatten(2)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+@register
+class MLAdv(Attack):
+    """Multi-loss hybrid attack (MLAdv): minimise ||X - Xa|| + (L_s + L_o + L_d) + tau * L_adv.
+
+    ||X - Xa|| is the RMS difference on the 0..1 scale (a plain L2 norm over 50k pixels outweighs
+    the adversarial term under sign steps, and the attack then does nothing).
+    L_s: Gram-matrix style loss over every conv layer of the classifier (style image: the original),
+    L_o: content loss on the deepest conv layer (both as relative squared errors), L_d: squared differences of vertical and horizontal
+    neighbours (detail), L_adv: cross-entropy towards the most likely wrong class. Heuristic
+    projection: the part of the noise beyond eps, P = clip(|n| - eps, 0) * sign(n), is spread to
+    the neighbours with the w x w kernel W_o (centre 0, others 1/(w^2 - 1)):
+    n' = clip(n + alpha * sign(-grad J) + gamma * sign(W_o * P), -eps, eps)."""
+
+    name = "mladv"
+    steps = 10
+    alpha = 1.0
+    gamma = 1.0
+    tau = 0.5
+    window = 3
+
+    def forward(self, images, labels, region):
+        with torch.no_grad():
+            ref = _conv_features(self.model, normalize(images))
+            if len(ref) < 2:
+                raise ValueError("MLAdv needs a model with convolutions (its feature extractor)")
+            style = [_gram(f) for f in ref[:-2]]
+            content = ref[-2]
+            wrong = ref[-1].masked_fill(F.one_hot(labels, ref[-1].shape[1]).bool(), float("-inf")).argmax(1)
+        w = self.window
+        kernel = torch.full((1, 1, w, w), 1.0 / (w * w - 1), device=images.device)
+        kernel[0, 0, w // 2, w // 2] = 0
+        noise = torch.zeros_like(images)
+        for _ in range(self.steps):
+            noise = noise.detach().requires_grad_(True)
+            adv = images + noise
+            feats = _conv_features(self.model, normalize(adv))
+            # relative errors, so that no term's scale (feature magnitudes) swamps the others
+            l_s = sum(((_gram(f) - g) ** 2).sum() / (g**2).sum().clamp(min=1e-12) for f, g in zip(feats[:-2], style)) / max(1, len(style))
+            l_o = ((feats[-2] - content) ** 2).sum() / (content**2).sum().clamp(min=1e-12)
+            l_d = ((adv[..., 1:, :] - adv[..., :-1, :]) / 255).pow(2).mean() + ((adv[..., :, 1:] - adv[..., :, :-1]) / 255).pow(2).mean()
+            l_adv = F.cross_entropy(feats[-1], wrong)
+            dist = ((noise / 255).flatten(1).pow(2).mean(dim=1) + 1e-12).sqrt().mean()  # ||X - Xa|| as an RMS on the 0..1 scale
+            loss = dist + l_s + l_o + l_d + self.tau * l_adv
+            grad = torch.autograd.grad(loss, noise)[0]
+            with torch.no_grad():
+                step = noise - self.alpha * grad.sign() * region
+                over = torch.clamp(step.abs() - self.eps, min=0) * step.sign()
+                spread = F.conv2d(over, kernel, padding=w // 2).sign()
+                noise = torch.clamp(step - over + self.gamma * spread * region, -self.eps, self.eps)
+        return images + noise.detach()
+
+
+@register
+class Stabilized(Attack):
+    """Stabilized medical image attack (Qi et al. 2021): maximise the loss deviation CE(f(x'), y)
+    while minimising the stabilisation term KL(f(x') || f(G_sigma * x')), x' = x + delta, with
+    sign steps projected onto the eps ball."""
+
+    name = "stabilized"
+    steps = 10
+    alpha = 1.0
+    beta = 1.0
+    sigma = 1.0
+
+    def forward(self, images, labels, region):
+        t = torch.arange(-3, 4, dtype=images.dtype, device=images.device)
+        g = torch.exp(-(t**2) / (2 * self.sigma**2))
+        g = g / g.sum()
+        kernel = (g[:, None] * g[None, :])[None, None]
+        adv = images
+        for _ in range(self.steps):
+            x = adv.detach().requires_grad_(True)
+            logits = self.model(normalize(x))
+            smooth = self.model(normalize(F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), kernel)))
+            kl = F.kl_div(F.log_softmax(smooth, 1), F.log_softmax(logits, 1), log_target=True, reduction="batchmean")
+            loss = F.cross_entropy(logits, labels) - self.beta * kl
+            grad = torch.autograd.grad(loss, x)[0]
+            adv = self._project(adv + self.alpha * grad.sign() * region, images, region)
+        return adv

@@ -23,6 +23,29 @@ class Linear(torch.nn.Module):
         return x.flatten(1) @ self.w.T
 
 
+class SmallConv(torch.nn.Module):
+    """Two convolutions and a linear head: something for MLAdv's feature losses to look at."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2 = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 16 * 16, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.c2(torch.relu(self.c1(x)))).flatten(1))
+
+
+@pytest.fixture
+def conv_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 16, 16, generator=g) * 200 + 20
+    model = SmallConv().eval()
+    with torch.no_grad():
+        y = model((x / 255 - 0.5) / 0.25).argmax(1)
+    return model, x, y
+
+
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(1)
@@ -33,8 +56,8 @@ def batch():
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attacks_stay_in_budget_and_region(name, batch):
-    model, x, y = batch
+def test_attacks_stay_in_budget_and_region(name, conv_batch):
+    model, x, y = conv_batch
     region = torch.zeros_like(x)
     region[..., :, 8:] = 1
     adv = ATTACKS[name](model, eps=4, **({"steps": 5} if name != "fgsm" else {}))(x, y, region)
@@ -44,9 +67,9 @@ def test_attacks_stay_in_budget_and_region(name, batch):
     assert d.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd"])
-def test_attacks_raise_the_loss(name, batch):
-    model, x, y = batch
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "stabilized", "mladv"])
+def test_attacks_raise_the_loss(name, conv_batch):
+    model, x, y = conv_batch
     adv = ATTACKS[name](model, eps=8)(x, y)
     ce = lambda t: torch.nn.functional.cross_entropy(model((t / 255 - 0.5) / 0.25), y)  # noqa: E731
     assert ce(adv) > ce(x)

@@ -39,8 +39,8 @@ from .metrics import psnr, ssim
 from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
-AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw")
-RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae")
+AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "mladv", "stabilized")
+RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh")
 DEFAULT_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion",)
 WHITE_BOX = "classifier_resnet18"
 
@@ -143,7 +143,7 @@ class Harness:
         """None if ``method`` can run here, else the reason it cannot."""
         if method == "paper_rae" and self.paper is None:
             return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
-        if method in ("fgsm", "bim", "pgd", "cw", "liu_rae", "rit_rae"):
+        if method in ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "liu_rae", "rit_rae", "mladv_rdh", "stabilized_rdh"):
             try:
                 import torch  # noqa: F401
             except ModuleNotFoundError:
@@ -224,10 +224,14 @@ class Harness:
             return self._ours(self.protector, x, eps, embed=True, region=False)
         if method == "paper_rae":
             return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle")
-        if method in ("fgsm", "bim", "pgd", "cw"):
+        if method in ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized"):
             adv = self._attack(method, x, y, eps)
             cache[(method, eps)] = adv
             return Output(adv)
+        if method.endswith("_rdh") and method[:-4] in ("mladv", "stabilized", "fgsm", "bim", "pgd", "cw"):
+            base = method[:-4]  # any attack made reversible through the same codec + RDH path
+            adv = cache.get((base, eps))
+            return self._embed(x, self._attack(base, x, y, eps) if adv is None else adv, eps)
         if method == "liu_rae":
             adv = cache.get(("pgd", eps))
             if adv is None:
