@@ -105,6 +105,7 @@ def protect(
     no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
     codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
+    max_rdh_change: int = typer.Option(0, "--max-rdh-change", min=0, help="coarsen the perturbation until hiding its payload moves no pixel (lungs included) by more than N levels; 0: no limit"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
 ) -> None:
@@ -123,7 +124,7 @@ def protect(
         k = _key(key, required=True)
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
                device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
-               with_ssim=report is not None)
+               with_ssim=report is not None, max_rdh_change=max_rdh_change)
 
 
 @app.command()

@@ -333,3 +333,14 @@ def test_every_real_xray_verifies(tmp_path, key):
 
     totals = json.loads((tmp_path / "v.json").read_text())["totals"]
     assert r.exit_code == 0 and totals["identical"] == len(paths) == 1800
+
+
+def test_max_rdh_change_limits_the_hiding_damage(tmp_path, phantom_dir, key):
+    import json
+
+    r = invoke("protect", phantom_dir, tmp_path / "o", "--key", key, "--max-rdh-change", "1", "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    files = json.loads((tmp_path / "r.json").read_text())["files"]
+    for f in files:  # within the limit, unless even the coarsest grid needed more (then it is coarsened fully)
+        assert f["rdh_max_change"] <= 1 or f["coarsened"] == 2
+    assert invoke("verify", phantom_dir, tmp_path / "o", "--key", key).exit_code == 0

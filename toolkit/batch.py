@@ -23,7 +23,7 @@ import kernels
 
 from . import metrics
 from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
-from .protect import MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback
+from .protect import MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change
 
 
 class UsageError(Exception):
@@ -42,6 +42,7 @@ class FileResult:
     payload_bits: Optional[int] = None
     codec: Optional[str] = None
     rdh_passes: Optional[int] = None
+    rdh_max_change: Optional[int] = None  # levels (of x >> s for 16-bit) any pixel moved for the payload
     psnr: Optional[float] = None
     ssim: Optional[float] = None
     roi_fraction: Optional[float] = None
@@ -153,14 +154,15 @@ def _ceiling_arg(image: Image) -> Optional[int]:
 
 def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
                     key: Optional[bytes], method: Optional[str], codec: Optional[str], overwrite: bool,
-                    with_ssim: bool) -> FileResult:
+                    with_ssim: bool, max_rdh_change: int = 0) -> FileResult:
     """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
     stages: dict[str, float] = {}
     t = time.perf_counter()
     res = FileResult(src, dst, "failed", shape=list(image.pixels.shape))
     try:
         try:  # checked below, on the file bytes
-            marked, info, plan, res.coarsened = protect_with_fallback(image, roi, grid, eps, key, method, codec, check=False)
+            marked, info, plan, res.coarsened = protect_with_fallback(image, roi, grid, eps, key, method, codec, check=False,
+                                                                      max_rdh_change=max_rdh_change)
             res.roi_fraction = float(plan.roi.mean())
         except kernels.CapacityError as exc:
             res.roi_fraction = float(plan_perturbation(image, roi, grid, eps).roi.mean())
@@ -178,6 +180,7 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
         write_atomic(Path(dst), data, overwrite)
         stages["write"] = time.perf_counter() - t2
         res.status, res.payload_bits, res.codec, res.rdh_passes = "protected", info.payload_bits, info.codec, info.passes
+        res.rdh_max_change = rdh_change(info)
         res.psnr, res.ssim = _quality(image, marked, with_ssim)
     except (ImageError, kernels.MedraeError, ValueError) as exc:
         res.reason = getattr(exc, "reason", None) or str(exc)
@@ -298,7 +301,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
                   device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
-                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False,
+                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0,
                   on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "protect") -> BatchReport:
     """Protect one file or a directory tree into ``dst``; see the module docstring."""
@@ -335,7 +338,7 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
                 rois, grids = protector.analyse(np.stack([item[1] for _, item in ok]))
                 infer = (time.perf_counter() - t) / len(ok)
                 jobs = [
-                    (item[3], infer, pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim))
+                    (item[3], infer, pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change))
                     for ((s, d), item), roi, grid in zip(ok, rois, grids)
                 ]
             _collect(pending, done)  # workers ran these while this chunk was decoded and inferred

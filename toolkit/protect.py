@@ -110,21 +110,32 @@ MAX_COARSENING = 2
 MIN_GRID = 28
 
 
+def rdh_change(info: kernels.ProtectInfo) -> int:
+    """Largest change the RDH made to any pixel (of ``x >> s`` for 16-bit): each group of passes
+    (PEE: the two rhombus sets) moves a pixel by at most one level."""
+    group = kernels.RDH_METHODS.get(info.method).group
+    return -(-info.passes // group)
+
+
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
-                          method: Optional[str] = None, codec: Optional[str] = None,
-                          check: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int]:
+                          method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
+                          max_rdh_change: int = 0) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
-    not fit; returns ``(marked, info, plan, coarsening level)`` or raises the last ``CapacityError``."""
+    not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel, lungs included, by more
+    than ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does.
+    Returns ``(marked, info, plan, coarsening level)`` or raises the last ``CapacityError``."""
     level = 0
     while True:
+        last = level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE
         plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
         try:
             marked, info = protect_planned(image, plan, key, method, codec, check)
-            return marked, info, plan, level
+            if last or not max_rdh_change or rdh_change(info) <= max_rdh_change:
+                return marked, info, plan, level
         except kernels.CapacityError:
-            if level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE:
+            if last:
                 raise
-            level += 1
+        level += 1
 
 
 @dataclass
