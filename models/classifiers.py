@@ -72,11 +72,15 @@ class VGG16(nn.Module):
 
     CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
-    def __init__(self, num_classes: int = 3, in_channels: int = 1, width: float = 1.0):
+    def __init__(self, num_classes: int = 3, in_channels: int = 1, width: float = 1.0, attention: bool = False):
         super().__init__()
+        from .advgan import CBAM
+
         layers, cin = [], in_channels
         for v in self.CFG:
             if v == "M":
+                if attention:  # CBAM at the end of every stage (the pruning + attention defense)
+                    layers.append(CBAM(cin))
                 layers.append(nn.MaxPool2d(2))
             else:
                 c = max(8, int(v * width))
@@ -108,3 +112,9 @@ def vgg16(**kw) -> VGG16:
 def vgg16_small(**kw) -> VGG16:
     """VGG16's depth and layout at a quarter of its widths (CPU-trainable transfer target)."""
     return VGG16(width=0.25, **kw)
+
+
+@register
+def vgg16_small_cbam(**kw) -> VGG16:
+    """vgg16_small with CBAM attention after every stage: the defended target (with --prune)."""
+    return VGG16(width=0.25, attention=True, **kw)

@@ -139,6 +139,60 @@ def evaluate(task: str, model: nn.Module, split: Split, device: str) -> dict:
     return {"acc": (out.argmax(1).numpy() == split.labels).mean().item()}
 
 
+def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """PGD examples of normalised inputs ``x`` (eps in pixel levels, random start), for adversarial
+    training; the model is put in eval mode while attacking so batch-norm statistics stay clean."""
+    was = model.training
+    model.eval()
+    scale = 1 / (255 * 0.25)  # one pixel level in normalised units
+    lo, hi = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+    e, step = eps * scale, 2.5 * eps * scale / steps
+    adv = (x + torch.empty_like(x).uniform_(-e, e)).clamp(lo, hi)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        grad = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)[0]
+        adv = torch.min(torch.max(adv.detach() + step * grad.sign(), x - e), x + e).clamp(lo, hi)
+    model.train(was)
+    return adv.detach()
+
+
+def prune_and_finetune(model: nn.Module, out: Path, tr, va, args: argparse.Namespace, gen: torch.Generator) -> dict:
+    """Global magnitude pruning of every conv and linear weight (``args.prune`` of them set to
+    zero), then ``args.prune_epochs`` of fine-tuning with the zeros held; best.pt is replaced by
+    the pruned model. Returns the sparsity and validation accuracy before and after."""
+    from torch.nn.utils import prune
+
+    state = torch.load(out / "best.pt", weights_only=False)
+    model.load_state_dict(state["model"])
+    before = evaluate("classifier", model, va, args.device)["acc"]
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=args.prune)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr / 10, weight_decay=args.wd)
+    best, best_state = -1.0, None
+    for epoch in range(args.prune_epochs):
+        model.train()
+        perm = torch.randperm(len(tr.images), generator=gen)
+        for i in range(0, len(perm), args.batch):
+            idx = perm[i : i + args.batch].numpy()
+            x, _ = augment(torch.from_numpy(tr.images[idx]).unsqueeze(1).float() / 255, None, gen)
+            loss = F.cross_entropy(model(((x - 0.5) / 0.25).to(args.device)), torch.from_numpy(tr.labels[idx]).to(args.device), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        acc = evaluate("classifier", model, va, args.device)["acc"]
+        print(json.dumps({"prune_epoch": epoch + 1, "val_acc": acc}), flush=True)
+        if acc > best:
+            best = acc
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    for m, name in params:
+        prune.remove(m, name)  # make the zeros permanent: a plain state dict again
+    total = sum(m.weight.numel() for m, _ in params)
+    zeros = sum(int((m.weight == 0).sum()) for m, _ in params)
+    torch.save({"model": model.state_dict(), "arch": args.arch, "size": args.size, "task": "classifier", "epoch": state["epoch"], "pruned": args.prune}, out / "best.pt")
+    return {"amount": args.prune, "sparsity": zeros / total, "val_acc_before": before, "val_acc_after": best}
+
+
 def build(task: str, arch: str, internal: int) -> nn.Module:
     net = create(arch)
     return Segmenter(net, internal) if task == "segmenter" else Classifier(net, internal)
@@ -184,6 +238,9 @@ def train(args: argparse.Namespace) -> dict:
                 m = torch.from_numpy(tr.masks[idx]).unsqueeze(1).float() if args.task == "segmenter" else None
                 x, m = augment(x, m, gen)
                 x = ((x - 0.5) / 0.25).to(args.device)
+                if args.adv_train:  # Madry et al.: half of each batch replaced by its PGD example
+                    half_n = len(idx) // 2
+                    x = torch.cat([x[:half_n], pgd_examples(model, x[half_n:], torch.from_numpy(tr.labels[idx[half_n:]]).to(args.device), args.adv_train, args.adv_steps)])
                 y = model(x)
                 if args.task == "segmenter":
                     loss = F.binary_cross_entropy_with_logits(y, m.to(args.device))  # eq. 6
@@ -214,6 +271,8 @@ def train(args: argparse.Namespace) -> dict:
                 w.writerows(history)
             (out / "metrics.json").write_text(json.dumps(history, indent=1))
     result = {"best_val": best, "command": "python -m models.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    if args.prune:
+        result["pruning"] = prune_and_finetune(model, out, tr, va, args, gen)
     test_dir = data / "test"
     if test_dir.is_dir():
         state = torch.load(out / "best.pt", weights_only=False)
@@ -238,6 +297,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wd", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--prune", type=float, default=0.0, help="classifier: after training, zero this fraction of weights by global magnitude, then fine-tune")
+    p.add_argument("--prune-epochs", type=int, default=3)
+    p.add_argument("--adv-train", type=float, default=0.0, help="classifier: PGD adversarial training at this eps (pixel levels); half of each batch")
+    p.add_argument("--adv-steps", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p
 

@@ -108,3 +108,32 @@ def test_export_parity(kind, phantom_dataset, tmp_path):
             p.add_(0.05)
     with pytest.raises(ex.ParityError):
         ex.parity(kind, model, out, phantom_dataset / "test", 1e-4)
+
+
+def test_pruned_cbam_classifier_is_sparse(phantom_dataset, tmp_path):
+    from models import train
+
+    out = tmp_path / "p"
+    res = train.train(train.parser().parse_args(["classifier", "--data", str(phantom_dataset), "--out", str(out), "--arch", "vgg16_small_cbam",
+                                                 "--size", "32", "--batch", "4", "--epochs", "1", "--prune", "0.6", "--prune-epochs", "1"]))
+    assert 0.59 <= res["pruning"]["sparsity"] <= 0.61
+    state = torch.load(out / "best.pt", weights_only=False)
+    model = train.build("classifier", "vgg16_small_cbam", 32)
+    model.load_state_dict(state["model"])  # a plain state dict: the pruning masks were made permanent
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert abs(zeros - res["pruning"]["sparsity"]) < 1e-6
+
+
+def test_pgd_examples_stay_in_the_ball():
+    from models.train import pgd_examples
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 64, 3))
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    y = torch.randint(0, 3, (6,))
+    adv = pgd_examples(model, x, y, eps=8, steps=3)
+    assert (adv - x).abs().max() <= 8 / (255 * 0.25) + 1e-6
+    assert adv.min() >= -2 - 1e-6 and adv.max() <= 2 + 1e-6
+    ce = lambda t: torch.nn.functional.cross_entropy(model(t), y)  # noqa: E731
+    assert ce(adv) > ce(x)
