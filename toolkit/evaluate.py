@@ -270,6 +270,7 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
     results: dict = {
         "dataset": str(data), "images": int(len(x_all)), "evaluated": int(len(x)), "white_box": WHITE_BOX,
         "clean_accuracy": {n: float((p == y_all).mean()) for n, p in clean.items()},
+        "defended": [n for n in clfs if "defended" in json.loads((models / f"{n}.json").read_text()).get("role", "")] if all((models / f"{n}.json").exists() for n in clfs) else [],
         "eps": list(eps_list), "conditions": list(conditions), "methods": {}, "skipped": {}, "published": {f"{m}@{e}": v for (m, e), v in PUBLISHED.items()},
     }
     examples: dict = {}
@@ -383,6 +384,14 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             rows.append([m, e, _f(by_eps[e]["asr"], pct=True)] + [_f(by_eps[e].get("conditions", {}).get(c), pct=True) for c in results["conditions"]])
         out.append(("Table 6: white-box ASR after the attacker's preprocessing (over images still classified right when clean)",
                     ["method", "eps", "none"] + results["conditions"], rows))
+    if results.get("defended"):
+        rows = []
+        for m, by_eps in M.items():
+            e = "8" if "8" in by_eps else next(iter(by_eps))
+            rows.append([m, e] + [_f(by_eps[e]["transfer"].get(d), pct=True) for d in results["defended"]])
+        clean = ", ".join(f"{d} {100 * results['clean_accuracy'][d]:.2f} %" for d in results["defended"])
+        out.append((f"Table 7: ASR against the defended targets (clean accuracy: {clean}; defense rate = 1 - ASR)",
+                    ["method", "eps"] + results["defended"], rows))
     out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs"], rows))
     return out
 
