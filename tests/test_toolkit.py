@@ -170,3 +170,44 @@ def test_plan_perturbation_maps_grid_and_roi_exactly():
         gj = (np.arange(g.shape[1]) * 112) // g.shape[1]
         free = ~cells_touching(roi_full, f)
         assert np.array_equal(g[free], ((-16 if mono1 else 16) * grid[gi][:, gj])[free])
+
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=25)
+@given(
+    h=st.integers(40, 260), w=st.integers(40, 260),
+    bits=st.sampled_from([8, 10, 12, 16]), mono1=st.booleans(),
+    side=st.sampled_from([56, 112, 224]), seed=st.integers(0, 2**31),
+)
+def test_any_image_round_trips_through_the_planned_perturbation(h, w, bits, mono1, side, seed):
+    """Any size, bit depth and photometric: the mapped perturbation protects and restores bit-exactly
+    (or the payload honestly does not fit), never changes the ROI, and stays within the ceiling."""
+    import kernels
+    from toolkit.imageio import Image
+    from toolkit.protect import plan_perturbation, protect_planned
+
+    rng = np.random.default_rng(seed)
+    top = (1 << bits) - 1
+    dtype = np.uint8 if bits == 8 else np.uint16
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = top * (0.5 + 0.3 * np.sin(yy / 17.0) * np.cos(xx / 23.0))
+    x = np.clip(smooth + rng.normal(0, top / 400, (h, w)), 0, top).astype(dtype)
+    x[: h // 8] = top  # saturated rows: clipping at the ceiling
+    roi = np.zeros((224, 224), bool)
+    roi[rng.integers(0, 100) :][:, rng.integers(0, 100) : 180] = True
+    grid = rng.choice([-8, -3, 0, 3, 8], size=(side, side), p=[0.05, 0.05, 0.8, 0.05, 0.05])
+    image = Image(x, top, "dicom" if bits in (10, 12) else "png", monochrome1=mono1)
+    plan = plan_perturbation(image, roi, grid, 8)
+    assert not (plan.adversarial != x)[plan.roi].any() and int(plan.adversarial.max()) <= top
+    try:
+        marked, info = protect_planned(image, plan, b"k" * 32)
+    except kernels.CapacityError:
+        event("payload does not fit")
+        return
+    event("protected")
+    assert int(marked.max()) <= top
+    ceiling = None if top == np.iinfo(dtype).max else top
+    assert np.array_equal(kernels.restore_array(marked, b"k" * 32, ceiling), x)
