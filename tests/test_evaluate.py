@@ -134,3 +134,18 @@ def test_rit_round_trip_on_a_phantom():
     assert np.abs(transformed.astype(int) - target).mean() < np.abs(rng.permutation(x.ravel()).astype(int) - target.ravel()).mean()
     marked, bits = rit.protect(x, target)
     assert bits == 8 * len(aux) and np.array_equal(rit.restore(marked), x)
+
+
+def test_every_table_row_matches_its_header():
+    from toolkit.evaluate import tables
+
+    row = {"asr": 0.5, "psnr": 33.0, "ssim": 0.9, "seconds_per_image": 0.1, "transfer": {"b": 0.2, "d": 0.1},
+           "roi_max_change": 2, "roi_mean_change": 0.5, "payload_bpp": 0.2, "fit_fraction": 1.0, "restored_fraction": 1.0,
+           "conditions": {"jpeg90": 0.4}}
+    results = {"eps": [4, 8], "white_box": "a", "published": {}, "conditions": ["jpeg90"], "defended": ["d"], "clean_accuracy": {"d": 0.9},
+               "methods": {"ours_ae": {"4": row, "8": row}, "ours_rae": {"8": row}, "ours_rae_noregion": {"8": row}, "pgd": {"4": row, "8": row}}}
+    titles = []
+    for title, header, rows in tables(results):
+        titles.append(title.split(":")[0])
+        assert rows and all(len(r) == len(header) for r in rows), title
+    assert titles == [f"Table {k}" for k in (1, 2, 3, 4, 5, 6, 7)]

@@ -380,6 +380,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     for m in ("ours_rae", "ours_rae_noregion"):
         for e, r in M.get(m, {}).items():
             rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), str(r.get("roi_max_change", "-")), _f(r.get("roi_mean_change"), ".3f")])
+    out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs"], rows))
     if results.get("conditions"):
         rows = []
         for m, by_eps in M.items():
@@ -395,7 +396,6 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         clean = ", ".join(f"{d} {100 * results['clean_accuracy'][d]:.2f} %" for d in results["defended"])
         out.append((f"Table 7: ASR against the defended targets (clean accuracy: {clean}; defense rate = 1 - ASR)",
                     ["method", "eps"] + results["defended"], rows))
-    out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs"], rows))
     return out
 
 
