@@ -80,6 +80,34 @@ def class_loss(logits: torch.Tensor, y: torch.Tensor, mode: str, margin: float) 
     return F.relu(logits.gather(1, y[:, None])[:, 0] - wrong.amax(1) + margin).mean()
 
 
+def grad_cam(clf, x_norm: torch.Tensor, y: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) of class ``y`` on the classifier's last residual stage,
+    normalised per image; differentiable in ``x_norm`` when ``create_graph``."""
+    feats = {}
+    stage = clf.net.stages[-1]
+    hook = stage.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
+    try:
+        logits = clf(x_norm)
+    finally:
+        hook.remove()
+    a = feats["a"]
+    score = logits.gather(1, y[:, None]).sum()
+    g = torch.autograd.grad(score, a, create_graph=create_graph)[0]
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1))
+    return cam / cam.flatten(1).amax(1).clamp(min=1e-6)[:, None, None]
+
+
+def csm_loss(clf, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, c: float, alpha: float, margin: float) -> torch.Tensor:
+    """CSM-GAN: hinge(||delta||_2 - c) + L_loss - alpha * ||GradCAM(X) - GradCAM(X + delta)||_2
+    (delta on the 0..1 scale; L_loss the margin loss; Grad-CAM on the white-box classifier)."""
+    norm = ((adv - x) / 255).flatten(1).norm(dim=1)
+    with torch.enable_grad():
+        cam_x = grad_cam(clf, normalize(x).requires_grad_(True), y, create_graph=False).detach()
+    cam_adv = grad_cam(clf, normalize(adv), y, create_graph=True)
+    shift = (cam_x - cam_adv).flatten(1).norm(dim=1)
+    return (F.relu(norm - c) + class_loss(logits, y, "ours", margin) - alpha * shift).mean()
+
+
 def adversarial(gen, x255: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """8-bit adversarial image from uint8-valued ``x255``: integer perturbation, clipped."""
     d = gen(normalize(x255), mask)
@@ -164,7 +192,7 @@ def train(args: argparse.Namespace) -> dict:
                 m = torch.from_numpy(tr.masks[idx]).unsqueeze(1).float()
                 x, m = augment(x, m, gen_rng, strength=0.5)
                 x = torch.round(x * 255).to(args.device)
-                m = dilate(m.to(args.device), args.dilate)
+                m = dilate(m.to(args.device), args.dilate) if not args.no_roi else torch.zeros_like(m).to(args.device)
                 y = torch.from_numpy(tr.labels[idx]).to(args.device)
                 grid = None
                 if G.grid_factor > 1:  # one generator pass for both the perturbation and the rate term
@@ -172,7 +200,7 @@ def train(args: argparse.Namespace) -> dict:
                     d = G.upsample(grid, x.shape[-2:])
                 else:
                     d = G(normalize(x), m)
-                if args.loss == "ours":
+                if args.loss in ("ours", "csm"):
                     d = d + (torch.round(d) - d).detach()  # the exact integers protect applies
                 adv = x + d
                 adv = adv + (torch.clamp(adv, 0, 255) - adv).detach()  # clipping, straight-through
@@ -181,7 +209,10 @@ def train(args: argparse.Namespace) -> dict:
                     keep = (torch.rand(adv.shape, generator=gen_rng) < args.rdh_noise).float().to(args.device)
                     adv = adv + noise * keep
                 logits = clf(normalize(adv))
-                l_cls = class_loss(logits, y, args.loss, args.margin)
+                if args.loss == "csm":
+                    l_cls = csm_loss(clf, x, adv, y, logits, args.csm_c, args.csm_alpha, args.margin)
+                else:
+                    l_cls = class_loss(logits, y, args.loss, args.margin)
                 l_mse = ((adv - x) ** 2).mean() / (args.eps**2 if args.loss == "ours" else 255.0**2)
                 l_ssim = 1 - ssim_torch(x, adv).mean()
                 loss = args.l1 * l_cls + args.l3 * l_mse + args.l4 * l_ssim
@@ -204,7 +235,8 @@ def train(args: argparse.Namespace) -> dict:
                     sums[k] += v.item() * len(idx)
                 bar.advance(task, len(idx))
             bar.remove_task(task)
-            val = validate(G, clf, va.images, va.masks, va.labels, args.dilate, args.device, code=True)
+            val_masks = np.zeros_like(va.masks) if args.no_roi else va.masks
+            val = validate(G, clf, va.images, val_masks, va.labels, args.dilate, args.device, code=True)
             if val["asr"] >= 0.8:
                 lam2 = args.l2  # eq. 14: the GAN term only once the attack works
             metrics = {"epoch": epoch + 1, **{k: v / len(perm) for k, v in sums.items()}, **{f"val_{k}": v for k, v in val.items()}, "lam2": lam2, "seconds": round(time.time() - t0, 1)}
@@ -233,7 +265,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", required=True, help="best.pt of the white-box classifier (models.train)")
     p.add_argument("--out", required=True)
     p.add_argument("--arch", default="advgan_grid2", choices=["advgan_grid2u", "advgan_grid2", "advgan_grid", "advgan_paper"])
-    p.add_argument("--loss", default="ours", choices=["ours", "paper"])
+    p.add_argument("--loss", default="ours", choices=["ours", "paper", "csm"], help="csm: the CSM-GAN seed method's loss (Grad-CAM shift, L2 hinge)")
+    p.add_argument("--csm-c", type=float, default=3.5, help="CSM-GAN: L2 budget of delta on the 0..1 scale")
+    p.add_argument("--csm-alpha", type=float, default=1.0, help="CSM-GAN: weight of the Grad-CAM shift")
+    p.add_argument("--no-roi", action="store_true", help="perturb the whole image (an empty ROI), as the seed attacks do")
     p.add_argument("--eps", type=float, default=8.0, help="in 1/255 units")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)

@@ -137,3 +137,22 @@ def test_pgd_examples_stay_in_the_ball():
     assert adv.min() >= -2 - 1e-6 and adv.max() <= 2 + 1e-6
     ce = lambda t: torch.nn.functional.cross_entropy(model(t), y)  # noqa: E731
     assert ce(adv) > ce(x)
+
+
+def test_csm_loss_is_differentiable_through_grad_cam():
+    """CSM-GAN's loss: Grad-CAM of the perturbed image must pass gradients back to the perturbation."""
+    from models.train import build
+    from models.train_generator import csm_loss, grad_cam
+    from models.data import normalize
+
+    torch.manual_seed(0)
+    clf = build("classifier", "resnet18", 32).eval()
+    x = torch.rand(2, 1, 64, 64) * 255
+    y = torch.tensor([0, 2])
+    cam = grad_cam(clf, normalize(x).requires_grad_(True), y, create_graph=False)
+    assert cam.shape[0] == 2 and float(cam.min()) >= 0 and float(cam.max()) <= 1 + 1e-6
+    delta = torch.zeros_like(x, requires_grad=True)
+    adv = x + 8 * torch.tanh(delta + 0.1)
+    loss = csm_loss(clf, x, adv, y, clf(normalize(adv)), c=0.5, alpha=1.0, margin=3.0)
+    (g,) = torch.autograd.grad(loss, delta)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0

@@ -9,7 +9,8 @@ An image whose payload does not fit cannot be published reversibly: a reversible
 unchanged, so it counts as not fooled.
 
 Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as ``medrae protect``),
-``ours_rae_noregion`` (the generator given an empty ROI: Table 5), ``fgsm``, ``bim``, ``pgd``
+``ours_rae_noregion`` (the generator given an empty ROI: Table 5), ``csm_gan`` / ``csm_gan_rdh``
+(a generator trained with ``--loss csm --no-roi``, when ``models/generator_csm.onnx`` exists), ``fgsm``, ``bim``, ``pgd``
 (10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``liu_rae`` (PGD, then the whole
 perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: reversible image
 transformation of the original into its FGSM example, auxiliary data embedded, ``toolkit.rit``), ``paper_rae`` (the ``--arch paper`` generator +
@@ -39,8 +40,8 @@ from .metrics import psnr, ssim
 from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
-AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "mladv", "stabilized")
-RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh")
+AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "csm_gan")
+RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
 DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
@@ -133,8 +134,9 @@ class Harness:
         self.models, self.key, self.cw_steps = models, key, cw_steps
         self._torch = None
         self.protector = Protector(models)
-        paper = models / "generator_paper.onnx"
+        paper, csm = models / "generator_paper.onnx", models / "generator_csm.onnx"
         self.paper = Protector(models, generator=paper.name) if paper.exists() else None
+        self.csm = Protector(models, generator=csm.name) if csm.exists() else None
 
     def torch_model(self):
         if self._torch is None:
@@ -147,6 +149,8 @@ class Harness:
         """None if ``method`` can run here, else the reason it cannot."""
         if method == "paper_rae" and self.paper is None:
             return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
+        if method in ("csm_gan", "csm_gan_rdh") and self.csm is None:
+            return "models/generator_csm.onnx not shipped (train with --loss csm --no-roi and export)"
         if method in ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "liu_rae", "rit_rae", "mladv_rdh", "stabilized_rdh"):
             try:
                 import torch  # noqa: F401
@@ -228,6 +232,8 @@ class Harness:
             return self._ours(self.protector, x, eps, embed=True, region=False)
         if method == "paper_rae":
             return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle")
+        if method in ("csm_gan", "csm_gan_rdh"):  # the CSM-GAN generator perturbs the whole image
+            return self._ours(self.csm, x, eps, embed=method.endswith("_rdh"), region=False)
         if method in ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized"):
             adv = self._attack(method, x, y, eps)
             cache[(method, eps, start)] = adv
