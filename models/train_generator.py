@@ -217,7 +217,7 @@ def train(args: argparse.Namespace) -> dict:
                 l_ssim = 1 - ssim_torch(x, adv).mean()
                 loss = args.l1 * l_cls + args.l3 * l_mse + args.l4 * l_ssim
                 l_rate = torch.zeros(())
-                if args.loss == "ours" and grid is not None:
+                if args.loss in ("ours", "csm") and grid is not None:
                     l_rate = grid.abs().mean() / args.eps
                     loss = loss + args.rate * l_rate
                 if lam2 > 0:
