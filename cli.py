@@ -51,9 +51,7 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
         task = bar.add_task(total_label, total=None)
         try:
             rep = run(on_start=lambda n: bar.update(task, total=n), on_result=lambda r: bar.advance(task), **kw)
-        except UsageError as exc:
-            _fail(str(exc))
-        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        except (UsageError, FileNotFoundError, ValueError, RuntimeError) as exc:
             _fail(str(exc))
     for r in rep.failed:  # plain lines: one per file, never wrapped
         typer.echo(f"failed {r.input}: {r.reason}", err=True)

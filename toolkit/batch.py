@@ -148,10 +148,6 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
     return psnr, ssim
 
 
-def _ceiling_arg(image: Image) -> Optional[int]:
-    return None if image.ceiling == np.iinfo(image.pixels.dtype).max else image.ceiling
-
-
 def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
                     key: Optional[bytes], method: Optional[str], codec: Optional[str], overwrite: bool,
                     with_ssim: bool, max_rdh_change: int = 0) -> FileResult:
@@ -172,7 +168,7 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
         t1 = time.perf_counter()
         data = encode_image(image, marked)
         back = decode_bytes(data, image, dst)  # exactly what goes to disk
-        if not np.array_equal(kernels.restore_array(back.pixels, key, _ceiling_arg(image)), image.pixels):
+        if not np.array_equal(kernels.restore_array(back.pixels, key, image.kernel_ceiling), image.pixels):
             res.reason = "internal error: the encoded file does not restore to the original; not written"
             return res
         stages["verify"] = time.perf_counter() - t1
@@ -197,7 +193,7 @@ def _restore_core(src: str, key: Optional[bytes]) -> tuple[FileResult, Optional[
         image = read_image(src)
         res.shape = list(image.pixels.shape)
         t1 = time.perf_counter()
-        original = kernels.restore_array(image.pixels, key, _ceiling_arg(image))
+        original = kernels.restore_array(image.pixels, key, image.kernel_ceiling)
         res.stages = {"decode": t1 - t, "extract_restore": time.perf_counter() - t1}
         res.status = "restored"
         res.psnr = metrics.psnr(original, image.pixels, data_range=image.ceiling)
@@ -316,14 +312,8 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
         results.append(r)
         on_result(r)
 
-    todo = []
-    for s, d in pairs:
-        if d.exists() and not overwrite:
-            done(FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)"))
-        else:
-            todo.append((s, d))
-    pool = executor(auto_workers(workers, len(todo)))
-    try:
+    todo = _skip_finished(pairs, overwrite, done)
+    with executor(auto_workers(workers, len(todo))) as pool:
         protector = Protector(models, device, eps) if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
         for chunk in _chunks(todo, max(1, batch_size)):
@@ -345,8 +335,6 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
             pending = jobs
         _collect(pending, done)
         providers = list(protector.seg.get_providers()) if protector else []
-    finally:
-        pool.shutdown() if hasattr(pool, "shutdown") else None
     return BatchReport(command, results, time.perf_counter() - t0, providers)
 
 
@@ -357,22 +345,16 @@ def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 
     t0 = time.perf_counter()
     pairs = pair_paths(src, dst, map_name=False)
     on_start(len(pairs))
-    results = []
-    todo = []
-    for s, d in pairs:
-        if d.exists() and not overwrite:
-            r = FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)")
-            results.append(r)
-            on_result(r)
-        else:
-            todo.append((s, d))
-    pool = executor(auto_workers(workers, len(todo)))
-    try:
+    results: list[FileResult] = []
+
+    def done(r: FileResult) -> None:
+        results.append(r)
+        on_result(r)
+
+    todo = _skip_finished(pairs, overwrite, done)
+    with executor(auto_workers(workers, len(todo))) as pool:
         for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite) for s, d in todo]):
-            results.append(r)
-            on_result(r)
-    finally:
-        pool.shutdown() if hasattr(pool, "shutdown") else None
+            done(r)
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
@@ -396,14 +378,22 @@ def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, worke
         r = FileResult(str(o), str(p), "failed", "protected file is missing")
         results.append(r)
         on_result(r)
-    pool = executor(auto_workers(workers, len(pairs)))
-    try:
+    with executor(auto_workers(workers, len(pairs))) as pool:
         for r in _ordered(pool, _verify_one, [(str(o), str(p), key) for o, p in pairs if p.exists()]):
             results.append(r)
             on_result(r)
-    finally:
-        pool.shutdown() if hasattr(pool, "shutdown") else None
     return BatchReport(command, results, time.perf_counter() - t0)
+
+
+def _skip_finished(pairs: list[tuple[Path, Path]], overwrite: bool, done: Callable[[FileResult], None]) -> list[tuple[Path, Path]]:
+    """The pairs still to do; each one whose output exists (and no ``overwrite``) is reported skipped."""
+    todo = []
+    for s, d in pairs:
+        if d.exists() and not overwrite:
+            done(FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)"))
+        else:
+            todo.append((s, d))
+    return todo
 
 
 def _collect(jobs: list, done: Callable[[FileResult], None]) -> None:
@@ -424,4 +414,4 @@ def _ordered(pool: Executor, fn, arglists: Iterable[tuple]) -> Iterator[FileResu
 def info(path: Path) -> dict:
     """What a protected file carries (no key needed); raises ImageError or kernels errors."""
     image = read_image(path)
-    return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, _ceiling_arg(image))}
+    return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}

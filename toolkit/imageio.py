@@ -42,8 +42,9 @@ class Image:
     dataset: Any = field(default=None, repr=False)  # pydicom Dataset for DICOM
 
     @property
-    def output_suffix(self) -> str:
-        return {"png": ".png", "jpeg": ".png", "tiff": ".tif", "dicom": ".dcm"}[self.kind]
+    def kernel_ceiling(self) -> int | None:
+        """The ``ceiling`` argument of the kernels: None when it is the dtype's own maximum."""
+        return None if self.ceiling == np.iinfo(self.pixels.dtype).max else self.ceiling
 
 
 def is_dicom(path: Path) -> bool:
@@ -134,6 +135,17 @@ def _grayscale(path: Path, arr: np.ndarray, mode: str) -> np.ndarray:
 
 
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+def _transfer_syntax(ds: Any) -> str:
+    """The dataset's transfer syntax UID (explicit VR little endian when the file meta has none)."""
+    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+
+
+def _pixel_dtype(ds: Any, itemsize: int) -> str:
+    """NumPy dtype string of the stored pixel words, in the file's byte order."""
+    return f"{'>' if _transfer_syntax(ds) == _BIG_ENDIAN else '<'}u{itemsize}"
 
 
 def _read_dicom(path: Path, source: Any = None) -> Image:
@@ -148,7 +160,7 @@ def _read_dicom(path: Path, source: Any = None) -> Image:
         raise ImageError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
         raise ImageError(path, "DICOM file has no pixel data")
-    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    ts = _transfer_syntax(ds)
     if ts not in _UNCOMPRESSED:
         raise ImageError(path, f"compressed DICOM transfer syntax {ts} is not supported (decompress it first, e.g. with gdcmconv --raw)")
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -163,7 +175,7 @@ def _read_dicom(path: Path, source: Any = None) -> Image:
         raise ImageError(path, f"BitsAllocated {allocated} / BitsStored {stored}: medrae handles 8-16 bit data")
     _check_size(path, int(ds.Rows), int(ds.Columns))
     try:
-        raw = np.frombuffer(ds.PixelData, dtype="<u1" if allocated == 8 else ("<u2" if ts != "1.2.840.10008.1.2.2" else ">u2"))
+        raw = np.frombuffer(ds.PixelData, dtype=_pixel_dtype(ds, allocated // 8))
         pixels = raw[: int(ds.Rows) * int(ds.Columns)].reshape(int(ds.Rows), int(ds.Columns))
     except ValueError:
         raise ImageError(path, "pixel data is shorter than Rows x Columns") from None
@@ -171,8 +183,6 @@ def _read_dicom(path: Path, source: Any = None) -> Image:
     ceiling = (1 << stored) - 1
     if int(pixels.max()) > ceiling:
         raise ImageError(path, f"pixel value {int(pixels.max())} exceeds BitsStored={stored}")
-    if ceiling < 255:
-        raise ImageError(path, f"BitsStored {stored} < 8 is not supported")
     return Image(pixels, ceiling, "dicom", monochrome1=photometric == "MONOCHROME1", dataset=ds)
 
 
@@ -185,9 +195,7 @@ def encode_image(image: Image, pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     if image.kind == "dicom":
         ds = image.dataset.copy()
-        ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else ""
-        order = ">" if ts == "1.2.840.10008.1.2.2" else "<"
-        ds.PixelData = pixels.astype(f"{order}u{pixels.dtype.itemsize}").tobytes()
+        ds.PixelData = pixels.astype(_pixel_dtype(ds, pixels.dtype.itemsize)).tobytes()
         ds.save_as(buf, enforce_file_format=False)
         return buf.getvalue()
     from PIL import Image as PILImage

@@ -43,12 +43,13 @@ def resize_nearest(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def cells_touching(mask: np.ndarray, factor: int) -> np.ndarray:
-    """True for each ``factor x factor`` cell (partial edge cells included) holding any mask pixel."""
-    h, w = mask.shape
+    """True for each ``factor x factor`` cell (partial edge cells included) holding any mask pixel;
+    ``mask`` is (..., H, W), e.g. a batch of masks."""
+    *lead, h, w = mask.shape
     gh, gw = grid_shape((h, w), factor)
-    pad = np.zeros((gh * factor, gw * factor), dtype=bool)
-    pad[:h, :w] = mask
-    return pad.reshape(gh, factor, gw, factor).any(axis=(1, 3))
+    pad = np.zeros((*lead, gh * factor, gw * factor), dtype=bool)
+    pad[..., :h, :w] = mask
+    return pad.reshape(*lead, gh, factor, gw, factor).any(axis=(-3, -1))
 
 
 def network_view(image: Image) -> np.ndarray:
@@ -100,8 +101,7 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
     """Embed the plan's exact perturbation; raises ``kernels.CapacityError`` when it does not fit.
     ``check=False`` only where the caller restores the encoded file itself (batch does)."""
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
-                                 ceiling=None if image.ceiling == np.iinfo(image.pixels.dtype).max else image.ceiling,
-                                 **plan.hints)
+                                 ceiling=image.kernel_ceiling, **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
@@ -171,19 +171,23 @@ class Protector:
         self.factor = int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
 
-    def analyse(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ROIs (N, 224, 224) bool and integer grids (N, g, g), levels in ``-eps..eps``, zero on ROI cells."""
+    def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """ROIs (N, 224, 224) bool and integer grids (N, g, g), levels in ``-eps..eps`` (default: the
+        protector's eps), zero on ROI cells. ``region=False``: no segmentation, an empty ROI (the
+        generator perturbs the whole image)."""
         if views.dtype != np.uint8 or views.ndim != 3 or views.shape[1:] != (NET_SIZE, NET_SIZE):
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
+        eps = self.eps if eps is None else eps
         x = normalize(views)
-        logits = self.seg.run(None, {"image": x})[0][:, 0]
-        rois = np.stack([postprocess(l, self.dilation) for l in logits])
+        if region:
+            logits = self.seg.run(None, {"image": x})[0][:, 0]
+            rois = np.stack([postprocess(l, self.dilation) for l in logits])
+        else:
+            rois = np.zeros(views.shape, bool)
         raw = self.gen.run(None, {"image": x, "mask": rois[:, None].astype(np.float32)})[0][:, 0]
-        grids = np.clip(np.round(raw * self.eps), -self.eps, self.eps).astype(np.int64)  # raw is in [-1, 1]
+        grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
         if grids.shape[-1] < NET_SIZE:  # the generator zeroes ROI cells itself; this keeps it exact
-            f = self.factor
-            touched = rois.reshape(len(rois), NET_SIZE // f, f, NET_SIZE // f, f).any(axis=(2, 4))
-            grids[touched] = 0
+            grids[cells_touching(rois, self.factor)] = 0
         return rois, grids
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
