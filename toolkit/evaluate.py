@@ -40,7 +40,8 @@ from .metrics import psnr, ssim
 from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
-AE_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "csm_gan")
+ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized")  # models.attacks, run in PyTorch
+AE_METHODS = ("ours_ae",) + ATTACK_METHODS + ("csm_gan",)
 RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
@@ -151,7 +152,7 @@ class Harness:
             return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
         if method in ("csm_gan", "csm_gan_rdh") and self.csm is None:
             return "models/generator_csm.onnx not shipped (train with --loss csm --no-roi and export)"
-        if method in ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "liu_rae", "rit_rae", "mladv_rdh", "stabilized_rdh"):
+        if self.base_attack(method):
             try:
                 import torch  # noqa: F401
             except ModuleNotFoundError:
@@ -168,12 +169,30 @@ class Harness:
         adv = attack(torch.from_numpy(x[:, None].astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
         return np.clip(np.round(adv[:, 0].numpy()), 0, 255).astype(np.uint8)
 
-    def _embed(self, x: np.ndarray, adv: np.ndarray, eps: int, method: Optional[str] = None, codec: Optional[str] = None,
-               hints: Optional[list[dict]] = None) -> Output:
+    @staticmethod
+    def base_attack(method: str) -> Optional[str]:
+        """The PyTorch attack ``method`` runs or starts from (None for the generator methods)."""
+        if method in ATTACK_METHODS:
+            return method
+        if method in REUSES:
+            return REUSES[method]
+        if method.endswith("_rdh") and method[:-4] in ATTACK_METHODS:
+            return method[:-4]
+        return None
+
+    def _attack_cached(self, name: str, x: np.ndarray, y: np.ndarray, eps: int, cache: dict, start: int,
+                       fresh: bool = False) -> np.ndarray:
+        """``name``'s adversarial batch, shared between methods per (eps, batch); ``fresh``: computed
+        again (the attack's own row, so that its time per image is its own)."""
+        if fresh or (name, eps, start) not in cache:
+            cache[(name, eps, start)] = self._attack(name, x, y, eps)
+        return cache[(name, eps, start)]
+
+    def _embed(self, x: np.ndarray, adv: np.ndarray, eps: int) -> Output:
         out, bits, restored = adv.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
         for k in range(len(x)):
-            try:
-                marked, info = kernels.protect_array(x[k], adv[k], self.key, eps=eps, method=method, codec=codec, **(hints[k] if hints else {}))
+            try:  # restored and compared just below, as the measurement
+                marked, info = kernels.protect_array(x[k], adv[k], self.key, eps=eps, check=False)
             except kernels.CapacityError:
                 out[k] = x[k]  # cannot be published reversibly: the original goes out
                 continue
@@ -183,20 +202,13 @@ class Harness:
 
     def _ours(self, prot: Protector, x: np.ndarray, eps: int, embed: bool, region: bool = True,
               method: Optional[str] = None, codec: Optional[str] = None) -> Output:
-        old = prot.eps
-        prot.eps = eps
-        try:
-            rois, grids = prot.analyse(x) if region else self._no_region(prot, x)
-        finally:
-            prot.eps = old
-        plans = [plan_perturbation(Image(img, 255, "png"), roi, grid, eps) for img, roi, grid in zip(x, rois, grids)]
-        adv = np.stack([p.adversarial for p in plans])
+        rois, grids = prot.analyse(x, eps, region)
         if not embed:
-            return Output(adv)
-        out, bits, restored = adv.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
+            return Output(np.stack([plan_perturbation(Image(img, 255, "png"), roi, grid, eps).adversarial for img, roi, grid in zip(x, rois, grids)]))
+        out, bits, restored = x.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
         for k, (img, roi, grid) in enumerate(zip(x, rois, grids)):
-            try:  # the same fallback as medrae protect
-                marked, info, _, _ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec)
+            try:  # the same fallback as medrae protect; restored and compared just below, as the measurement
+                marked, info, _, _ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False)
             except kernels.CapacityError:
                 out[k] = img  # cannot be published reversibly: the original goes out
                 continue
@@ -217,12 +229,6 @@ class Harness:
             restored[k] = np.array_equal(rit.restore(out[k]), x[k])
         return Output(out, bits, restored)
 
-    @staticmethod
-    def _no_region(prot: Protector, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rois = np.zeros(x.shape, bool)
-        raw = prot.gen.run(None, {"image": normalize(x), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
-        return rois, np.clip(np.round(raw * prot.eps), -prot.eps, prot.eps).astype(np.int64)
-
     def run(self, method: str, x: np.ndarray, y: np.ndarray, eps: int, cache: dict, start: int = 0) -> Output:
         if method == "ours_ae":
             return self._ours(self.protector, x, eps, embed=False)
@@ -234,23 +240,15 @@ class Harness:
             return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle")
         if method in ("csm_gan", "csm_gan_rdh"):  # the CSM-GAN generator perturbs the whole image
             return self._ours(self.csm, x, eps, embed=method.endswith("_rdh"), region=False)
-        if method in ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized"):
-            adv = self._attack(method, x, y, eps)
-            cache[(method, eps, start)] = adv
+        base = self.base_attack(method)
+        if base is None:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
+        adv = self._attack_cached(base, x, y, eps, cache, start, fresh=method == base)
+        if method == base:
             return Output(adv)
-        if method.endswith("_rdh") and method[:-4] in ("mladv", "stabilized", "fgsm", "bim", "pgd", "cw"):
-            base = method[:-4]  # any attack made reversible through the same codec + RDH path
-            adv = cache.get((base, eps, start))
-            return self._embed(x, self._attack(base, x, y, eps) if adv is None else adv, eps)
-        if method == "liu_rae":
-            adv = cache.get(("pgd", eps, start))
-            if adv is None:
-                adv = self._attack("pgd", x, y, eps)
-            return self._embed(x, adv, eps)
         if method == "rit_rae":
-            target = cache.get(("fgsm", eps, start))
-            return self._rit(x, self._attack("fgsm", x, y, eps) if target is None else target)
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(DEFAULT_METHODS)}")
+            return self._rit(x, adv)
+        return self._embed(x, adv, eps)  # liu_rae, <attack>_rdh: the same codec + RDH path as ours
 
 
 def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHODS, eps_list: tuple[int, ...] = (1, 2, 4, 8),
@@ -300,8 +298,8 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
                 on_progress(f"{method} eps={eps}", len(x[i : i + batch]))
             secs = (time.perf_counter() - t0) / max(1, len(x))
             seconds[(method, eps)] = secs
-            base = REUSES.get(method) or (method[:-4] if method.endswith("_rdh") else None)
-            if base and (base, eps) in seconds:  # it reused that attack's output: count its time too
+            base = harness.base_attack(method)
+            if base and base != method and (base, eps) in seconds:  # it reused that attack's output: count its time too
                 secs += seconds[(base, eps)]
             adv = _png_roundtrip(np.concatenate([o.images for o in outs]))
             row = _measure(adv, x, y, masks, clfs, clean, ok, secs)
