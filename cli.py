@@ -76,6 +76,10 @@ def _summary(console, rep) -> None:
     console.print(table)
     if rep.providers:
         console.print(f"onnxruntime providers: {', '.join(rep.providers)}", highlight=False)
+    if rep.mode:
+        fooled = t.get("white_box_fooled")
+        extra = f"; white-box classifier fooled on {fooled:.1%} of the protected images" if fooled is not None else ""
+        console.print(f"perturbation: {rep.mode}{extra}", highlight=False)
 
 
 @app.command()
@@ -96,10 +100,12 @@ def protect(
     output: Path = typer.Argument(..., help="output file or directory (mirrors the input tree)"),
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
     eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="perturbation bound in 1/255 units (default: the generator's, 8)"),
-    models: Optional[Path] = typer.Option(None, "--models", help="directory with segmenter.onnx and generator.onnx"),
+    models: Optional[Path] = typer.Option(None, "--models", help="directory with segmenter.onnx, generator.onnx and gradient_resnet18.onnx"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     workers: int = typer.Option(0, "--workers", min=0, help="processes for decoding, coding, embedding and writing (0: one per core, max 4)"),
+    refine_steps: Optional[int] = typer.Option(None, "--refine-steps", min=0, help="at most N sparse gradient steps on the white-box classifier (default 40); 0: the generator alone (~4x faster, far weaker)"),
+    robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower)"),
     no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
     codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
@@ -122,7 +128,7 @@ def protect(
         k = _key(key, required=True)
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
                device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
-               with_ssim=report is not None, max_rdh_change=max_rdh_change)
+               with_ssim=report is not None, max_rdh_change=max_rdh_change, refine_steps=refine_steps, robust=robust)
 
 
 @app.command()

@@ -3,6 +3,12 @@
     python -m export.onnx_export segmenter  runs/seg/best.pt  models/segmenter.onnx --data ../shared/data/cxr3/test
     python -m export.onnx_export classifier runs/r18/best.pt  models/classifier_resnet18.onnx --data ...
     python -m export.onnx_export generator  runs/gen/best.pt  models/generator.onnx --data ...
+    python -m export.onnx_export gradient   models/classifier_resnet18.onnx models/gradient_resnet18.onnx --data ...
+
+A *gradient* model (``models/gradient.py``: logits and d margin / d pixel, for protect's refinement)
+stores no weights of its own: its initializers are external data pointing into the classifier's
+ONNX file beside it (the byte ranges where that file holds the same tensors), so shipping it costs
+a few kilobytes; its card records the classifier's SHA-256, checked before use.
 
 Parity (fails loudly): on the given dataset directory, ORT and torch float outputs agree within
 ``--atol`` (1e-4) and the decisions agree exactly: thresholded masks, argmax classes, rounded grids.
@@ -10,7 +16,6 @@ Parity (fails loudly): on the given dataset directory, ORT and torch float outpu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -111,8 +116,81 @@ def parity(kind: str, model, onnx_path: Path, data: Path, atol: float, limit: in
     return report
 
 
+def export_gradient(classifier: Path, out: Path) -> torch.nn.Module:
+    """Export :class:`models.gradient.MarginGradient` of the ONNX ``classifier`` to ``out`` (same
+    folder), its weights read from the classifier file; returns the torch classifier for parity."""
+    import onnx
+    from onnx import numpy_helper
+
+    from models.from_onnx import load_classifier
+    from models.gradient import MarginGradient
+
+    if out.resolve().parent != classifier.resolve().parent:
+        raise ValueError(f"{out}: a gradient model must sit beside its classifier {classifier}")
+    net = load_classifier(classifier)
+    model = MarginGradient(net).eval()
+    x, label = torch.zeros(2, 1, SIZE, SIZE), torch.full((2,), -1, dtype=torch.long)
+    names, out_names = ["image", "label"], ["logits", "grad"]
+    tmp = out.with_suffix(".tmp.onnx")
+    # no constant folding: folded (flipped) weights would be new tensors absent from the classifier
+    # file; ORT folds them in memory when it loads the model
+    torch.onnx.export(model, (x, label), str(tmp), dynamo=False, opset_version=17, input_names=names, do_constant_folding=False,
+                      output_names=out_names, dynamic_axes={n: {0: "batch"} for n in names + out_names})
+    graph = onnx.load(str(tmp))
+    tmp.unlink()
+    blob = classifier.read_bytes()
+    for t in graph.graph.initializer:
+        raw = numpy_helper.to_array(t).tobytes()
+        offset = blob.find(raw) if len(raw) >= 1024 else -1
+        if offset < 0:
+            continue  # small constants stay inline
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for key, value in (("location", classifier.name), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+    onnx.save(graph, str(out))
+    return net
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum((1, 2, 3)) / np.sqrt((a * a).sum((1, 2, 3)) * (b * b).sum((1, 2, 3)) + 1e-30)
+
+
+def gradient_parity(classifier: torch.nn.Module, onnx_path: Path, data: Path, limit: int = 64, min_cosine: float = 0.9999) -> dict:
+    """ORT vs the same graph in torch on real images: logits within 1e-4, the same predicted labels,
+    per-image gradient cosine >= ``min_cosine``. Also reports (without failing on it) the cosine to
+    autograd's gradient, which may route a max-pool tie or a ReLU at exactly 0 differently."""
+    from models.gradient import MarginGradient, reference_gradient
+    from toolkit.ort import session
+
+    images = load_split(data).images[:limit]
+    graph = MarginGradient(classifier).eval()
+    sess = session(onnx_path, "cpu")
+    worst_logit, worst_cos, worst_autograd, disagree = 0.0, 1.0, 1.0, 0
+    for i in range(0, len(images), 16):
+        x = normalize(torch.from_numpy(images[i : i + 16]).unsqueeze(1))
+        label = torch.full((len(x),), -1, dtype=torch.long)
+        with torch.no_grad():
+            want_logits, want = (t.numpy() for t in graph(x, label))
+        logits, grad = sess.run(None, {"image": x.numpy(), "label": label.numpy()})
+        worst_logit = max(worst_logit, float(np.abs(logits - want_logits).max()))
+        worst_cos = min(worst_cos, float(_cosines(grad, want).min()))
+        worst_autograd = min(worst_autograd, float(_cosines(grad, reference_gradient(classifier, x, label)[1].numpy()).min()))
+        disagree += int((logits.argmax(1) != want_logits.argmax(1)).sum())
+    report = {"images": len(images), "max_abs_logit_diff": worst_logit, "min_grad_cosine": worst_cos,
+              "min_grad_cosine_to_autograd": worst_autograd, "decision_mismatches": disagree}
+    if worst_logit > 1e-4 or worst_cos < min_cosine or disagree:
+        raise ParityError(f"{onnx_path}: gradient parity failed: {report}")
+    return report
+
+
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from toolkit.ort import file_sha256
+
+    return file_sha256(path)
 
 
 def card(kind: str, state: dict, out: Path, parity_report: dict, extra: dict) -> dict:
@@ -146,16 +224,18 @@ def card(kind: str, state: dict, out: Path, parity_report: dict, extra: dict) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["segmenter", "classifier", "generator"])
-    p.add_argument("checkpoint")
+    p.add_argument("kind", choices=["segmenter", "classifier", "generator", "gradient"])
+    p.add_argument("checkpoint", help="training checkpoint (.pt); for gradient: the classifier's .onnx")
     p.add_argument("out")
     p.add_argument("--data", required=True, help="dataset directory for the parity check (e.g. cxr3/test)")
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--card", default="{}", help="JSON merged into the model card (training command, metrics)")
     args = p.parse_args(argv)
-    model, state = load(args.kind, args.checkpoint)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.kind == "gradient":
+        return _main_gradient(Path(args.checkpoint), out, Path(args.data), json.loads(args.card))
+    model, state = load(args.kind, args.checkpoint)
     export(args.kind, model, out)
     try:
         report = parity(args.kind, model, out, Path(args.data), args.atol)
@@ -164,6 +244,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     info = card(args.kind, state, out, report, json.loads(args.card))
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def _main_gradient(classifier: Path, out: Path, data: Path, extra: dict) -> int:
+    model = export_gradient(classifier, out)
+    try:
+        report = gradient_parity(model, out, data)
+    except ParityError as exc:
+        out.unlink(missing_ok=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    clf_card = json.loads(classifier.with_suffix(".json").read_text())
+    info = {
+        "file": out.name,
+        "sha256": sha256(out),
+        "task": "margin_gradient",
+        "architecture": clf_card["architecture"],
+        "weights_file": classifier.name,
+        "weights_sha256": sha256(classifier),
+        "inputs": {"image": "(N,1,224,224) float32, (pixel / 255 - 0.5) / 0.25", "label": "(N,) int64; < 0: the predicted class"},
+        "output": "logits (N,3) and grad (N,1,224,224) = d(z[label] - max_{j != label} z[j]) / d pixel (0..255 scale)",
+        "opset": 17,
+        "parity": report,
+        "command": f"python -m export.onnx_export gradient {classifier} {out} --data {data}",
+    }
+    info.update(extra)
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info, indent=1))
     return 0
 

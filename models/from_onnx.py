@@ -39,6 +39,11 @@ def load_classifier(path: Path | str, check: bool = True) -> nn.Module:
     model = build("classifier", card["architecture"], int(card["input"].get("internal_resolution", 224))).eval()
     graph = onnx.load(str(path)).graph
     init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:  # the exporter dedups equal tensors (Identity of one initializer) or emits Constants
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in init:
+            init[node.output[0]] = init[node.input[0]]
     convs = [n for n in graph.node if n.op_type == "Conv"]
     gemms = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
     order = _execution_order(model, (1, 1, 224, 224))

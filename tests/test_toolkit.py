@@ -73,30 +73,6 @@ def test_providers_never_request_missing_cuda():
             providers("cuda")
 
 
-@pytest.fixture(scope="module")
-def tiny_models(phantom_dataset, tmp_path_factory):
-    """Random-weight segmenter and grid generator, exported to ONNX with cards."""
-    torch = pytest.importorskip("torch")
-    from export import onnx_export as ex
-    from models import create
-    from models.train import build
-
-    out = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    gen = create("advgan_grid", eps=8.0)
-    with torch.no_grad():  # make sure the untrained generator emits non-zero values
-        gen.out.bias.fill_(0.5)
-    states = {
-        "segmenter": {"arch": "unet_small", "size": 112, "model": build("segmenter", "unet_small", 112).state_dict()},
-        "generator": {"arch": "advgan_grid", "eps": 8.0, "model": gen.state_dict(), "dilate": 2},
-    }
-    data = phantom_dataset / "test"
-    for kind, state in states.items():
-        torch.save(state, out / f"{kind}.pt")
-        assert ex.main([kind, str(out / f"{kind}.pt"), str(out / f"{kind}.onnx"), "--data", str(data)]) == 0
-    return out
-
-
 def test_protect_on_onnx_models(tiny_models):
     import kernels
     from toolkit.protect import Protector

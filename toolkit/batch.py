@@ -47,6 +47,8 @@ class FileResult:
     ssim: Optional[float] = None
     roi_fraction: Optional[float] = None
     coarsened: int = 0  # times the grid was subsampled 2x so that the payload fits
+    white_box_margin: Optional[float] = None  # after refinement, on the 224x224 view; < 0: the classifier is fooled
+    refine_steps: Optional[int] = None
     seconds: float = 0.0
     stages: dict = field(default_factory=dict)
 
@@ -61,6 +63,7 @@ class BatchReport:
     results: list[FileResult]
     seconds: float
     providers: list[str] = field(default_factory=list)
+    mode: Optional[str] = None  # protect: where the perturbation came from (refine / generator)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -83,13 +86,21 @@ class BatchReport:
             "mean_ssim": mean("ssim"),
             "mean_payload_bits": mean("payload_bits"),
             "coarsened": sum(r.coarsened > 0 for r in self.results),
+            "white_box_fooled": self._fooled(done),
             "seconds": round(self.seconds, 3),
             "images_per_second": round(len(done) / self.seconds, 2) if self.seconds > 0 and done else 0.0,
             "stage_seconds_per_image": {k: v / len(done) for k, v in stages.items()} if done else {},
         }
 
+    @staticmethod
+    def _fooled(done: list[FileResult]) -> Optional[float]:
+        """Fraction of refined files whose white-box margin ended below zero (None: not refined)."""
+        margins = [r.white_box_margin for r in done if r.white_box_margin is not None]
+        return float(np.mean(np.array(margins) < 0)) if margins else None
+
     def to_json(self) -> dict:
-        return {"command": self.command, "providers": self.providers, "totals": self.totals(), "files": [asdict(r) for r in self.results]}
+        return {"command": self.command, "mode": self.mode, "providers": self.providers, "totals": self.totals(),
+                "files": [asdict(r) for r in self.results]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +309,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
                   device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
                   method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0,
-                  on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                  refine_steps: Optional[int] = None, robust: bool = False, on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "protect") -> BatchReport:
     """Protect one file or a directory tree into ``dst``; see the module docstring."""
     from .protect import Protector
@@ -314,7 +325,7 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
 
     todo = _skip_finished(pairs, overwrite, done)
     with executor(auto_workers(workers, len(todo))) as pool:
-        protector = Protector(models, device, eps) if todo else None
+        protector = Protector(models, device, eps, refine_steps=refine_steps, robust=robust) if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
         for chunk in _chunks(todo, max(1, batch_size)):
             loaded = list(pool.map(_load, [str(s) for s, _ in chunk]))
@@ -325,17 +336,20 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
             jobs = []
             if ok:
                 t = time.perf_counter()
-                rois, grids = protector.analyse(np.stack([item[1] for _, item in ok]))
+                a = protector.analyse(np.stack([item[1] for _, item in ok]))
                 infer = (time.perf_counter() - t) / len(ok)
+                refined = protector.refiner is not None
                 jobs = [
-                    (item[3], infer, pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change))
-                    for ((s, d), item), roi, grid in zip(ok, rois, grids)
+                    (item[3], infer, (float(margin), int(steps)) if refined else (None, None),
+                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change))
+                    for ((s, d), item), roi, grid, margin, steps in zip(ok, a.rois, a.grids, a.margins, a.steps)
                 ]
             _collect(pending, done)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
         _collect(pending, done)
         providers = list(protector.seg.get_providers()) if protector else []
-    return BatchReport(command, results, time.perf_counter() - t0, providers)
+        mode = protector.mode if protector else None
+    return BatchReport(command, results, time.perf_counter() - t0, providers, mode)
 
 
 def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False,
@@ -397,9 +411,10 @@ def _skip_finished(pairs: list[tuple[Path, Path]], overwrite: bool, done: Callab
 
 
 def _collect(jobs: list, done: Callable[[FileResult], None]) -> None:
-    for decode, infer, fut in jobs:
+    for decode, infer, (margin, steps), fut in jobs:
         r = fut.result()
-        r.stages = {"decode": decode, "segment_generate": infer, **r.stages}
+        r.white_box_margin, r.refine_steps = margin, steps
+        r.stages = {"decode": decode, "segment_perturb": infer, **r.stages}
         r.seconds = sum(r.stages.values())
         done(r)
 

@@ -8,8 +8,10 @@ gets right), and for reversible methods the fraction that fit and the fraction r
 An image whose payload does not fit cannot be published reversibly: a reversible method leaves it
 unchanged, so it counts as not fooled.
 
-Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as ``medrae protect``),
-``ours_rae_noregion`` (the generator given an empty ROI: Table 5), ``csm_gan`` / ``csm_gan_rdh``
+Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as ``medrae protect``:
+sparse gradient refinement on the white-box classifier), ``ours_gen_ae`` / ``ours_gen_rae`` (the
+NROI-AdvGAN generator alone, ``medrae protect --refine-steps 0``), ``ours_rae_robust`` (``medrae
+protect --robust``), ``ours_rae_noregion`` (an empty ROI: the whole image may change, Table 5), ``csm_gan`` / ``csm_gan_rdh``
 (a generator trained with ``--loss csm --no-roi``, when ``models/generator_csm.onnx`` exists), ``fgsm``, ``bim``, ``pgd``
 (10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``liu_rae`` (PGD, then the whole
 perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: reversible image
@@ -41,13 +43,13 @@ from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized")  # models.attacks, run in PyTorch
-AE_METHODS = ("ours_ae",) + ATTACK_METHODS + ("csm_gan",)
-RAE_METHODS = ("ours_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
+AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan",)
+RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
-DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
+DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
 REUSES = {"liu_rae": "pgd", "rit_rae": "fgsm"}  # the attack each reversible baseline starts from
-ALL_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion",)
+ALL_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion", "pgd_rdh", "fgsm_rdh", "bim_rdh", "cw_rdh")
 WHITE_BOX = "classifier_resnet18"
 
 # Published numbers (reference paper, eps = 8/255, ResNet50 target, 3-class chest X-rays); only
@@ -135,6 +137,8 @@ class Harness:
         self.models, self.key, self.cw_steps = models, key, cw_steps
         self._torch = None
         self.protector = Protector(models)
+        self.generator_only = Protector(models, refine_steps=0)
+        self._robust: Optional[Protector] = None
         paper, csm = models / "generator_paper.onnx", models / "generator_csm.onnx"
         self.paper = Protector(models, generator=paper.name) if paper.exists() else None
         self.csm = Protector(models, generator=csm.name) if csm.exists() else None
@@ -202,11 +206,11 @@ class Harness:
 
     def _ours(self, prot: Protector, x: np.ndarray, eps: int, embed: bool, region: bool = True,
               method: Optional[str] = None, codec: Optional[str] = None) -> Output:
-        rois, grids = prot.analyse(x, eps, region)
+        a = prot.analyse(x, eps, region)
         if not embed:
-            return Output(np.stack([plan_perturbation(Image(img, 255, "png"), roi, grid, eps).adversarial for img, roi, grid in zip(x, rois, grids)]))
+            return Output(np.stack([plan_perturbation(Image(img, 255, "png"), roi, grid, eps).adversarial for img, roi, grid in zip(x, a.rois, a.grids)]))
         out, bits, restored = x.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
-        for k, (img, roi, grid) in enumerate(zip(x, rois, grids)):
+        for k, (img, roi, grid) in enumerate(zip(x, a.rois, a.grids)):
             try:  # the same fallback as medrae protect; restored and compared just below, as the measurement
                 marked, info, _, _ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False)
             except kernels.CapacityError:
@@ -234,6 +238,13 @@ class Harness:
             return self._ours(self.protector, x, eps, embed=False)
         if method == "ours_rae":
             return self._ours(self.protector, x, eps, embed=True)
+        if method == "ours_rae_robust":
+            self._robust = self._robust or Protector(self.models, robust=True)
+            return self._ours(self._robust, x, eps, embed=True)
+        if method == "ours_gen_ae":
+            return self._ours(self.generator_only, x, eps, embed=False)
+        if method == "ours_gen_rae":
+            return self._ours(self.generator_only, x, eps, embed=True)
         if method == "ours_rae_noregion":
             return self._ours(self.protector, x, eps, embed=True, region=False)
         if method == "paper_rae":
@@ -368,8 +379,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             rows.append([m] + [" / ".join([_f(M[m].get(str(e), {}).get("asr"), pct=True), _f(M[m].get(str(e), {}).get("psnr")), _f(M[m].get(str(e), {}).get("ssim"), ".4f")]) for e in eps_list])
     out.append(("Table 1: adversarial examples (ASR / PSNR dB / SSIM) by eps (x/255)", ["method"] + [f"eps={e}" for e in eps_list], rows))
     rows = []
-    for m in RAE_METHODS + ("ours_rae_noregion",):
-        for e, r in M.get(m, {}).items():
+    for m in [m for m in M if m in RAE_METHODS or m == "ours_rae_noregion" or m.endswith("_rdh")]:
+        for e, r in M[m].items():
             p = pub.get(f"{m}@{e}", {})
             rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), _f(r.get("payload_bpp"), ".3f"), _f(r.get("fit_fraction"), pct=True),
                          _f(r.get("restored_fraction"), pct=True), _f(p.get("asr"), pct=True), _f(p.get("psnr")), _f(p.get("ssim"), ".4f")])

@@ -1,6 +1,7 @@
 """ONNX Runtime sessions: CUDA when this onnxruntime build has it, else CPU, and say which."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -36,3 +37,8 @@ def session(path: Path | str, device: str = "auto", threads: int = 0):
         _logged.add(got)
         log.info("onnxruntime providers: %s", ", ".join(got))
     return sess
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file (model cards record it)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,5 +1,9 @@
-"""Protect on the shipped ONNX models: segment → ROI → generator → exact integer perturbation →
-reversible embedding (kernels). No PyTorch at run time.
+"""Protect on the shipped ONNX models: segment → ROI → perturbation grid → exact integer
+perturbation → reversible embedding (kernels). No PyTorch at run time.
+
+The grid comes from one of two sources (:class:`Protector`): by default the sparse gradient
+refinement on the white-box classifier (:mod:`toolkit.refine`, needs ``gradient_<arch>.onnx``);
+with ``refine_steps=0`` the NROI-AdvGAN generator alone (one forward pass: faster, far weaker).
 
 The networks see a 224x224 8-bit view of each image (scaled from its bit depth, inverted for
 DICOM MONOCHROME1, area-resized). Their outputs come back to the image's own resolution with
@@ -11,6 +15,7 @@ One perturbation level is ``ceiling // 255`` native units (1 for 8-bit, 257 for 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,8 +28,10 @@ from kernels.resample import grid_shape, upsample
 from .imageio import Image
 from .masks import postprocess
 from .ort import session
+from .refine import Refiner, RefineSettings
 
 NET_SIZE = 224
+log = logging.getLogger("medrae")
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
@@ -153,28 +160,64 @@ def capacity_reason(exc: kernels.CapacityError) -> str:
     return f"payload does not fit: {exc} (short by {exc.needed_bits - exc.capacity_bits} bits)"
 
 
+@dataclass
+class Analysis:
+    """What the networks decided for a batch of 224x224 views."""
+
+    rois: np.ndarray  # (N, 224, 224) bool
+    grids: np.ndarray  # (N, g, g) int64 levels in -eps..eps, zero on ROI cells
+    margins: np.ndarray  # (N,) white-box margin of the clean prediction after refinement (NaN: not refined)
+    steps: np.ndarray  # (N,) refinement steps taken
+
+
+DEFAULT_GRADIENT = "gradient_resnet18.onnx"
+
+
 class Protector:
-    """Holds the segmenter and generator sessions and turns network views into ROIs and grids."""
+    """Holds the segmenter, generator and margin-gradient sessions and turns network views into
+    ROIs and perturbation grids.
+
+    ``refine_steps``: None refines with the default settings when ``models_dir`` holds ``gradient``
+    (else the generator alone, logged); 0 uses the generator alone; N > 0 refines with at most N steps.
+    ``robust``: refine so that the classifier is also fooled after a half-size-and-back resize.
+    """
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
-                 dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx"):
+                 dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx",
+                 refine_steps: Optional[int] = None, gradient: str = DEFAULT_GRADIENT, robust: bool = False):
         models_dir = Path(models_dir)
         for name in (segmenter, generator):
             if not (models_dir / name).is_file():
                 raise FileNotFoundError(f"{models_dir / name}: model file not found (--models DIR)")
         self.gen_card = json.loads((models_dir / generator).with_suffix(".json").read_text())
         self.seg = session(models_dir / segmenter, device)
-        self.gen = session(models_dir / generator, device)
         self.eps = int(eps if eps is not None else round(self.gen_card["eps"]))  # 1/255 units
         if not 1 <= self.eps <= 16:
             raise ValueError(f"eps must be 1..16 (in 1/255 units), got {self.eps}")
-        self.factor = int(self.gen_card.get("grid_factor", 1))
+        if refine_steps is not None and refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        self.refiner: Optional[Refiner] = None
+        if refine_steps != 0 and (refine_steps or (models_dir / gradient).is_file()):
+            settings = RefineSettings(robust=robust) if refine_steps is None else RefineSettings(steps=refine_steps, robust=robust)
+            self.refiner = Refiner(models_dir / gradient, device, settings)
+        elif robust:
+            raise ValueError("robust protection needs the gradient refinement (refine_steps > 0 and a gradient model)")
+        elif refine_steps is None:
+            log.warning("%s: no %s; perturbations come from the generator alone (weaker)", models_dir, gradient)
+        self.gen = None if self.refiner else session(models_dir / generator, device)
+        self.factor = self.refiner.settings.factor if self.refiner else int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
 
-    def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """ROIs (N, 224, 224) bool and integer grids (N, g, g), levels in ``-eps..eps`` (default: the
-        protector's eps), zero on ROI cells. ``region=False``: no segmentation, an empty ROI (the
-        generator perturbs the whole image)."""
+    @property
+    def mode(self) -> str:
+        if not self.refiner:
+            return "generator"
+        robust = ", robust to resizing" if self.refiner.settings.robust else ""
+        return f"refine (white box {self.refiner.card['architecture']}{robust})"
+
+    def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
+        """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
+        protector's). ``region=False``: no segmentation, an empty ROI (the whole image may change)."""
         if views.dtype != np.uint8 or views.ndim != 3 or views.shape[1:] != (NET_SIZE, NET_SIZE):
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
         eps = self.eps if eps is None else eps
@@ -184,18 +227,22 @@ class Protector:
             rois = np.stack([postprocess(l, self.dilation) for l in logits])
         else:
             rois = np.zeros(views.shape, bool)
+        n = len(views)
+        if self.refiner:
+            r = self.refiner.refine(views, ~cells_touching(rois, self.factor), eps)
+            return Analysis(rois, r.grids, r.margins, r.steps)
         raw = self.gen.run(None, {"image": x, "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
         if grids.shape[-1] < NET_SIZE:  # the generator zeroes ROI cells itself; this keeps it exact
             grids[cells_touching(rois, self.factor)] = 0
-        return rois, grids
+        return Analysis(rois, grids, np.full(n, np.nan), np.zeros(n, np.int64))
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
         """Protect a batch (N, 224, 224) uint8; each result has been checked to restore, or carries
         the reason it was refused (payload does not fit), and nothing was produced for it."""
-        rois, grids = self.analyse(images)
+        a = self.analyse(images)
         out = []
-        for image, roi, grid in zip(images, rois, grids):
+        for image, roi, grid in zip(images, a.rois, a.grids):
             img = Image(image, 255, "png")
             plan = plan_perturbation(img, roi, grid, self.eps)
             try:

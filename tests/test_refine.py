@@ -1,0 +1,205 @@
+"""The margin-gradient graph (models/gradient.py), its weight-sharing export, and protect's sparse
+refinement (toolkit/refine.py) on ONNX Runtime."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from toolkit.phantoms import chest_phantom  # noqa: E402
+from toolkit.protect import MODELS_DIR as MODELS  # noqa: E402
+
+
+def _folded(arch: str, seed: int):
+    """A random classifier in the BN-folded form load_classifier rebuilds (BN = add a bias)."""
+    from models.train import build
+
+    torch.manual_seed(seed)
+    model = build("classifier", arch, 112).eval()
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.weight.fill_(1.0)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+                bn.bias.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg16_small"])
+def test_margin_gradient_matches_autograd(arch):
+    from models.gradient import MarginGradient, reference_gradient
+
+    model = _folded(arch, 0)
+    x = torch.randn(3, 1, 224, 224)
+    for label in (torch.tensor([-1, -1, -1]), torch.tensor([0, 2, 1])):
+        with torch.no_grad():
+            logits, grad = MarginGradient(model)(x, label)
+        want_logits, want_grad = reference_gradient(model, x, label)
+        assert torch.allclose(logits, want_logits, atol=1e-5)
+        # not elementwise: float summation order differs, and a ReLU input at ~0 may flip; a wrong
+        # transpose, padding or routing would leave the directions far apart
+        cos = (grad * want_grad).sum((1, 2, 3)) / (grad.flatten(1).norm(dim=1) * want_grad.flatten(1).norm(dim=1))
+        assert cos.min() > 0.999
+
+
+def test_margin_gradient_refuses_what_it_cannot_transpose():
+    from models.gradient import MarginGradient
+    from models.train import build
+
+    with pytest.raises(ValueError, match="BN-folded"):
+        MarginGradient(build("classifier", "vgg16_small", 112))  # running_var 1: not folded
+    with pytest.raises(ValueError, match="without attention"):
+        MarginGradient(_folded("vgg16_small_cbam", 0))
+    with pytest.raises(ValueError, match="basic blocks"):
+        MarginGradient(_folded("resnet50", 0))
+
+
+@pytest.fixture(scope="module")
+def refine_models(tiny_models, phantom_dataset, tmp_path_factory):
+    """tiny_models plus the shipped transfer classifier (vgg16_small) and its gradient model, exported
+    here. (A trained network: an untrained one's margin gradient is mostly float noise, so ORT and
+    torch do not agree on it closely enough for a parity check.)"""
+    from export import onnx_export as ex
+
+    out = tmp_path_factory.mktemp("refine_models")
+    for f in tiny_models.iterdir():
+        shutil.copy(f, out)
+    for f in ("classifier_vgg16_small.onnx", "classifier_vgg16_small.json"):
+        shutil.copy(MODELS / f, out)
+    clf, grad = out / "classifier_vgg16_small.onnx", out / "gradient_vgg16_small.onnx"
+    assert ex.main(["gradient", str(clf), str(grad), "--data", str(phantom_dataset / "test")]) == 0
+    return out
+
+
+def test_gradient_model_shares_the_classifier_weights(refine_models):
+    import onnxruntime as ort
+
+    from toolkit.ort import file_sha256
+
+    clf, grad = refine_models / "classifier_vgg16_small.onnx", refine_models / "gradient_vgg16_small.onnx"
+    assert grad.stat().st_size < 100_000 < 1_000_000 < clf.stat().st_size  # no copy of the weights
+    card = json.loads(grad.with_suffix(".json").read_text())
+    assert card["weights_file"] == clf.name and card["weights_sha256"] == file_sha256(clf)
+    assert card["parity"]["min_grad_cosine"] >= 0.9999 and card["parity"]["decision_mismatches"] == 0
+    x = np.random.default_rng(0).normal(0, 1, (2, 1, 224, 224)).astype(np.float32)
+    logits, grad_out = ort.InferenceSession(str(grad)).run(None, {"image": x, "label": np.array([-1, 1])})
+    want = ort.InferenceSession(str(clf)).run(None, {"image": x})[0]
+    assert np.allclose(logits, want, atol=1e-5) and grad_out.shape == x.shape and np.abs(grad_out).max() > 0
+
+
+def test_gradient_export_must_sit_beside_its_classifier(refine_models, tmp_path):
+    from export.onnx_export import export_gradient
+
+    with pytest.raises(ValueError, match="beside its classifier"):
+        export_gradient(refine_models / "classifier_vgg16_small.onnx", tmp_path / "g.onnx")
+
+
+def test_refiner_refuses_a_changed_classifier(refine_models, tmp_path):
+    from toolkit.refine import Refiner
+
+    for f in ("classifier_vgg16_small.onnx", "gradient_vgg16_small.onnx", "gradient_vgg16_small.json"):
+        shutil.copy(refine_models / f, tmp_path)
+    blob = bytearray((tmp_path / "classifier_vgg16_small.onnx").read_bytes())
+    blob[-100] ^= 1
+    (tmp_path / "classifier_vgg16_small.onnx").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="not the file it was exported against"):
+        Refiner(tmp_path / "gradient_vgg16_small.onnx", "cpu")
+
+
+@pytest.mark.parametrize("eps", [3, 8])
+def test_refine_is_sparse_bounded_and_reports_true_margins(refine_models, eps):
+    from toolkit.protect import normalize
+    from toolkit.refine import Refiner, RefineSettings, upsample_cells
+
+    import onnxruntime as ort
+
+    settings = RefineSettings(steps=12, step=4, fraction=0.02, margin=0.5)
+    refiner = Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", settings)
+    views = np.stack([chest_phantom(s)[0] for s in range(4)])
+    rng = np.random.default_rng(eps)
+    free = rng.random((4, 112, 112)) < 0.6
+    r = refiner.refine(views, free, eps)
+    assert r.grids.shape == (4, 112, 112) and not r.grids[~free].any()
+    assert np.abs(r.grids).max() <= eps and r.grids.any()
+    assert (r.steps <= settings.steps).all() and (r.steps > 0).any()
+    # each step moves at most fraction * cells, so the grid stays sparse
+    assert ((r.grids != 0).sum(axis=(1, 2)) <= r.steps * round(0.02 * 112 * 112)).all()
+    # the margins it reports are the classifier's on the views it returns
+    adv = np.clip(views.astype(int) + upsample_cells(r.grids, 2), 0, 255).astype(np.uint8)
+    logits = ort.InferenceSession(str(refine_models / "classifier_vgg16_small.onnx")).run(None, {"image": normalize(adv)})[0]
+    clean = ort.InferenceSession(str(refine_models / "classifier_vgg16_small.onnx")).run(None, {"image": normalize(views)})[0]
+    assert np.array_equal(r.labels, clean.argmax(1))
+    own = logits[np.arange(4), r.labels]
+    logits[np.arange(4), r.labels] = -np.inf
+    assert np.allclose(own - logits.max(1), r.margins, atol=1e-4)
+    # stopped early exactly when the target margin was reached
+    assert np.array_equal(r.margins <= -settings.margin, r.steps < settings.steps) or (r.margins <= -settings.margin).all()
+
+
+def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
+    import kernels
+    from toolkit.protect import Protector
+
+    prot = Protector(refine_models, gradient="gradient_vgg16_small.onnx")
+    assert prot.mode.startswith("refine") and prot.gen is None
+    images = np.stack([chest_phantom(s)[0] for s in range(2)])
+    a = prot.analyse(images)
+    assert a.grids.shape == (2, 112, 112) and np.isfinite(a.margins).all()
+    key = b"k" * 32
+    for x, r in zip(images, prot.protect(images, key)):
+        assert np.array_equal(kernels.restore_array(r.marked, key), x)
+        assert np.abs(r.adversarial.astype(int) - x)[r.roi].max(initial=0) == 0
+    assert Protector(refine_models, refine_steps=0, gradient="gradient_vgg16_small.onnx").mode == "generator"
+    assert Protector(tiny_models).mode == "generator"  # no gradient model there: the generator, logged
+    with pytest.raises(FileNotFoundError, match="gradient model not found"):
+        Protector(tiny_models, refine_steps=5)
+
+
+def test_robust_refinement_fools_the_resized_copy_too(refine_models):
+    from toolkit.protect import normalize
+    from toolkit.refine import Refiner, RefineSettings, resize_half, upsample_cells
+
+    import onnxruntime as ort
+
+    settings = RefineSettings(steps=15, step=4, fraction=0.03, margin=0.5, robust=True)
+    refiner = Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", settings)
+    views = np.stack([chest_phantom(s)[0] for s in range(3)])
+    r = refiner.refine(views, np.ones((3, 112, 112), bool), 8)
+    done = r.steps < settings.steps
+    assert done.any()
+    adv = np.clip(views.astype(int) + upsample_cells(r.grids, 2), 0, 255).astype(np.uint8)
+    sess = ort.InferenceSession(str(refine_models / "classifier_vgg16_small.onnx"))
+    for x in (adv, resize_half(adv)):  # both copies misclassified by the margin, for every image that stopped
+        logits = sess.run(None, {"image": normalize(x)})[0]
+        own = logits[np.arange(3), r.labels].copy()
+        logits[np.arange(3), r.labels] = -np.inf
+        assert (own - logits.max(1))[done].max() <= -settings.margin + 1e-4
+
+
+def test_cli_reports_the_perturbation_mode(tmp_path):
+    import json as _json
+
+    from PIL import Image as PILImage
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for s in range(2):
+        PILImage.fromarray(chest_phantom(s)[0]).save(src / f"p{s}.png")
+    runner = CliRunner()
+    for extra, mode in (([], "refine"), (["--refine-steps", "0"], "generator")):
+        out, rep = tmp_path / f"out{len(extra)}", tmp_path / f"r{len(extra)}.json"
+        r = runner.invoke(app, ["protect", str(src), str(out), "--no-encrypt", "--report", str(rep), "--workers", "1", *extra])
+        assert r.exit_code == 0, r.output
+        report = _json.loads(rep.read_text())
+        assert report["mode"].startswith(mode) and report["totals"]["protected"] == 2
+        margins = [f["white_box_margin"] for f in report["files"]]
+        assert all((m is not None) == (mode == "refine") for m in margins)
+        assert f"perturbation: {mode}" in r.output

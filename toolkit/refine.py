@@ -1,0 +1,135 @@
+"""Sparse integer refinement of the perturbation grid on the white-box classifier (ONNX Runtime).
+
+The payload, not the attack, limits a reversible adversarial example: every non-zero grid cell has
+to be coded and hidden. So instead of a dense ±eps pattern, protect grows a *sparse* one. Each step
+asks the margin-gradient model (``models/gradient_<classifier>.onnx``, see ``models/gradient.py``) for
+``d margin / d pixel`` at the current adversarial view, sums it over each grid cell, and moves only
+the ``fraction`` of free (non-ROI) cells with the largest gradient by ``step`` levels against it,
+clipped to ``±eps``. An image leaves the loop as soon as the classifier's margin for its clean
+prediction is below ``-margin`` (misclassified with room to spare for the RDH's ±1 changes), or after
+``steps`` steps. Levels are integers throughout, so what is optimised is exactly what gets applied.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ort import file_sha256, session
+
+SIZE = 224
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Defaults measured on cxr3 val (see the gradient model's card)."""
+
+    steps: int = 40
+    step: int = 4  # levels per move (1/255 units); clipped to eps
+    fraction: float = 0.04  # of all grid cells moved per step
+    margin: float = 2.0  # logit margin the classifier must be wrong by
+    factor: int = 2  # grid cell side on the 224x224 view (112x112 grid)
+    robust: bool = False  # also fool the classifier on a half-size-and-back copy (EOT; ~2x the time)
+
+
+@dataclass
+class Refined:
+    grids: np.ndarray  # (N, g, g) int64 levels in -eps..eps, zero on ROI cells
+    margins: np.ndarray  # (N,) final margin of the clean prediction (< 0: misclassified)
+    steps: np.ndarray  # (N,) gradient steps taken
+    labels: np.ndarray  # (N,) the classifier's clean prediction
+
+
+def resize_half(images: np.ndarray) -> np.ndarray:
+    """Each (H, W) image resized to half size and back (PIL bilinear), uint8 or float32."""
+    from PIL import Image as PILImage
+
+    out = np.empty_like(images)
+    for k, x in enumerate(images):
+        h, w = x.shape
+        im = PILImage.fromarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+        out[k] = np.asarray(im.resize((w // 2, h // 2), PILImage.BILINEAR).resize((w, h), PILImage.BILINEAR))
+    return out
+
+
+def upsample_cells(grids: np.ndarray, factor: int) -> np.ndarray:
+    """(N, g, g) → (N, g*factor, g*factor) by repetition (the kernels' integer rule)."""
+    return np.repeat(np.repeat(grids, factor, axis=-2), factor, axis=-1)
+
+
+class Refiner:
+    """The margin-gradient session of one classifier and the refinement loop.
+
+    Parameters
+    ----------
+    path : Path
+        ``gradient_<architecture>.onnx``; its card (``.json``) names the classifier file and its SHA-256,
+        which is checked, since the gradient model reads that file's weights.
+    """
+
+    def __init__(self, path: Path | str, device: str = "auto", settings: RefineSettings = RefineSettings()):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: gradient model not found (--models DIR)")
+        card = json.loads(path.with_suffix(".json").read_text())
+        weights = path.parent / card["weights_file"]
+        if not weights.is_file() or file_sha256(weights) != card["weights_sha256"]:
+            raise ValueError(f"{path}: reads its weights from {weights.name}, which is missing or not the file it was exported against")
+        self.card = card
+        self.settings = settings
+        self.session = session(path, device)
+
+    def margins(self, views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits-based margins, labels (clean prediction where ``labels < 0``) and pixel gradients."""
+        x = ((views.astype(np.float32) / 255.0 - 0.5) / 0.25)[:, None]
+        logits, grad = self.session.run(None, {"image": x, "label": labels.astype(np.int64)})
+        labels = np.where(labels < 0, logits.argmax(1), labels)
+        own = np.take_along_axis(logits, labels[:, None], 1)[:, 0]
+        np.put_along_axis(logits, labels[:, None], -np.inf, 1)
+        return own - logits.max(1), labels, grad[:, 0]
+
+    def refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None = None) -> Refined:
+        """Refine ``grids`` (default: zero) for the (N, 224, 224) uint8 ``views``.
+
+        ``free`` (N, g, g) bool marks the cells that may change (outside the ROI); ``g`` divides 224.
+        """
+        s = self.settings
+        n, g = free.shape[0], free.shape[-1]
+        if views.shape != (n, SIZE, SIZE) or views.dtype != np.uint8 or SIZE % g or free.shape != (n, g, g):
+            raise ValueError(f"expected (N, {SIZE}, {SIZE}) uint8 views and (N, g, g) free cells with g dividing {SIZE}, "
+                             f"got {views.shape} {views.dtype} and {free.shape}")
+        f = SIZE // g
+        grids = np.zeros((n, g, g), np.int64) if grids is None else np.where(free, grids, 0).astype(np.int64)
+        labels = np.full(n, -1, np.int64)
+        margins = np.zeros(n)
+        steps = np.zeros(n, np.int64)
+        active = np.arange(n)
+        step = min(s.step, eps)
+        base = views.astype(np.int64)
+        for t in range(s.steps + 1):
+            adv = np.clip(base[active] + upsample_cells(grids[active], f), 0, 255).astype(np.uint8)
+            m, labels[active], grad = self.margins(adv, labels[active])
+            margins[active] = m
+            if s.robust:  # expectation over {identity, resize}: the resize is linear and ~symmetric, so
+                # its transpose is approximated by itself
+                m_r, _, grad_r = self.margins(resize_half(adv), labels[active])
+                m = np.maximum(m, m_r)
+                grad = grad + resize_half(grad_r)
+            going = m > -s.margin
+            active, grad = active[going], grad[going]
+            if t == s.steps or active.size == 0:
+                break
+            steps[active] += 1
+            k = max(1, int(round(s.fraction * g * g)))
+            cell = grad.reshape(len(active), g, f, g, f).sum(axis=(2, 4))
+            cur = grids[active]
+            moved = np.clip(cur - step * np.sign(cell).astype(np.int64), -eps, eps)
+            score = np.where(free[active] & (moved != cur), np.abs(cell), -1.0).reshape(len(active), -1)
+            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+            pick = np.zeros_like(score, dtype=bool)
+            np.put_along_axis(pick, top, True, 1)
+            pick &= score > 0
+            grids[active] = np.where(pick.reshape(cur.shape), moved, cur)
+        return Refined(grids, margins, steps, labels)
