@@ -2,8 +2,9 @@
 
     python benchmarks/bench_models.py [--models models] [--batch 16] [--threads 0]
 
-Prints ms per image for the segmenter, the generator and both, at the given batch size, and the
-same for a PyTorch run of the exported graphs' source checkpoints when torch is installed (ratio).
+Prints ms per image for the segmenter, the generator and both, at the given batch size; then one
+refinement step (the margin-gradient model, ONNX Runtime) beside a forward pass of its classifier
+and, when torch is installed, the same gradient by PyTorch autograd in the same run (ratio).
 """
 from __future__ import annotations
 
@@ -42,6 +43,30 @@ def main() -> None:
     print(f"batch {n}, providers {seg.get_providers()}")
     print(f"| model | ms / image |\n|---|---|")
     print(f"| segmenter | {t_seg / n * 1e3:.2f} |\n| generator | {t_gen / n * 1e3:.2f} |\n| both | {(t_seg + t_gen) / n * 1e3:.2f} |")
+    grad_path = args.models / "gradient_resnet18.onnx"
+    if grad_path.exists():
+        import json
+
+        clf_name = json.loads(grad_path.with_suffix(".json").read_text())["weights_file"]
+        grad = session(grad_path, "cpu", args.threads)
+        clf = session(args.models / clf_name, "cpu", args.threads)
+        labels = np.full(n, -1, np.int64)
+        t_grad = best_of(lambda: grad.run(None, {"image": x, "label": labels}))
+        t_clf = best_of(lambda: clf.run(None, {"image": x}))
+        print(f"| {clf_name} forward | {t_clf / n * 1e3:.2f} |\n| one refinement step (logits + margin gradient, ORT) | {t_grad / n * 1e3:.2f} |")
+        try:
+            import torch
+
+            from models.from_onnx import load_classifier
+            from models.gradient import reference_gradient
+        except ModuleNotFoundError:
+            return
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        net = load_classifier(args.models / clf_name)
+        xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+        t_ref = best_of(lambda: reference_gradient(net, xt, lt))
+        print(f"| the same gradient, PyTorch autograd (reference) | {t_ref / n * 1e3:.2f} |")
+        print(f"ORT gradient step / torch autograd: {t_ref / t_grad:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,31 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
         margins = [f["white_box_margin"] for f in report["files"]]
         assert all((m is not None) == (mode == "refine") for m in margins)
         assert f"perturbation: {mode}" in r.output
+
+
+def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):
+    from toolkit.protect import normalize
+    from toolkit.refine import Refiner, RefineSettings, upsample_cells
+
+    import onnxruntime as ort
+
+    for f in ("classifier_resnet18.onnx", "classifier_resnet18.json", "gradient_resnet18.onnx", "gradient_resnet18.json"):
+        shutil.copy(MODELS / f, refine_models)
+    names = ["resnet18", "vgg16_small"]
+    settings = RefineSettings(steps=20, margin=1.0)
+    refiner = Refiner([refine_models / f"gradient_{n}.onnx" for n in names], "cpu", settings)
+    assert refiner.architectures == names
+    views = np.stack([chest_phantom(s)[0] for s in range(3)])
+    r = refiner.refine(views, np.ones((3, 112, 112), bool), 8)
+    adv = np.clip(views.astype(int) + upsample_cells(r.grids, 2), 0, 255).astype(np.uint8)
+    worst = np.full(3, -np.inf)
+    for n in names:
+        sess = ort.InferenceSession(str(refine_models / f"classifier_{n}.onnx"))
+        clean = sess.run(None, {"image": normalize(views)})[0].argmax(1)
+        logits = sess.run(None, {"image": normalize(adv)})[0]
+        own = logits[np.arange(3), clean].copy()
+        logits[np.arange(3), clean] = -np.inf
+        worst = np.maximum(worst, own - logits.max(1))
+    assert np.allclose(worst, r.margins, atol=1e-4)  # the reported margin is the least-fooled classifier's
+    done = r.steps < settings.steps
+    assert (r.margins[done] <= -settings.margin + 1e-6).all()

@@ -179,12 +179,13 @@ class Protector:
 
     ``refine_steps``: None refines with the default settings when ``models_dir`` holds ``gradient``
     (else the generator alone, logged); 0 uses the generator alone; N > 0 refines with at most N steps.
+    ``gradient``: one gradient model file, or several (an ensemble of white boxes).
     ``robust``: refine so that the classifier is also fooled after a half-size-and-back resize.
     """
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
                  dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx",
-                 refine_steps: Optional[int] = None, gradient: str = DEFAULT_GRADIENT, robust: bool = False):
+                 refine_steps: Optional[int] = None, gradient: str | list[str] = DEFAULT_GRADIENT, robust: bool = False):
         models_dir = Path(models_dir)
         for name in (segmenter, generator):
             if not (models_dir / name).is_file():
@@ -197,13 +198,14 @@ class Protector:
         if refine_steps is not None and refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
         self.refiner: Optional[Refiner] = None
-        if refine_steps != 0 and (refine_steps or (models_dir / gradient).is_file()):
+        gradients = [gradient] if isinstance(gradient, str) else list(gradient)
+        if refine_steps != 0 and (refine_steps or all((models_dir / g).is_file() for g in gradients)):
             settings = RefineSettings(robust=robust) if refine_steps is None else RefineSettings(steps=refine_steps, robust=robust)
-            self.refiner = Refiner(models_dir / gradient, device, settings)
+            self.refiner = Refiner([models_dir / g for g in gradients], device, settings)
         elif robust:
             raise ValueError("robust protection needs the gradient refinement (refine_steps > 0 and a gradient model)")
         elif refine_steps is None:
-            log.warning("%s: no %s; perturbations come from the generator alone (weaker)", models_dir, gradient)
+            log.warning("%s: no %s; perturbations come from the generator alone (weaker)", models_dir, ", ".join(gradients))
         self.gen = None if self.refiner else session(models_dir / generator, device)
         self.factor = self.refiner.settings.factor if self.refiner else int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
@@ -213,7 +215,7 @@ class Protector:
         if not self.refiner:
             return "generator"
         robust = ", robust to resizing" if self.refiner.settings.robust else ""
-        return f"refine (white box {self.refiner.card['architecture']}{robust})"
+        return f"refine (white box {' + '.join(self.refiner.architectures)}{robust})"
 
     def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
