@@ -155,6 +155,10 @@ def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
         assert np.array_equal(kernels.restore_array(r.marked, key), x)
         assert np.abs(r.adversarial.astype(int) - x)[r.roi].max(initial=0) == 0
     assert Protector(refine_models, refine_steps=0, gradient="gradient_vgg16_small.onnx").mode == "generator"
+    tuned = Protector(refine_models, gradient="gradient_vgg16_small.onnx", refine_steps=7, margin=3.5).refiner.settings
+    assert (tuned.steps, tuned.margin, tuned.fraction) == (7, 3.5, prot.refiner.settings.fraction)
+    with pytest.raises(ValueError, match="margin"):
+        Protector(refine_models, gradient="gradient_vgg16_small.onnx", margin=-1)
     assert Protector(tiny_models).mode == "generator"  # no gradient model there: the generator, logged
     with pytest.raises(FileNotFoundError, match="gradient model not found"):
         Protector(tiny_models, refine_steps=5)
@@ -194,7 +198,7 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     for s in range(2):
         PILImage.fromarray(chest_phantom(s)[0]).save(src / f"p{s}.png")
     runner = CliRunner()
-    for extra, mode in (([], "refine"), (["--refine-steps", "0"], "generator")):
+    for extra, mode in (([], "refine"), (["--refine-steps", "0", "--roi-margin", "9"], "generator")):
         out, rep = tmp_path / f"out{len(extra)}", tmp_path / f"r{len(extra)}.json"
         r = runner.invoke(app, ["protect", str(src), str(out), "--no-encrypt", "--report", str(rep), "--workers", "1", *extra])
         assert r.exit_code == 0, r.output
@@ -203,6 +207,9 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
         margins = [f["white_box_margin"] for f in report["files"]]
         assert all((m is not None) == (mode == "refine") for m in margins)
         assert f"perturbation: {mode}" in r.output
+    wide, narrow = (_json.loads((tmp_path / f"r{n}.json").read_text())["files"] for n in (4, 0))
+    # a wider ROI margin leaves less of the image free to change
+    assert all(w["roi_fraction"] > n["roi_fraction"] for w, n in zip(wide, narrow))
 
 
 def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):

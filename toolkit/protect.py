@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -181,11 +181,14 @@ class Protector:
     (else the generator alone, logged); 0 uses the generator alone; N > 0 refines with at most N steps.
     ``gradient``: one gradient model file, or several (an ensemble of white boxes).
     ``robust``: refine so that the classifier is also fooled after a half-size-and-back resize.
+    ``margin``: the logit margin by which the classifier(s) must be wrong (default 1; larger
+    transfers a little better to unseen models, at a larger, more visible perturbation).
     """
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
                  dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx",
-                 refine_steps: Optional[int] = None, gradient: str | list[str] = DEFAULT_GRADIENT, robust: bool = False):
+                 refine_steps: Optional[int] = None, gradient: str | list[str] = DEFAULT_GRADIENT, robust: bool = False,
+                 margin: Optional[float] = None):
         models_dir = Path(models_dir)
         for name in (segmenter, generator):
             if not (models_dir / name).is_file():
@@ -200,7 +203,13 @@ class Protector:
         self.refiner: Optional[Refiner] = None
         gradients = [gradient] if isinstance(gradient, str) else list(gradient)
         if refine_steps != 0 and (refine_steps or all((models_dir / g).is_file() for g in gradients)):
-            settings = RefineSettings(robust=robust) if refine_steps is None else RefineSettings(steps=refine_steps, robust=robust)
+            settings = RefineSettings(robust=robust)
+            if refine_steps is not None:
+                settings = replace(settings, steps=refine_steps)
+            if margin is not None:
+                if margin < 0:
+                    raise ValueError(f"margin must be >= 0, got {margin}")
+                settings = replace(settings, margin=float(margin))
             self.refiner = Refiner([models_dir / g for g in gradients], device, settings)
         elif robust:
             raise ValueError("robust protection needs the gradient refinement (refine_steps > 0 and a gradient model)")
