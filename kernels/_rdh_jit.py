@@ -443,19 +443,21 @@ def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
     pos = 0
     seen = 0
     for t in range(n):
-        # branch-free: non-members get a zero change
         c = key[t]
-        member = np.int64((c < T) | ((c == T) & (seen < m)))
-        seen += c == T
+        if c > T:  # not a member: unchanged (most of a light payload's candidates)
+            continue
+        if c == T:
+            if seen >= m:
+                continue
+            seen += 1
         k = idx[t]
         x = np.int64(work[k])
         v, ev, _ = _pee_narrow(x, x - pred[t], a, maxv)
         isb = np.int64(ev == b)
         isa = np.int64(ev == a)
         bit = stream[pos]
-        delta = (isb - isa) * bit + np.int64(ev > b) - np.int64(ev < a)
-        work[k] = x + member * (v - x + delta)
-        pos += member * (isa | isb)
+        work[k] = v + (isb - isa) * bit + np.int64(ev > b) - np.int64(ev < a)
+        pos += isa | isb
     return pos
 
 
@@ -511,15 +513,18 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
             if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
                 continue
             c = K[j]
-            # branch-free: non-members get a zero change
-            member = np.int64((c < T) | ((c == T) & (seen < m)))
-            seen += c == T
+            if c > T:  # not a member: unchanged (most of a light payload's candidates)
+                continue
+            if c == T:
+                if seen >= m:
+                    continue
+                seen += 1
             stream[pos] = B[j]
-            pos += member & E[j]
-            v = np.int64(work[k]) + member * D[j]
+            pos += E[j]
+            v = np.int64(work[k]) + D[j]
             bad |= (v < 0) | (v > maxv)
             work[k] = v
-            if 1 < v < maxv - 1 or member == 0:  # the first test is almost always true
+            if 1 < v < maxv - 1:  # almost always true
                 continue
             if _pee_in_map(v, v - P[j], a, maxv):
                 if nd == dom.size:
