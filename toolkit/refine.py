@@ -34,7 +34,7 @@ class RefineSettings:
     fraction: float = 0.05  # of all grid cells moved per step
     margin: float = 1.0  # logit margin the classifier must be wrong by
     factor: int = 2  # grid cell side on the 224x224 view (112x112 grid)
-    robust: bool = False  # also fool the classifier on a half-size-and-back copy (EOT; ~2x the time)
+    robust: bool = False  # also fool the classifier on a half-size-and-back copy (EOT; ~3.5x the time)
 
 
 @dataclass
