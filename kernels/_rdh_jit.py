@@ -416,6 +416,17 @@ def pee_prefix_end(work, idx, pred, key, n, maxv, a, T, base, need):
     return -1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _pee_member(c, T, seen, m):
+    """Whether a candidate in bucket ``c`` belongs to the pass's prefix (buckets below ``T``, then
+    the first ``m`` of bucket ``T`` in raster order), and the updated count of bucket-``T`` members."""
+    if c > T:  # tested first: the usual case for a light payload
+        return False, seen
+    if c < T:
+        return True, seen
+    return seen < m, seen + (seen < m)
+
+
 @njit(cache=True, nogil=True)
 def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
     """Embed location map + ``content`` into the prefix (buckets < T, first m of bucket T).
@@ -428,10 +439,9 @@ def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
     if with_map:
         seen = 0
         for t in range(n):
-            c = key[t]
-            if c > T or (c == T and seen >= m):
+            member, seen = _pee_member(key[t], T, seen, m)
+            if not member:
                 continue
-            seen += c == T
             x = np.int64(work[idx[t]])
             if 1 < x < maxv - 1:
                 continue
@@ -443,13 +453,9 @@ def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
     pos = 0
     seen = 0
     for t in range(n):
-        c = key[t]
-        if c > T:  # not a member: unchanged (most of a light payload's candidates)
+        member, seen = _pee_member(key[t], T, seen, m)
+        if not member:  # unchanged (most of a light payload's candidates)
             continue
-        if c == T:
-            if seen >= m:
-                continue
-            seen += 1
         k = idx[t]
         x = np.int64(work[k])
         v, ev, _ = _pee_narrow(x, x - pred[t], a, maxv)
@@ -512,13 +518,9 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
             k = base + j
             if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
                 continue
-            c = K[j]
-            if c > T:  # not a member: unchanged (most of a light payload's candidates)
+            member, seen = _pee_member(K[j], T, seen, m)
+            if not member:  # unchanged (most of a light payload's candidates)
                 continue
-            if c == T:
-                if seen >= m:
-                    continue
-                seen += 1
             stream[pos] = B[j]
             pos += E[j]
             v = np.int64(work[k]) + D[j]
