@@ -315,15 +315,7 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
     from .protect import Protector
 
     t0 = time.perf_counter()
-    pairs = pair_paths(src, dst)
-    on_start(len(pairs))
-    results: list[FileResult] = []
-
-    def done(r: FileResult) -> None:
-        results.append(r)
-        on_result(r)
-
-    todo = _skip_finished(pairs, overwrite, done)
+    results, done, todo = _start(pair_paths(src, dst), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
         protector = Protector(models, device, eps, roi_margin, refine_steps=refine_steps, robust=robust, gradient=gradients or DEFAULT_GRADIENT, margin=margin) if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
@@ -340,9 +332,9 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
                 infer = (time.perf_counter() - t) / len(ok)
                 refined = protector.refiner is not None
                 jobs = [
-                    (item[3], infer, (float(margin), int(steps)) if refined else (None, None),
+                    (item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None),
                      pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change))
-                    for ((s, d), item), roi, grid, margin, steps in zip(ok, a.rois, a.grids, a.margins, a.steps)
+                    for ((s, d), item), roi, grid, wb_margin, n_steps in zip(ok, a.rois, a.grids, a.margins, a.steps)
                 ]
             _collect(pending, done)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
@@ -357,15 +349,7 @@ def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 
                   command: str = "restore") -> BatchReport:
     """Restore one file or a tree of protected files into ``dst`` (same names)."""
     t0 = time.perf_counter()
-    pairs = pair_paths(src, dst, map_name=False)
-    on_start(len(pairs))
-    results: list[FileResult] = []
-
-    def done(r: FileResult) -> None:
-        results.append(r)
-        on_result(r)
-
-    todo = _skip_finished(pairs, overwrite, done)
+    results, done, todo = _start(pair_paths(src, dst, map_name=False), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
         for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite) for s, d in todo]):
             done(r)
@@ -399,21 +383,30 @@ def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, worke
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
-def _skip_finished(pairs: list[tuple[Path, Path]], overwrite: bool, done: Callable[[FileResult], None]) -> list[tuple[Path, Path]]:
-    """The pairs still to do; each one whose output exists (and no ``overwrite``) is reported skipped."""
+def _start(pairs: list[tuple[Path, Path]], overwrite: bool, on_start: Callable[[int], None],
+           on_result: Callable[[FileResult], None]) -> tuple[list[FileResult], Callable[[FileResult], None], list[tuple[Path, Path]]]:
+    """A batch's bookkeeping: ``(results, done, todo)``; ``done`` records a result and reports it,
+    and the pairs whose output exists are already done (skipped) unless ``overwrite``."""
+    on_start(len(pairs))
+    results: list[FileResult] = []
+
+    def done(r: FileResult) -> None:
+        results.append(r)
+        on_result(r)
+
     todo = []
     for s, d in pairs:
         if d.exists() and not overwrite:
             done(FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)"))
         else:
             todo.append((s, d))
-    return todo
+    return results, done, todo
 
 
 def _collect(jobs: list, done: Callable[[FileResult], None]) -> None:
-    for decode, infer, (margin, steps), fut in jobs:
+    for decode, infer, (wb_margin, n_steps), fut in jobs:
         r = fut.result()
-        r.white_box_margin, r.refine_steps = margin, steps
+        r.white_box_margin, r.refine_steps = wb_margin, n_steps
         r.stages = {"decode": decode, "segment_perturb": infer, **r.stages}
         r.seconds = sum(r.stages.values())
         done(r)

@@ -53,6 +53,13 @@ REUSES = {"liu_rae": "pgd", "rit_rae": "fgsm"}  # the attack each reversible bas
 ALL_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion", "pgd_rdh", "fgsm_rdh", "bim_rdh", "cw_rdh")
 WHITE_BOX = "classifier_resnet18"
 ENSEMBLE = ("resnet18", "vgg16_small")  # ours_rae_ensemble's white boxes (medrae protect --white-box resnet18,vgg16_small)
+# methods that run protect with other options: (configuration name, Protector keyword arguments)
+VARIANTS = {
+    "ours_gen_ae": ("generator", {"refine_steps": 0}),
+    "ours_gen_rae": ("generator", {"refine_steps": 0}),
+    "ours_rae_robust": ("robust", {"robust": True}),
+    "ours_rae_ensemble": ("ensemble", {"gradient": [f"gradient_{n}.onnx" for n in ENSEMBLE]}),
+}
 
 # Published numbers (reference paper, eps = 8/255, ResNet50 target, 3-class chest X-rays); only
 # the figures given to us are filled in, the rest stay None rather than guessed.
@@ -139,8 +146,7 @@ class Harness:
         self.models, self.key, self.cw_steps = models, key, cw_steps
         self._torch = None
         self.protector = Protector(models)
-        self.generator_only = Protector(models, refine_steps=0)
-        self._variants: dict[str, Protector] = {}
+        self._variants: dict[str, Protector] = {}  # the other protect configurations, loaded when first run
         paper, csm = models / "generator_paper.onnx", models / "generator_csm.onnx"
         self.paper = Protector(models, generator=paper.name) if paper.exists() else None
         self.csm = Protector(models, generator=csm.name) if csm.exists() else None
@@ -243,15 +249,11 @@ class Harness:
             return self._ours(self.protector, x, eps, embed=False)
         if method == "ours_rae":
             return self._ours(self.protector, x, eps, embed=True)
-        if method in ("ours_rae_robust", "ours_rae_ensemble"):
-            if method not in self._variants:
-                self._variants[method] = Protector(self.models, robust=True) if method == "ours_rae_robust" else \
-                    Protector(self.models, gradient=[f"gradient_{n}.onnx" for n in ENSEMBLE])
-            return self._ours(self._variants[method], x, eps, embed=True)
-        if method == "ours_gen_ae":
-            return self._ours(self.generator_only, x, eps, embed=False)
-        if method == "ours_gen_rae":
-            return self._ours(self.generator_only, x, eps, embed=True)
+        if method in VARIANTS:
+            name, opts = VARIANTS[method]
+            if name not in self._variants:
+                self._variants[name] = Protector(self.models, **opts)
+            return self._ours(self._variants[name], x, eps, embed=method != "ours_gen_ae")
         if method == "ours_rae_noregion":
             return self._ours(self.protector, x, eps, embed=True, region=False)
         if method == "paper_rae":

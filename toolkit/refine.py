@@ -97,7 +97,9 @@ class Refiner:
     def margins(self, views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per classifier (first axis): margins (M, N), labels (M, N; the clean prediction where
         ``labels < 0``) and pixel gradients (M, N, 224, 224) of the margins."""
-        x = ((views.astype(np.float32) / 255.0 - 0.5) / 0.25)[:, None]
+        from .protect import normalize  # protect imports this module
+
+        x = normalize(views)
         out_m, out_l, out_g = [], [], []
         for sess, lab in zip(self.sessions, labels):
             logits, grad = sess.run(None, {"image": x, "label": lab.astype(np.int64)})
@@ -133,7 +135,7 @@ class Refiner:
         margins = np.zeros(n)
         steps = np.zeros(n, np.int64)
         active = np.arange(n)
-        step = min(s.step, eps)
+        step, k = min(s.step, eps), max(1, int(round(s.fraction * g * g)))
         base = views.astype(np.int64)
         for t in range(s.steps + 1):
             adv = np.clip(base[active] + upsample_cells(grids[active], f), 0, 255).astype(np.uint8)
@@ -151,7 +153,6 @@ class Refiner:
             if t == s.steps or active.size == 0:
                 break
             steps[active] += 1
-            k = max(1, int(round(s.fraction * g * g)))
             cell = grad.reshape(len(active), g, f, g, f).sum(axis=(2, 4))
             cur = grids[active]
             moved = np.clip(cur - step * np.sign(cell).astype(np.int64), -eps, eps)
