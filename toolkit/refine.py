@@ -24,10 +24,11 @@ SIZE = 224
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """Defaults chosen on the cxr3 val split (270 images, white-box ASR on the RAE / PSNR / payload):
-    fraction 0.04 and margin 2: 92.5 % / 39.3 dB / 0.237 bpp; 0.05 and 2: 92.9 % / 39.4 / 0.249;
-    0.05 and 1: 93.3 % / 40.4 / 0.221 (the default). 80 steps instead of 40, per-pixel cells
-    (factor 1), step 8, momentum, or starting from the generator's output did not do better."""
+    """Defaults chosen on the cxr3 val split (270 images, white-box ASR on the RAE / PSNR / payload,
+    ``python benchmarks/probe_refine.py --all ...``): fraction 0.04 and margin 2: 92.5 % / 38.6 dB /
+    0.237 bpp; 0.05 and 2: 92.9 % / 38.3 / 0.249; 0.05 and 1: 93.3 % / 39.7 / 0.221 (the default).
+    In one-off runs on 90 of them, 80 steps instead of 40, per-pixel cells (factor 1), step 8,
+    momentum, or starting from the generator's output did not do better."""
 
     steps: int = 40
     step: int = 4  # levels per move (1/255 units); clipped to eps

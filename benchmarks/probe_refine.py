@@ -1,0 +1,83 @@
+"""Trade-offs of protect's sparse refinement on cxr3 val (prints; asserts nothing).
+
+    python benchmarks/probe_refine.py [--all] [--roi-margin 4] SPEC [SPEC ...]
+    SPEC = WHITE_BOXES:MARGIN:ROBUST:FRACTION:FACTOR:STEPS, e.g. resnet18:1:0:0.05:2:40
+           (WHITE_BOXES joined by '+', e.g. resnet18+vgg16_small)
+
+For each setting: ASR of the final RAE (after coding and hiding, no encryption) on every shipped
+classifier over the images it gets right, white-box ASR after a half-size-and-back resize, PSNR,
+payload bits per pixel, ms per image. 90 val images (30 per class), or all 270 with ``--all``.
+Also prints how many true-lung pixels lie outside the protected cells at the given ROI margin.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import kernels  # noqa: E402
+from toolkit.datasets import load_split  # noqa: E402
+from toolkit.evaluate import CONDITIONS  # noqa: E402
+from toolkit.metrics import psnr  # noqa: E402
+from toolkit.ort import session  # noqa: E402
+from toolkit.protect import MODELS_DIR, Protector, cells_touching, normalize  # noqa: E402
+from toolkit.refine import Refiner, RefineSettings, upsample_cells  # noqa: E402
+
+CLASSIFIERS = ("resnet18", "vgg16_small", "vgg16_small_cbam_pruned", "vgg16_small_advtrained")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("specs", nargs="+")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cxr3" / "val")
+    ap.add_argument("--all", action="store_true", help="every val image, not 30 per class")
+    ap.add_argument("--roi-margin", type=int, default=4)
+    args = ap.parse_args()
+    split = load_split(args.data)
+    pick = np.arange(len(split.labels)) if args.all else np.concatenate([np.flatnonzero(split.labels == c)[:30] for c in range(3)])
+    images, labels = split.images[pick], split.labels[pick]
+    rois = Protector(refine_steps=0, dilation=args.roi_margin).analyse(images).rois
+    if split.masks is not None:
+        lungs = split.masks[pick].astype(bool)
+        missed = (lungs & ~upsample_cells(cells_touching(rois, 2), 2)).sum(axis=(1, 2))
+        print(f"ROI margin {args.roi_margin}: true-lung pixels outside the protected cells on {np.mean(missed > 0):.1%} "
+              f"of images, {missed.mean():.1f} px per image on average")
+    sessions = {n: session(MODELS_DIR / f"classifier_{n}.onnx", "cpu") for n in CLASSIFIERS}
+    predict = lambda n, x: sessions[n].run(None, {"image": normalize(x)})[0].argmax(1)  # noqa: E731
+    right = {n: predict(n, images) == labels for n in CLASSIFIERS}
+    resize = CONDITIONS["resize0.5"]
+    right_resized = predict(CLASSIFIERS[0], np.stack([resize(x) for x in images])) == labels
+    for spec in args.specs:
+        boxes, margin, robust, fraction, factor, steps = spec.split(":")
+        factor = int(factor)
+        settings = RefineSettings(steps=int(steps), fraction=float(fraction), margin=float(margin), factor=factor, robust=bool(int(robust)))
+        refiner = Refiner([MODELS_DIR / f"gradient_{b}.onnx" for b in boxes.split("+")], "cpu", settings)
+        free = ~cells_touching(rois, factor)
+        t = time.perf_counter()
+        grids = np.concatenate([refiner.refine(images[b : b + 16], free[b : b + 16], 8).grids for b in range(0, len(images), 16)])
+        ms = (time.perf_counter() - t) / len(images) * 1e3
+        out, bpp = [], []
+        for x, grid in zip(images, grids):
+            adv = np.clip(x.astype(np.int64) + upsample_cells(grid, factor), 0, 255).astype(np.uint8)
+            try:
+                marked, info = kernels.protect_array(x, adv, None, eps=8, check=False, **({"grid": grid, "factor": factor} if factor > 1 else {}))
+                bpp.append(info.payload_bits / x.size)
+            except kernels.CapacityError:
+                marked = x  # not publishable reversibly: the original goes out
+            out.append(marked)
+        out = np.stack(out)
+        asr = " ".join(f"{n} {np.mean(predict(n, out)[right[n]] != labels[right[n]]):.3f}" for n in CLASSIFIERS)
+        resized = predict(CLASSIFIERS[0], np.stack([resize(x) for x in out]))
+        print(f"{spec}: ASR {asr} | resize0.5 {np.mean(resized[right_resized] != labels[right_resized]):.3f} | "
+              f"PSNR {np.mean([psnr(a, b, data_range=255) for a, b in zip(images, out) if not np.array_equal(a, b)]):.2f} "
+              f"bpp {np.mean(bpp):.3f} | {ms:.0f} ms/img", flush=True)
+
+
+if __name__ == "__main__":
+    main()
