@@ -266,87 +266,121 @@ def _pee_in_map(v, ev, a, maxv):
     return (v == maxv - 1 and ev >= b - 1) or (v == 1 and ev <= a + 1)
 
 
-@njit(cache=True, nogil=True)
-def _row_stats(work, base, W, key_shift, S, C):
-    """Neighbour sums and complexities of every interior pixel of one row.
+@njit(cache=True, nogil=True, inline="always")
+def _is_candidate(reserved, k, W):
+    """Whether no neighbour of pixel ``k`` is reserved (asked only near the border)."""
+    return (reserved[k - W] | reserved[k + W] | reserved[k - 1] | reserved[k + 1]) == 0
 
-    Contiguous row slices and int32 lanes let LLVM vectorise this loop (|4 v - S| < 2**20 even
-    for 16-bit pixels); it is most of the arithmetic of a pass.
-    """
+
+FAST_COLS = 16  # columns per bucket of the pass-local histogram of interior (non-boundary) pixels
+
+
+@njit(cache=True, nogil=True)
+def _row_keys(work, base, W, key_shift, a_min, npairs, KC, PR):
+    """Bucket and error column (``KC = bucket * FAST_COLS + column``) and prediction ``PR`` of
+    every interior pixel of one row, as if it were a candidate. Branch-free int32 lanes, so LLVM
+    vectorises it; the candidate loop then only gathers every other entry."""
     up = work[base - W : base]
     mid = work[base : base + W]
     dn = work[base + W : base + 2 * W]
+    last = npairs + 2
     for j in range(1, W - 1):
         vn = up[j]
         vs = dn[j]
         vw = mid[j - 1]
         ve = mid[j + 1]
         s = vn + vs + vw + ve
-        S[j] = s
-        C[j] = (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift
+        c = (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift
+        p = (s + 2) >> 2
+        PR[j] = p
+        KC[j] = _key(c) * FAST_COLS + min(max(mid[j] - p - a_min + 1, 0), last)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _is_candidate(reserved, k, W, edge):
-    """Interior pixels are candidates unless a neighbour is reserved (only possible near the border)."""
-    if not edge:
-        return True
-    return (reserved[k - W] | reserved[k + W] | reserved[k - 1] | reserved[k + 1]) == 0
+def _row_span(reserved, base, W, j0, edge_row):
+    """Column range of a row's candidates: ``range(js, je, 2)``. Reserved pixels lie on the
+    border, so in an interior row only the end candidates can have one as a neighbour (columns 0
+    and W-1); edge rows (1 and H-2) check every candidate with :func:`_is_candidate`."""
+    js = j0
+    je = W - 1
+    if not edge_row:
+        if js == 1 and reserved[base] != 0:
+            js = 3
+        if (W - 2 - j0) % 2 == 0 and reserved[base + W - 1] != 0:
+            je = W - 2
+    return js, je
 
 
 @njit(cache=True, nogil=True)
-def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist, used):
+def _boundary_counts(hist, c, x, e, a_min, P, maxv):
+    """Columns ``P+3 ..`` of ``hist[c]`` for a pixel at 0, 1, maxv-1 or maxv (see pee_analyze)."""
+    hist[c, P + 3] += 1
+    for q in range(P):
+        a = a_min + q
+        v, ev, narrowed = _pee_narrow(x, e, a, maxv)
+        if ev == a or ev == a + 1:
+            hist[c, P + 4 + q] += 1
+        if _pee_in_map(v, ev, a, maxv):
+            hist[c, 2 * P + 4 + q] += 1
+        hist[c, 3 * P + 4 + q] += narrowed
+
+
+@njit(cache=True, nogil=True)
+def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist, used, fast, bnd):
     """Candidates of one rhombus set in raster order, and their statistics per complexity bucket.
 
     A candidate is an interior pixel with ``(i + j) % 2 == parity`` none of whose four neighbours
     is reserved. Its prediction is the rounded mean of its four neighbours, which belong to the
     other set and so do not change in this pass; its complexity is ``sum |4 v_k - S|``, so the
-    decoder recomputes both. Writes ``idx``, ``pred``, ``key`` (first ``n`` entries) and fills
-    ``hist[bucket]``: columns ``0 .. P+2`` count pixels away from 0/maxv by error
-    ``e - a_min + 1`` clamped to that range; column ``P+3`` counts the other (boundary) pixels;
-    then per bin pair ``(a, a+1)``, ``a = a_min + q``, the boundary pixels' expandable count,
+    decoder recomputes both. Writes ``idx``, ``pred``, ``key`` (first ``n`` entries), the
+    candidate numbers of the boundary pixels (0, 1, maxv-1, maxv) in ``bnd`` (first ``nb``) and
+    fills ``hist[bucket]``: columns ``0 .. P+2`` count pixels away from 0/maxv by error
+    ``e - a_min + 1`` clamped to that range; column ``P+3`` counts the boundary pixels; then per
+    bin pair ``(a, a+1)``, ``a = a_min + q``, the boundary pixels' expandable count,
     location-map bits and narrowings (``P`` columns each). ``used[0]`` is one more than the
     highest bucket written (rows from it up are zero): read to clear only dirty rows, then
-    updated. Returns ``n``.
+    updated. ``fast`` (``N_KEYS * FAST_COLS``, zero on entry and on return) holds the first
+    ``P+3`` columns while the pass runs: 64 B a bucket keeps the counts of the common buckets in
+    L1. Returns ``(n, nb)``.
     """
     P = npairs
     hist[: used[0], :] = 0  # rows from used[0] up are still zero from the last call
     top = 0
-    S = np.empty(W, np.int32)
-    C = np.empty(W, np.int32)
+    KC = np.empty(W, np.int32)
+    PR = np.empty(W, np.int32)
     n = 0
+    nb = 0
     for i in range(1, H - 1):
         base = i * W
-        _row_stats(work, base, W, key_shift, S, C)
+        _row_keys(work, base, W, key_shift, a_min, P, KC, PR)
         j0 = 1 if ((i + 1) & 1) == parity else 2
         edge_row = i == 1 or i == H - 2
-        for j in range(j0, W - 1, 2):
+        js, je = _row_span(reserved, base, W, j0, edge_row)
+        for j in range(js, je, 2):
             k = base + j
-            if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
+            if edge_row and not _is_candidate(reserved, k, W):
                 continue
-            c = _key(np.int64(C[j]))
-            p = (np.int64(S[j]) + 2) >> 2
+            kc = KC[j]
+            c = kc // FAST_COLS
+            p = PR[j]
             idx[n] = k
             pred[n] = p
             key[n] = c
-            n += 1
             top = max(top, c)
-            x = np.int64(work[k])
-            e = x - p
+            x = work[k]
             if 1 < x < maxv - 1:
-                hist[c, min(max(e - a_min + 1, 0), P + 2)] += 1
-                continue
-            hist[c, P + 3] += 1
-            for q in range(P):
-                a = a_min + q
-                v, ev, narrowed = _pee_narrow(x, e, a, maxv)
-                if ev == a or ev == a + 1:
-                    hist[c, P + 4 + q] += 1
-                if _pee_in_map(v, ev, a, maxv):
-                    hist[c, 2 * P + 4 + q] += 1
-                hist[c, 3 * P + 4 + q] += narrowed
+                fast[kc] += 1
+            else:
+                bnd[nb] = n
+                nb += 1
+                _boundary_counts(hist, c, np.int64(x), np.int64(x) - p, a_min, P, maxv)
+            n += 1
+    for c in range(top + 1 if n else 0):
+        for col in range(P + 3):
+            hist[c, col] += fast[c * FAST_COLS + col]
+            fast[c * FAST_COLS + col] = 0
     used[0] = top + 1 if n else 0
-    return n
+    return n, nb
 
 
 @njit(cache=True, nogil=True)
@@ -428,28 +462,53 @@ def _pee_member(c, T, seen, m):
 
 
 @njit(cache=True, nogil=True)
-def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
+def _map_bits(work, idx, pred, key, maxv, a, T, m, bnd, nb):
+    """Location-map bits of the pass's prefix: over its boundary candidates (``bnd``) in raster
+    order, 1 where the pixel was narrowed. Bucket-``T`` boundary candidates belong to the prefix
+    while fewer than ``m`` bucket-``T`` candidates precede them."""
+    bits = np.empty(nb, np.uint8)
+    nlm = 0
+    seen = 0  # bucket-T candidates before ``scanned``
+    scanned = 0
+    for r in range(nb):
+        t = bnd[r]
+        c = key[t]
+        if c > T:
+            continue
+        if c == T:
+            for u in range(scanned, t):  # vectorised count
+                seen += key[u] == T
+            scanned = t
+            if seen >= m:
+                continue
+        x = np.int64(work[idx[t]])
+        v, ev, narrowed = _pee_narrow(x, x - pred[t], a, maxv)
+        if _pee_in_map(v, ev, a, maxv):
+            bits[nlm] = narrowed
+            nlm += 1
+    return bits[:nlm]
+
+
+@njit(cache=True, nogil=True)
+def _stream(head, content):
+    out = np.empty(head.size + content.size + 1, np.uint8)  # + a zero read past the last bit
+    out[: head.size] = head
+    out[head.size : head.size + content.size] = content
+    out[-1] = 0
+    return out
+
+
+@njit(cache=True, nogil=True)
+def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map, bnd, nb):
     """Embed location map + ``content`` into the prefix (buckets < T, first m of bucket T).
 
     ``with_map`` may be False only when the prefix holds no location-map pixel (from the plan).
     """
     b = a + 1
-    stream = np.zeros(n + 1, dtype=np.int64)  # map bits, then content, then zeros
-    nlm = 0
     if with_map:
-        seen = 0
-        for t in range(n):
-            member, seen = _pee_member(key[t], T, seen, m)
-            if not member:
-                continue
-            x = np.int64(work[idx[t]])
-            if 1 < x < maxv - 1:
-                continue
-            v, ev, narrowed = _pee_narrow(x, x - pred[t], a, maxv)
-            if _pee_in_map(v, ev, a, maxv):
-                stream[nlm] = narrowed
-                nlm += 1
-    stream[nlm : nlm + content.size] = content
+        stream = _stream(_map_bits(work, idx, pred, key, maxv, a, T, m, bnd, nb), content)
+    else:
+        stream = _stream(np.empty(0, np.uint8), content)
     pos = 0
     seen = 0
     for t in range(n):
@@ -461,31 +520,36 @@ def pee_embed(work, idx, pred, key, n, maxv, a, T, m, content, with_map):
         v, ev, _ = _pee_narrow(x, x - pred[t], a, maxv)
         isb = np.int64(ev == b)
         isa = np.int64(ev == a)
-        bit = stream[pos]
+        bit = np.int64(stream[pos])
         work[k] = v + (isb - isa) * bit + np.int64(ev > b) - np.int64(ev < a)
         pos += isa | isb
     return pos
 
 
 @njit(cache=True, nogil=True)
-def _row_decode(work, base, W, key_shift, a, S, C, K, P, B, E, D):
-    """For every interior pixel of a row, as if it were a pass member (vectorises):
-    bucket ``K``, prediction ``P``, carried bit ``B``, expandable flag ``E``, change ``D``."""
-    _row_stats(work, base, W, key_shift, S, C)
+def _row_decode(work, base, W, key_shift, a, K, P, D):
+    """For every interior pixel of a row, as if it were a pass member (vectorises): bucket ``K``,
+    prediction ``P`` and ``D`` = (change + 1) | expandable << 2 | carried bit << 3, packed so
+    the sequential candidate loop reads one word."""
+    up = work[base - W : base]
     mid = work[base : base + W]
+    dn = work[base + W : base + 2 * W]
     b = a + 1
     for j in range(1, W - 1):
-        c = C[j]
-        K[j] = _key(c)
-        p = (S[j] + 2) >> 2
+        vn = up[j]
+        vs = dn[j]
+        vw = mid[j - 1]
+        ve = mid[j + 1]
+        s = vn + vs + vw + ve
+        K[j] = _key((abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift)
+        p = (s + 2) >> 2
         P[j] = p
         e = mid[j] - p
         inb = np.int32((e == b) | (e == b + 1))
         ina = np.int32((e == a) | (e == a - 1))
         bit = inb * (e - b) + ina * (a - e)
-        B[j] = bit
-        E[j] = inb | ina
-        D[j] = ina * bit - inb * bit - np.int32(e > b + 1) + np.int32(e < a - 1)
+        change = ina * bit - inb * bit - np.int32(e > b + 1) + np.int32(e < a - 1)
+        D[j] = (change + 1) | ((inb | ina) << 2) | (bit << 3)
 
 
 @njit(cache=True, nogil=True)
@@ -497,12 +561,8 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
     """
     stream = np.empty((H * W) // 2 + 1, dtype=np.uint8)
     dom = np.empty(64, dtype=np.int64)
-    S = np.empty(W, np.int32)
-    C = np.empty(W, np.int32)
     K = np.empty(W, np.int32)
     P = np.empty(W, np.int32)
-    B = np.empty(W, np.int32)
-    E = np.empty(W, np.int32)
     D = np.empty(W, np.int32)
     a32 = np.int32(a)
     pos = 0
@@ -511,19 +571,21 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
     bad = False
     for i in range(1, H - 1):
         base = i * W
-        _row_decode(work, base, W, key_shift, a32, S, C, K, P, B, E, D)
+        _row_decode(work, base, W, key_shift, a32, K, P, D)
         j0 = 1 if ((i + 1) & 1) == parity else 2
         edge_row = i == 1 or i == H - 2
-        for j in range(j0, W - 1, 2):
+        js, je = _row_span(reserved, base, W, j0, edge_row)
+        for j in range(js, je, 2):
             k = base + j
-            if not _is_candidate(reserved, k, W, edge_row or j == 1 or j == W - 2):
+            if edge_row and not _is_candidate(reserved, k, W):
                 continue
             member, seen = _pee_member(K[j], T, seen, m)
             if not member:  # unchanged (most of a light payload's candidates)
                 continue
-            stream[pos] = B[j]
-            pos += E[j]
-            v = np.int64(work[k]) + D[j]
+            code = D[j]
+            stream[pos] = code >> 3
+            pos += (code >> 2) & 1
+            v = np.int64(work[k]) + (code & 3) - 1
             bad |= (v < 0) | (v > maxv)
             work[k] = v
             if 1 < v < maxv - 1:  # almost always true

@@ -126,16 +126,17 @@ _tls = threading.local()
 
 
 def _workspace(n: int, hist_shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """Per-thread scratch reused across calls: ``idx``, ``pred``, ``key`` (length >= n), ``hist``
-    and ``used`` (rows of ``hist`` that may be non-zero).
+    """Per-thread scratch reused across calls: ``idx``, ``pred``, ``key``, ``bnd`` (length >= n),
+    ``hist``, ``used`` (rows of ``hist`` that may be non-zero) and ``fast`` (zero between calls).
 
     Fresh ~1 MB temporaries on every call make glibc trim and re-fault the heap, which tripled
     the cost of a pass on a 224x224 image; one grown-on-demand set per thread avoids that.
     """
     ws = getattr(_tls, "ws", None)
-    if ws is None or ws[0].size < n or ws[3].shape != hist_shape:
+    if ws is None or ws[0].size < n or ws[4].shape != hist_shape:
         hist = np.zeros(hist_shape, np.int64)
-        ws = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int16), hist, np.array([hist_shape[0]]))
+        fast = np.zeros(hist_shape[0] * jit.FAST_COLS, np.int32)
+        ws = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int16), np.empty(n, np.int32), hist, np.array([hist_shape[0]]), fast)
         _tls.ws = ws
     return ws
 
@@ -237,18 +238,21 @@ class RhombusPEE(RDHMethod):
 
     def begin(self, work, reserved, shape, k, maxv):
         h, w = shape
-        idx, pred, key, hist, used = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
-        n = jit.pee_analyze(
-            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used
+        idx, pred, key, bnd, hist, used, fast = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
+        n, nb = jit.pee_analyze(
+            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used, fast, bnd
         )
-        return work, idx, pred, key, n, hist, maxv, int(used[0])
+        return work, idx, pred, key, n, hist, maxv, int(used[0]), bnd, nb, {}
 
     @staticmethod
     def _key_shift(maxv: int) -> int:
         return max(0, int(maxv).bit_length() - 8)  # complexity buckets span the pixel range
 
     def _plan(self, state, need):
-        return jit.pee_plan(state[5], self.N_PAIRS, need, state[7])
+        plans = state[-1]  # finish_early's plans are asked again by try_embed
+        if need not in plans:
+            plans[need] = jit.pee_plan(state[5], self.N_PAIRS, need, state[7])
+        return plans[need]
 
     def capacity(self, state):
         return int(self._plan(state, np.int64(1) << 62)[0].max())
@@ -264,7 +268,7 @@ class RhombusPEE(RDHMethod):
         return int(c1[t1 >= 0].min()) <= left_in_group * int(c2[t2 >= 0].min())
 
     def try_embed(self, state, content):
-        work, idx, pred, key, n, hist, maxv, _ = state
+        work, idx, pred, key, n, hist, maxv, _, bnd, nb, _ = state
         need = int(content.size)
         _, T, base, cost, maps = self._plan(state, need)
         fits = np.flatnonzero(T >= 0)
@@ -273,7 +277,7 @@ class RhombusPEE(RDHMethod):
         q = int(fits[np.argmin(cost[fits])])
         a = self.A_MIN + q
         m = jit.pee_prefix_end(work, idx, pred, key, n, maxv, a, T[q], base[q], need)
-        jit.pee_embed(work, idx, pred, key, n, maxv, a, T[q], m, content, maps[q] > 0)
+        jit.pee_embed(work, idx, pred, key, n, maxv, a, T[q], m, content, maps[q] > 0, bnd, nb)
         return PassRecord(int(T[q]), a + 32768, int(m), need)
 
     def extract(self, work, reserved, shape, k, maxv, rec):
@@ -349,7 +353,7 @@ def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: 
 def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int) -> tuple[np.ndarray, int]:
     shape = image.shape
     full = image.astype(np.int32).ravel()  # a copy: the input is never written
-    work = full >> s
+    work = full >> s if s else full
     maxv >>= s
     reserved, res_idx = _reserved(shape)
     lsbs = (full[res_idx] & 1).astype(np.uint8)
@@ -463,7 +467,7 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
         if impl.id != method_id:
             raise ValueError(f"impl is for method id {impl.id}, image uses {method_id}")
         method = impl
-    work = full >> s
+    work = full >> s if s else full
     maxv >>= s
     chunks = []
     lsbs = None
