@@ -67,12 +67,20 @@ def load_classifier(path: Path | str, check: bool = True) -> nn.Module:
                 m.bias.copy_(bias)
             elif bias.abs().max() > 0:
                 raise ValueError(f"{path}: conv {k} has a bias but no BatchNorm follows it in {card['architecture']}")
-        lin = [m for m in order if isinstance(m, nn.Linear)]
-        if len(lin) != 1 or len(gemms) != 1:
-            raise ValueError(f"{path}: expected one linear head, got {len(lin)} torch / {len(gemms)} ONNX")
-        w = init[gemms[0].input[1]]
-        lin[0].weight.copy_(torch.from_numpy(np.array(w if w.shape == tuple(lin[0].weight.shape) else w.T)))
-        lin[0].bias.copy_(torch.from_numpy(np.array(init[gemms[0].input[2]])))
+        # linear layers (the head; CBAM's channel MLPs, each called twice) keep their torch names
+        linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if len(linears) == 1 and len(gemms) == 1 and f"{linears[0][0]}.weight" not in init:
+            linears = [(gemms[0].input[1], linears[0][1])]
+            names = {gemms[0].input[1]: (gemms[0].input[1], gemms[0].input[2])}
+        else:
+            names = {name: (f"{name}.weight", f"{name}.bias") for name, _ in linears}
+        for name, m in linears:
+            wname, bname = names[name]
+            if wname not in init or bname not in init:
+                raise ValueError(f"{path}: no weights for linear layer {name} of {card['architecture']}")
+            w = init[wname]
+            m.weight.copy_(torch.from_numpy(np.array(w if w.shape == tuple(m.weight.shape) else w.T)))
+            m.bias.copy_(torch.from_numpy(np.array(init[bname])))
     for p in model.parameters():
         p.requires_grad_(False)
     if check:

@@ -6,7 +6,8 @@ Runtime, without PyTorch. ONNX has no autograd and the TorchScript exporter cann
 forward operators: a convolution's transpose is ``conv_transpose2d`` with the *same* weight tensor,
 a ReLU's is its activity mask, a max-pool's routes each gradient to its window's maxima. It covers the
 BN-folded classifiers :func:`models.from_onnx.load_classifier` rebuilds: ResNet with basic blocks
-and VGG without attention (conv + bias, ReLU, max-pool, residual add, global average pool, linear).
+and VGG (conv + bias, ReLU, max-pool, residual add, global average pool, linear), with or without
+CBAM attention (Woo et al. 2018; the pruning + attention defended target).
 
 Output: the logits and ``d margin / d pixel`` (pixels on the 0..255 scale), where
 ``margin = z[label] - max_{j != label} z[j]``; ``label < 0`` means "the class the model predicts".
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .advgan import CBAM
 from .classifiers import VGG16, BasicBlock, ResNet
 from .train import Classifier
 
@@ -72,6 +74,37 @@ def _pool_t(g: torch.Tensor, x: torch.Tensor, pooled: torch.Tensor, pool: nn.Max
     return back.view(n, c, h, w)
 
 
+def _max_share(x: torch.Tensor, top: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Where ``x`` reaches its maximum ``top`` over ``dims``, each tied position's share (1/ties)."""
+    winner = (x == top).to(x.dtype)
+    return winner / winner.sum(dims, keepdim=True)
+
+
+def _cbam(x: torch.Tensor, m: CBAM):
+    """CBAM forward at ``x`` and the transpose of its Jacobian there: channel attention
+    ``sigmoid(mlp(mean) + mlp(max))`` then spatial attention ``sigmoid(conv7([mean_c, max_c]))``."""
+    l1, l2 = m.mlp[0], m.mlp[2]
+    n, c, h, w = x.shape
+    hidden = [F.linear(v, l1.weight, l1.bias) for v in (x.mean((2, 3)), x.amax((2, 3), keepdim=True)[:, :, 0, 0])]
+    ca = torch.sigmoid(sum(F.linear(torch.relu(u), l2.weight, l2.bias) for u in hidden))
+    y = x * ca[:, :, None, None]
+    ymax = y.amax(1, keepdim=True)
+    sa = torch.sigmoid(_conv(torch.cat([y.mean(1, keepdim=True), ymax], 1), m.spatial))
+    xmax = x.amax((2, 3), keepdim=True)
+
+    def backward(g: torch.Tensor) -> torch.Tensor:
+        g_pre = (g * y).sum(1, keepdim=True) * sa * (1 - sa)
+        g_pair = _conv_t(g_pre, m.spatial, (h, w))  # (N, 2, H, W): mean and max inputs
+        g_y = g * sa + g_pair[:, :1] / float(c) + _max_share(y, ymax, (1,)) * g_pair[:, 1:]
+        g_z = (g_y * x).sum((2, 3)) * ca * (1 - ca)
+        g_r = g_z @ l2.weight
+        g_mean, g_max = ((g_r * (u > 0)) @ l1.weight for u in hidden)
+        return (g_y * ca[:, :, None, None] + g_mean[:, :, None, None] / float(h * w)
+                + _max_share(x, xmax, (2, 3)) * g_max[:, :, None, None])
+
+    return y * sa, backward
+
+
 def _pool(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
     return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding)
 
@@ -96,8 +129,8 @@ class MarginGradient(nn.Module):
             if not all(isinstance(b, BasicBlock) for b in model.stages):
                 raise ValueError("MarginGradient supports ResNets with basic blocks only")
         elif isinstance(model, VGG16):
-            if not all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)) for m in model.features):
-                raise ValueError("MarginGradient supports VGG without attention modules only")
+            if not all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, CBAM)) for m in model.features):
+                raise ValueError("MarginGradient supports VGG layers conv, BN, ReLU, max-pool and CBAM only")
         else:
             raise ValueError(f"MarginGradient supports ResNet and VGG16, not {type(model).__name__}")
         for bn in model.modules():
@@ -169,6 +202,9 @@ class MarginGradient(nn.Module):
                 out = _pool(h, m)
                 saved.append(("pool", m, (h, out)))
                 h = out
+            elif isinstance(m, CBAM):
+                h, back = _cbam(h, m)
+                saved.append(("cbam", back, None))
             i += 1
 
         def backward(g: torch.Tensor) -> torch.Tensor:
@@ -177,6 +213,8 @@ class MarginGradient(nn.Module):
                     g = _conv_t(g, a, b)
                 elif kind == "relu":
                     g = g * a
+                elif kind == "cbam":
+                    g = a(g)
                 else:
                     g = _pool_t(g, b[0], b[1], a)
             return g

@@ -97,7 +97,8 @@ def test_classifier_rebuilt_from_onnx_matches_ort():
     from models.from_onnx import load_classifier
 
     root = Path(__file__).resolve().parents[1] / "models"
-    for name in ("classifier_resnet18", "classifier_vgg16_small"):  # the white-box target and a VGG
+    # the white-box target, a VGG, and the defended one (CBAM: convolutions and MLPs beside the head)
+    for name in ("classifier_resnet18", "classifier_vgg16_small", "classifier_vgg16_small_cbam_pruned"):
         load_classifier(root / f"{name}.onnx")  # raises if the torch rebuild differs from ONNX Runtime
 
 
@@ -149,3 +150,20 @@ def test_every_table_row_matches_its_header():
         titles.append(title.split(":")[0])
         assert rows and all(len(r) == len(header) for r in rows), title
     assert titles == [f"Table {k}" for k in (1, 2, 3, 4, 5, 6, 7)]
+
+
+def test_defended_target_methods(tmp_path):
+    """ours_rae_defended needs the defended classifier's gradient model (shipped); pgd_defended
+    crafts PGD on the defended classifier itself, so it fools that one, not by transfer."""
+    import shutil
+
+    from toolkit.evaluate import DEFENDED, Harness
+    from toolkit.protect import MODELS_DIR
+
+    h = Harness(MODELS_DIR, bytes(32))
+    assert h.available("ours_rae_defended") is None and h.available("pgd_defended") is None
+    assert Harness.base_attack("pgd_defended") == "pgd"
+    for f in MODELS_DIR.iterdir():
+        if f.name != f"gradient_{DEFENDED}.onnx":
+            shutil.copy(f, tmp_path)
+    assert "no gradient model for vgg16_small_cbam_pruned" in Harness(tmp_path, bytes(32)).available("ours_rae_defended")

@@ -12,7 +12,10 @@ Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as
 sparse gradient refinement on the white-box classifier), ``ours_gen_ae`` / ``ours_gen_rae`` (the
 NROI-AdvGAN generator alone, ``medrae protect --refine-steps 0``), ``ours_rae_robust`` (``medrae
 protect --robust``), ``ours_rae_ensemble`` (``--white-box resnet18,vgg16_small``: its transfer
-column for vgg16_small is then not transfer), ``ours_rae_noregion`` (an empty ROI: the whole image may change, Table 5), ``csm_gan`` / ``csm_gan_rdh``
+column for vgg16_small is then not transfer), ``ours_rae_defended`` (``--white-box
+resnet18,vgg16_small_cbam_pruned``: a data owner who includes the known defended model; its column
+for that model is white-box), ``pgd_defended`` (PGD crafted on the defended model itself, the usual
+white-box test of a defense; its resnet18 ASR is then transfer), ``ours_rae_noregion`` (an empty ROI: the whole image may change, Table 5), ``csm_gan`` / ``csm_gan_rdh``
 (a generator trained with ``--loss csm --no-roi``, when ``models/generator_csm.onnx`` exists), ``fgsm``, ``bim``, ``pgd``
 (10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``liu_rae`` (PGD, then the whole
 perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: reversible image
@@ -44,8 +47,8 @@ from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized")  # models.attacks, run in PyTorch
-AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan",)
-RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_rae_ensemble", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
+AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
+RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
 DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
@@ -53,13 +56,18 @@ REUSES = {"liu_rae": "pgd", "rit_rae": "fgsm"}  # the attack each reversible bas
 ALL_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion", "pgd_rdh", "fgsm_rdh", "bim_rdh", "cw_rdh")
 WHITE_BOX = "classifier_resnet18"
 ENSEMBLE = ("resnet18", "vgg16_small")  # ours_rae_ensemble's white boxes (medrae protect --white-box resnet18,vgg16_small)
+DEFENDED = "vgg16_small_cbam_pruned"  # the pruning + attention target
+WITH_DEFENDED = ("resnet18", DEFENDED)  # ours_rae_defended's white boxes
 # methods that run protect with other options: (configuration name, Protector keyword arguments)
 VARIANTS = {
     "ours_gen_ae": ("generator", {"refine_steps": 0}),
     "ours_gen_rae": ("generator", {"refine_steps": 0}),
     "ours_rae_robust": ("robust", {"robust": True}),
     "ours_rae_ensemble": ("ensemble", {"gradient": [f"gradient_{n}.onnx" for n in ENSEMBLE]}),
+    "ours_rae_defended": ("defended", {"gradient": [f"gradient_{n}.onnx" for n in WITH_DEFENDED]}),
 }
+WHITE_BOXES = {"ours_rae_ensemble": ENSEMBLE, "ours_rae_defended": WITH_DEFENDED}  # each needs gradient_<name>.onnx
+ON_DEFENDED = {"pgd_defended": "pgd"}  # attacks crafted on the defended classifier instead of WHITE_BOX
 
 # Published numbers (reference paper, eps = 8/255, ResNet50 target, 3-class chest X-rays); only
 # the figures given to us are filled in, the rest stay None rather than guessed.
@@ -144,19 +152,19 @@ class Harness:
 
     def __init__(self, models: Path, key: bytes, cw_steps: int = 20):
         self.models, self.key, self.cw_steps = models, key, cw_steps
-        self._torch = None
+        self._torch: dict[str, object] = {}
         self.protector = Protector(models)
         self._variants: dict[str, Protector] = {}  # the other protect configurations, loaded when first run
         paper, csm = models / "generator_paper.onnx", models / "generator_csm.onnx"
         self.paper = Protector(models, generator=paper.name) if paper.exists() else None
         self.csm = Protector(models, generator=csm.name) if csm.exists() else None
 
-    def torch_model(self):
-        if self._torch is None:
+    def torch_model(self, name: str = WHITE_BOX):
+        if name not in self._torch:
             from models.from_onnx import load_classifier
 
-            self._torch = load_classifier(self.models / f"{WHITE_BOX}.onnx")
-        return self._torch
+            self._torch[name] = load_classifier(self.models / f"{name}.onnx")
+        return self._torch[name]
 
     def available(self, method: str) -> Optional[str]:
         """None if ``method`` can run here, else the reason it cannot."""
@@ -164,9 +172,11 @@ class Harness:
             return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
         if method in ("csm_gan", "csm_gan_rdh") and self.csm is None:
             return "models/generator_csm.onnx not shipped (train with --loss csm --no-roi and export)"
-        missing = [n for n in ENSEMBLE if not (self.models / f"gradient_{n}.onnx").exists()]
-        if method == "ours_rae_ensemble" and missing:
+        missing = [n for n in WHITE_BOXES.get(method, ()) if not (self.models / f"gradient_{n}.onnx").exists()]
+        if missing:
             return f"no gradient model for {', '.join(missing)} (medrae export gradient ...)"
+        if method in ON_DEFENDED and not (self.models / f"classifier_{DEFENDED}.onnx").exists():
+            return f"models/classifier_{DEFENDED}.onnx not shipped"
         if self.base_attack(method):
             try:
                 import torch  # noqa: F401
@@ -174,13 +184,13 @@ class Harness:
                 return "needs PyTorch (pip install -e '.[train]')"
         return None
 
-    def _attack(self, name: str, x: np.ndarray, y: np.ndarray, eps: int) -> np.ndarray:
+    def _attack(self, name: str, x: np.ndarray, y: np.ndarray, eps: int, target: str = WHITE_BOX) -> np.ndarray:
         import torch
 
         from models.attacks import ATTACKS
 
         opts = {"steps": self.cw_steps} if name == "cw" else {}
-        attack = ATTACKS[name](self.torch_model(), eps=eps, **opts)
+        attack = ATTACKS[name](self.torch_model(target), eps=eps, **opts)
         adv = attack(torch.from_numpy(x[:, None].astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
         return np.clip(np.round(adv[:, 0].numpy()), 0, 255).astype(np.uint8)
 
@@ -189,6 +199,8 @@ class Harness:
         """The PyTorch attack ``method`` runs or starts from (None for the generator methods)."""
         if method in ATTACK_METHODS:
             return method
+        if method in ON_DEFENDED:
+            return ON_DEFENDED[method]
         if method in REUSES:
             return REUSES[method]
         if method.endswith("_rdh") and method[:-4] in ATTACK_METHODS:
@@ -263,6 +275,8 @@ class Harness:
         base = self.base_attack(method)
         if base is None:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
+        if method in ON_DEFENDED:
+            return Output(self._attack(base, x, y, eps, target=f"classifier_{DEFENDED}"))
         adv = self._attack_cached(base, x, y, eps, cache, start, fresh=method == base)
         if method == base:
             return Output(adv)
