@@ -38,15 +38,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cxr3" / "val")
     ap.add_argument("--all", action="store_true", help="every val image, not 30 per class")
     ap.add_argument("--roi-margin", type=int, default=4)
+    ap.add_argument("--roi-threshold", type=float, default=None, help="lung probability from which a pixel is ROI (default: protect's)")
     args = ap.parse_args()
     split = load_split(args.data)
     pick = np.arange(len(split.labels)) if args.all else np.concatenate([np.flatnonzero(split.labels == c)[:30] for c in range(3)])
     images, labels = split.images[pick], split.labels[pick]
-    rois = Protector(refine_steps=0, dilation=args.roi_margin).analyse(images).rois
+    rois = Protector(refine_steps=0, dilation=args.roi_margin, roi_threshold=args.roi_threshold).analyse(images).rois
     if split.masks is not None:
         lungs = split.masks[pick].astype(bool)
         missed = (lungs & ~upsample_cells(cells_touching(rois, 2), 2)).sum(axis=(1, 2))
-        print(f"ROI margin {args.roi_margin}: true-lung pixels outside the protected cells on {np.mean(missed > 0):.1%} "
+        print(f"ROI margin {args.roi_margin}, threshold {args.roi_threshold or 'default'}: true-lung pixels outside the protected cells on {np.mean(missed > 0):.1%} "
               f"of images, {missed.mean():.1f} px per image on average")
     sessions = {n: session(MODELS_DIR / f"classifier_{n}.onnx", "cpu") for n in CLASSIFIERS}
     predict = lambda n, x: sessions[n].run(None, {"image": normalize(x)})[0].argmax(1)  # noqa: E731

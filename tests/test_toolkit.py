@@ -40,6 +40,22 @@ def test_components_and_holes():
     assert roi[3:32, 3:27].all() and not roi[50:53, 50:53].any()
 
 
+def test_roi_threshold_is_a_lung_probability():
+    """Logits of a blob with a soft edge: a lower probability threshold widens the ROI to where the
+    segmenter hesitates (protect's default 0.05), never narrows it; 0.5 is the sign of the logit."""
+    from toolkit.masks import postprocess
+
+    yy, xx = np.mgrid[:64, :64]
+    logits = (6.0 - 0.5 * np.hypot(yy - 32, xx - 32)).astype(np.float32)  # p = 0.5 at radius 12
+    areas = [postprocess(logits, dilation=0, threshold=t).sum() for t in (0.5, 0.2, 0.05)]
+    assert postprocess(logits, dilation=0, threshold=0.5).sum() == (logits > 0).sum()
+    assert areas[0] < areas[1] < areas[2]
+    assert (postprocess(logits, 0, threshold=0.05) >= postprocess(logits, 0, threshold=0.5)).all()
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="probability"):
+            postprocess(logits, threshold=bad)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_ssim_matches_scikit_image(seed):
     skm = pytest.importorskip("skimage.metrics")

@@ -68,8 +68,14 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def postprocess(logits_or_mask: np.ndarray, dilation: int = 4, keep: int = 2) -> np.ndarray:
-    """Predicted lung mask → ROI: threshold at 0 (logits) or 0.5, largest ``keep`` components,
-    holes filled, dilated by ``dilation`` pixels (a safety margin: the ROI is never touched)."""
-    m = logits_or_mask > (0 if logits_or_mask.dtype.kind == "f" else 0.5)
+def postprocess(logits_or_mask: np.ndarray, dilation: int = 4, keep: int = 2, threshold: float = 0.5) -> np.ndarray:
+    """Predicted lung mask → ROI: pixels of lung probability above ``threshold`` (float input:
+    logits; other dtypes: a 0/1 mask), largest ``keep`` components, holes filled, dilated by
+    ``dilation`` pixels (a safety margin: the ROI is never touched)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"ROI threshold must be a probability in (0, 1), got {threshold}")
+    if logits_or_mask.dtype.kind == "f":
+        m = logits_or_mask > np.log(threshold / (1.0 - threshold))
+    else:
+        m = logits_or_mask > 0.5
     return dilate(fill_holes(largest_components(m, keep)), dilation)
