@@ -80,6 +80,8 @@ def _summary(console, rep) -> None:
         fooled = t.get("white_box_fooled")
         extra = f"; white-box classifier fooled on {fooled:.1%} of the protected images" if fooled is not None else ""
         console.print(f"perturbation: {rep.mode}{extra}", highlight=False)
+    if rep.roi:
+        console.print(f"untouched region (ROI): {rep.roi}", highlight=False)
 
 
 @app.command()

@@ -213,6 +213,15 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     wide, narrow = (_json.loads((tmp_path / f"r{n}.json").read_text())["files"] for n in (4, 0))
     # a wider ROI margin leaves less of the image free to change
     assert all(w["roi_fraction"] > n["roi_fraction"] for w, n in zip(wide, narrow))
+    # the segmenter's own mask (probability 0.5) is inside the default ROI (probability 0.05)
+    rep = tmp_path / "own_mask.json"
+    r = runner.invoke(app, ["protect", str(src), str(tmp_path / "own_mask"), "--no-encrypt", "--report", str(rep),
+                            "--workers", "1", "--refine-steps", "0", "--roi-threshold", "0.5"])
+    assert r.exit_code == 0, r.output
+    own = _json.loads(rep.read_text())
+    assert "probability >= 0.5," in own["roi"] and "probability >= 0.5," in r.output
+    assert "probability >= 0.05," in _json.loads((tmp_path / "r0.json").read_text())["roi"]
+    assert all(o["roi_fraction"] <= d["roi_fraction"] for o, d in zip(own["files"], narrow))
 
 
 def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):

@@ -64,6 +64,7 @@ class BatchReport:
     seconds: float
     providers: list[str] = field(default_factory=list)
     mode: Optional[str] = None  # protect: where the perturbation came from (refine / generator)
+    roi: Optional[str] = None  # protect: the rule that made the untouched region
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -99,7 +100,7 @@ class BatchReport:
         return float(np.mean(np.array(margins) < 0)) if margins else None
 
     def to_json(self) -> dict:
-        return {"command": self.command, "mode": self.mode, "providers": self.providers, "totals": self.totals(),
+        return {"command": self.command, "mode": self.mode, "roi": self.roi, "providers": self.providers, "totals": self.totals(),
                 "files": [asdict(r) for r in self.results]}
 
 
@@ -341,7 +342,8 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
         _collect(pending, done)
         providers = list(protector.seg.get_providers()) if protector else []
         mode = protector.mode if protector else None
-    return BatchReport(command, results, time.perf_counter() - t0, providers, mode)
+        roi = protector.roi_rule if protector else None
+    return BatchReport(command, results, time.perf_counter() - t0, providers, mode, roi)
 
 
 def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False,

@@ -236,6 +236,10 @@ class Protector:
         robust = ", robust to resizing" if self.refiner.settings.robust else ""
         return f"refine (white box {' + '.join(self.refiner.architectures)}{robust})"
 
+    @property
+    def roi_rule(self) -> str:
+        return f"lung probability >= {self.roi_threshold:g}, widened by {self.dilation} px (224x224 view)"
+
     def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
         protector's). ``region=False``: no segmentation, an empty ROI (the whole image may change)."""
