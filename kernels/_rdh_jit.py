@@ -272,6 +272,19 @@ def _is_candidate(reserved, k, W):
     return (reserved[k - W] | reserved[k + W] | reserved[k - 1] | reserved[k + 1]) == 0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _rhombus(up, mid, dn, j, key_shift):
+    """Complexity ``sum |4 v_k - S| >> key_shift`` and prediction ``round(S / 4)`` of pixel ``j`` of
+    row ``mid`` from its four neighbours (sum ``S``). Inlined into row loops over contiguous int32
+    slices, which LLVM vectorises (|4 v - S| < 2**20 even for 16-bit pixels)."""
+    vn = up[j]
+    vs = dn[j]
+    vw = mid[j - 1]
+    ve = mid[j + 1]
+    s = vn + vs + vw + ve
+    return (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift, (s + 2) >> 2
+
+
 FAST_COLS = 16  # columns per bucket of the pass-local histogram of interior (non-boundary) pixels
 
 
@@ -285,13 +298,7 @@ def _row_keys(work, base, W, key_shift, a_min, npairs, KC, PR):
     dn = work[base + W : base + 2 * W]
     last = npairs + 2
     for j in range(1, W - 1):
-        vn = up[j]
-        vs = dn[j]
-        vw = mid[j - 1]
-        ve = mid[j + 1]
-        s = vn + vs + vw + ve
-        c = (abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift
-        p = (s + 2) >> 2
+        c, p = _rhombus(up, mid, dn, j, key_shift)
         PR[j] = p
         KC[j] = _key(c) * FAST_COLS + min(max(mid[j] - p - a_min + 1, 0), last)
 
@@ -536,13 +543,8 @@ def _row_decode(work, base, W, key_shift, a, K, P, D):
     dn = work[base + W : base + 2 * W]
     b = a + 1
     for j in range(1, W - 1):
-        vn = up[j]
-        vs = dn[j]
-        vw = mid[j - 1]
-        ve = mid[j + 1]
-        s = vn + vs + vw + ve
-        K[j] = _key((abs(4 * vn - s) + abs(4 * vs - s) + abs(4 * vw - s) + abs(4 * ve - s)) >> key_shift)
-        p = (s + 2) >> 2
+        c, p = _rhombus(up, mid, dn, j, key_shift)
+        K[j] = _key(c)
         P[j] = p
         e = mid[j] - p
         inb = np.int32((e == b) | (e == b + 1))
