@@ -19,7 +19,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -219,6 +219,24 @@ class HistogramShift(RDHMethod):
         return bits
 
 
+class _PEEPass(NamedTuple):
+    """One PEE pass of the current image: its candidates (``idx``, ``pred``, ``key``: first ``n``;
+    boundary ones: ``bnd``, first ``nb``), their per-bucket statistics (``hist``, rows below
+    ``used``), and the plans already computed from them, by payload size."""
+
+    work: np.ndarray
+    idx: np.ndarray
+    pred: np.ndarray
+    key: np.ndarray
+    n: int
+    hist: np.ndarray
+    maxv: int
+    used: int
+    bnd: np.ndarray
+    nb: int
+    plans: dict
+
+
 @register(RDH_METHODS)
 class RhombusPEE(RDHMethod):
     """Prediction-error expansion with rhombus prediction and sorting (Sachnev et al. 2009).
@@ -242,16 +260,16 @@ class RhombusPEE(RDHMethod):
         n, nb = jit.pee_analyze(
             work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used, fast, bnd
         )
-        return work, idx, pred, key, n, hist, maxv, int(used[0]), bnd, nb, {}
+        return _PEEPass(work, idx, pred, key, n, hist, maxv, int(used[0]), bnd, nb, {})
 
     @staticmethod
     def _key_shift(maxv: int) -> int:
         return max(0, int(maxv).bit_length() - 8)  # complexity buckets span the pixel range
 
     def _plan(self, state, need):
-        plans = state[-1]  # finish_early's plans are asked again by try_embed
+        plans = state.plans  # finish_early's plans are asked again by try_embed
         if need not in plans:
-            plans[need] = jit.pee_plan(state[5], self.N_PAIRS, need, state[7])
+            plans[need] = jit.pee_plan(state.hist, self.N_PAIRS, need, state.used)
         return plans[need]
 
     def capacity(self, state):
@@ -268,7 +286,6 @@ class RhombusPEE(RDHMethod):
         return int(c1[t1 >= 0].min()) <= left_in_group * int(c2[t2 >= 0].min())
 
     def try_embed(self, state, content):
-        work, idx, pred, key, n, hist, maxv, _, bnd, nb, _ = state
         need = int(content.size)
         _, T, base, cost, maps = self._plan(state, need)
         fits = np.flatnonzero(T >= 0)
@@ -276,8 +293,9 @@ class RhombusPEE(RDHMethod):
             return None
         q = int(fits[np.argmin(cost[fits])])
         a = self.A_MIN + q
-        m = jit.pee_prefix_end(work, idx, pred, key, n, maxv, a, T[q], base[q], need)
-        jit.pee_embed(work, idx, pred, key, n, maxv, a, T[q], m, content, maps[q] > 0, bnd, nb)
+        cands = (state.work, state.idx, state.pred, state.key, state.n, state.maxv, a, T[q])
+        m = jit.pee_prefix_end(*cands, base[q], need)
+        jit.pee_embed(*cands, m, content, maps[q] > 0, state.bnd, state.nb)
         return PassRecord(int(T[q]), a + 32768, int(m), need)
 
     def extract(self, work, reserved, shape, k, maxv, rec):
