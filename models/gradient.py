@@ -85,12 +85,12 @@ def _cbam(x: torch.Tensor, m: CBAM):
     ``sigmoid(mlp(mean) + mlp(max))`` then spatial attention ``sigmoid(conv7([mean_c, max_c]))``."""
     l1, l2 = m.mlp[0], m.mlp[2]
     n, c, h, w = x.shape
-    hidden = [F.linear(v, l1.weight, l1.bias) for v in (x.mean((2, 3)), x.amax((2, 3), keepdim=True)[:, :, 0, 0])]
+    xmax = x.amax((2, 3), keepdim=True)
+    hidden = [F.linear(v, l1.weight, l1.bias) for v in (x.mean((2, 3)), xmax[:, :, 0, 0])]
     ca = torch.sigmoid(sum(F.linear(torch.relu(u), l2.weight, l2.bias) for u in hidden))
     y = x * ca[:, :, None, None]
     ymax = y.amax(1, keepdim=True)
     sa = torch.sigmoid(_conv(torch.cat([y.mean(1, keepdim=True), ymax], 1), m.spatial))
-    xmax = x.amax((2, 3), keepdim=True)
 
     def backward(g: torch.Tensor) -> torch.Tensor:
         g_pre = (g * y).sum(1, keepdim=True) * sa * (1 - sa)
