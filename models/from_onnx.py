@@ -67,15 +67,12 @@ def load_classifier(path: Path | str, check: bool = True) -> nn.Module:
                 m.bias.copy_(bias)
             elif bias.abs().max() > 0:
                 raise ValueError(f"{path}: conv {k} has a bias but no BatchNorm follows it in {card['architecture']}")
-        # linear layers (the head; CBAM's channel MLPs, each called twice) keep their torch names
-        linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if len(linears) == 1 and len(gemms) == 1 and f"{linears[0][0]}.weight" not in init:
-            linears = [(gemms[0].input[1], linears[0][1])]
-            names = {gemms[0].input[1]: (gemms[0].input[1], gemms[0].input[2])}
-        else:
-            names = {name: (f"{name}.weight", f"{name}.bias") for name, _ in linears}
-        for name, m in linears:
-            wname, bname = names[name]
+        # linear layers (the head; CBAM's channel MLPs, each called twice) keep their torch names,
+        # except a lone head the exporter renamed: then the one Gemm's inputs
+        linears = [(name, m, f"{name}.weight", f"{name}.bias") for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if len(linears) == 1 and len(gemms) == 1 and linears[0][2] not in init:
+            linears = [(linears[0][0], linears[0][1], gemms[0].input[1], gemms[0].input[2])]
+        for name, m, wname, bname in linears:
             if wname not in init or bname not in init:
                 raise ValueError(f"{path}: no weights for linear layer {name} of {card['architecture']}")
             w = init[wname]
