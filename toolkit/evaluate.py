@@ -66,7 +66,6 @@ VARIANTS = {
     "ours_rae_ensemble": ("ensemble", {"gradient": [f"gradient_{n}.onnx" for n in ENSEMBLE]}),
     "ours_rae_defended": ("defended", {"gradient": [f"gradient_{n}.onnx" for n in WITH_DEFENDED]}),
 }
-WHITE_BOXES = {"ours_rae_ensemble": ENSEMBLE, "ours_rae_defended": WITH_DEFENDED}  # each needs gradient_<name>.onnx
 ON_DEFENDED = {"pgd_defended": "pgd"}  # attacks crafted on the defended classifier instead of WHITE_BOX
 
 # Published numbers (reference paper, eps = 8/255, ResNet50 target, 3-class chest X-rays); only
@@ -172,7 +171,8 @@ class Harness:
             return "models/generator_paper.onnx not shipped (train with --arch advgan_paper --loss paper and export)"
         if method in ("csm_gan", "csm_gan_rdh") and self.csm is None:
             return "models/generator_csm.onnx not shipped (train with --loss csm --no-roi and export)"
-        missing = [n for n in WHITE_BOXES.get(method, ()) if not (self.models / f"gradient_{n}.onnx").exists()]
+        gradients = VARIANTS[method][1].get("gradient", []) if method in VARIANTS else []
+        missing = [g.removeprefix("gradient_").removesuffix(".onnx") for g in gradients if not (self.models / g).exists()]
         if missing:
             return f"no gradient model for {', '.join(missing)} (medrae export gradient ...)"
         if method in ON_DEFENDED and not (self.models / f"classifier_{DEFENDED}.onnx").exists():
