@@ -21,6 +21,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.data import normalize as norm  # noqa: E402
 from models.from_onnx import load_classifier  # noqa: E402
 from toolkit.datasets import load_split  # noqa: E402
 from toolkit.protect import MODELS_DIR, Protector, cells_touching  # noqa: E402
@@ -37,7 +38,6 @@ def main() -> None:
     split = load_split(args.data)
     free = ~cells_touching(Protector(refine_steps=0, roi_threshold=args.roi_threshold).analyse(split.images).rois, 2)
     net = load_classifier(MODELS_DIR / "classifier_resnet18.onnx")
-    norm = lambda v: (v / 255 - 0.5) / 0.25  # noqa: E731
     up = lambda d, f: F.interpolate(d * f, scale_factor=2, mode="nearest")  # noqa: E731
     right, fooled, t0 = [], [], time.perf_counter()
     for i in range(0, len(split.images), 30):
