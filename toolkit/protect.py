@@ -172,7 +172,7 @@ class Analysis:
 
 DEFAULT_GRADIENT = "gradient_resnet18.onnx"
 # A pixel is ROI from a 5 % lung probability, not the segmenter's 50 %: where the segmenter hesitates
-# is where it misses lung. On cxr3 val (benchmarks/probe_refine.py, ROI margin 4 px) true-lung pixels
+# is where it misses lung. On cxr3 val (benchmarks/probe_refine.py --all, ROI margin 4 px) true-lung pixels
 # fell outside the protected cells on 24.1 % of images at 50 % and 4.4 % at 5 %, for 3 points more
 # protected area (36.3 % of the image instead of 33.1 %); a 8 px margin at 50 % leaked on 6.3 %
 # with 41.1 % protected.
