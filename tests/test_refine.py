@@ -188,6 +188,18 @@ def test_robust_refinement_fools_the_resized_copy_too(refine_models):
         assert (own - logits.max(1))[done].max() <= -settings.margin + 1e-4
 
 
+def test_unit_normalises_each_image_and_drops_the_fooled():
+    from toolkit.refine import unit
+
+    rng = np.random.default_rng(0)
+    grad = rng.normal(size=(2, 3, 5, 7)).astype(np.float32) * np.array([1e-6, 1.0, 1e3])[None, :, None, None]
+    keep = np.array([[True, False, True], [True, True, False]])
+    out = unit(grad, keep)
+    norms = np.sqrt((out**2).sum(axis=(-2, -1)))
+    np.testing.assert_allclose(norms, keep.astype(float), rtol=1e-6)  # 1 whatever the scale, 0 once fooled
+    np.testing.assert_allclose(out[0, 0] * np.linalg.norm(grad[0, 0]), grad[0, 0], rtol=1e-5)  # direction kept
+
+
 def test_cli_reports_the_perturbation_mode(tmp_path):
     import json as _json
 
