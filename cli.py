@@ -81,7 +81,9 @@ def _summary(console, rep) -> None:
         extra = f"; white-box classifier fooled on {fooled:.1%} of the protected images" if fooled is not None else ""
         console.print(f"perturbation: {rep.mode}{extra}", highlight=False)
     if rep.roi:
-        console.print(f"untouched region (ROI): {rep.roi}", highlight=False)
+        spilled = t.get("rdh_in_roi") or 0
+        hidden = f"; the hidden payload also used it on {spilled} file(s), where it only fit that way" if spilled else ""
+        console.print(f"untouched region (ROI): {rep.roi}{hidden}", highlight=False)
 
 
 @app.command()
@@ -116,6 +118,7 @@ def protect(
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
     codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
     max_rdh_change: int = typer.Option(0, "--max-rdh-change", min=0, help="coarsen the perturbation until hiding its payload moves no pixel (lungs included) by more than N levels; 0: no limit"),
+    rdh_in_roi: bool = typer.Option(False, "--rdh-in-roi", help="let the hidden payload use the lungs too (±1 changes there; more capacity). Default: the ROI stays bit-exact, unless the payload only fits this way"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
 ) -> None:
@@ -134,7 +137,7 @@ def protect(
         k = _key(key, required=True)
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
                device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
-               with_ssim=report is not None, max_rdh_change=max_rdh_change, refine_steps=refine_steps, robust=robust,
+               with_ssim=report is not None, max_rdh_change=max_rdh_change, freeze_roi=not rdh_in_roi, refine_steps=refine_steps, robust=robust,
                gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold)
 
 

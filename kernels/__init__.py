@@ -3,7 +3,7 @@
 Public API (other parts of medrae build on these names)::
 
     kernels.capacity(image, method=None) -> int                  # payload bits that fit
-    kernels.embed(image, payload, method=None) -> marked         # raises CapacityError
+    kernels.embed(image, payload, method=None, frozen=None) -> marked  # raises CapacityError
     kernels.extract(marked) -> (image, payload)                  # exact inverse
     kernels.encode_perturbation(p, codec=None, **hints) -> bytes
     kernels.decode_perturbation(data) -> np.ndarray

@@ -268,8 +268,9 @@ def _pee_in_map(v, ev, a, maxv):
 
 @njit(cache=True, nogil=True, inline="always")
 def _is_candidate(reserved, k, W):
-    """Whether no neighbour of pixel ``k`` is reserved (asked only near the border)."""
-    return (reserved[k - W] | reserved[k + W] | reserved[k - 1] | reserved[k + 1]) == 0
+    """Whether neither pixel ``k`` nor a neighbour is reserved (asked near the border, and
+    everywhere when a frozen region is reserved too)."""
+    return (reserved[k] | reserved[k - W] | reserved[k + W] | reserved[k - 1] | reserved[k + 1]) == 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -347,11 +348,12 @@ def _count(x, kc, p, t, hist, fast, bnd, nb, top, a_min, P, maxv):
 
 
 @njit(cache=True, nogil=True)
-def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist, used, fast, bnd):
+def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, idx, pred, key, hist, used, fast, bnd, general):
     """Candidates of one rhombus set in raster order, and their statistics per complexity bucket.
 
-    A candidate is an interior pixel with ``(i + j) % 2 == parity`` none of whose four neighbours
-    is reserved. Its prediction is the rounded mean of its four neighbours, which belong to the
+    A candidate is an interior pixel with ``(i + j) % 2 == parity`` which is not reserved and none
+    of whose four neighbours is. ``general``: reserved pixels may lie anywhere (a frozen region),
+    not only on the border, so every row is checked pixel by pixel. Its prediction is the rounded mean of its four neighbours, which belong to the
     other set and so do not change in this pass; its complexity is ``sum |4 v_k - S|``, so the
     decoder recomputes both. Writes ``idx``, ``pred``, ``key`` (first ``n`` entries), the
     candidate numbers of the boundary pixels (0, 1, maxv-1, maxv) in ``bnd`` (first ``nb``) and
@@ -375,7 +377,7 @@ def pee_analyze(work, reserved, H, W, parity, key_shift, maxv, a_min, npairs, id
         base = i * W
         _row_keys(work, base, W, key_shift, a_min, P, KC, PR)
         j0 = 1 if ((i + 1) & 1) == parity else 2
-        edge_row = i == 1 or i == H - 2
+        edge_row = general or i == 1 or i == H - 2
         js, je = _row_span(reserved, base, W, j0, edge_row)
         if edge_row:  # candidate by candidate: a neighbour may be reserved
             for j in range(js, je, 2):
@@ -595,7 +597,7 @@ def _row_decode(work, base, W, key_shift, a, K, P, D):
 
 
 @njit(cache=True, nogil=True)
-def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
+def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits, general):
     """Invert one PEE pass in place. Returns ``(content bits, ok)``.
 
     Recomputes predictions and complexities row by row (the other set is unchanged by the pass)
@@ -615,7 +617,7 @@ def pee_extract(work, reserved, H, W, parity, key_shift, maxv, a, T, m, nbits):
         base = i * W
         _row_decode(work, base, W, key_shift, a32, K, P, D)
         j0 = 1 if ((i + 1) & 1) == parity else 2
-        edge_row = i == 1 or i == H - 2
+        edge_row = general or i == 1 or i == H - 2
         js, je = _row_span(reserved, base, W, j0, edge_row)
         for j in range(js, je, 2):
             k = base + j

@@ -35,7 +35,7 @@ def analyze(work, reserved, shape, parity, key_shift):
     tot = n + s + wv + ev
     comp = (np.abs(4 * n - tot) + np.abs(4 * s - tot) + np.abs(4 * wv - tot) + np.abs(4 * ev - tot)) >> key_shift
     ii, jj = np.mgrid[1 : h - 1, 1 : w - 1]
-    blocked = res[:-2, 1:-1] | res[2:, 1:-1] | res[1:-1, :-2] | res[1:-1, 2:]
+    blocked = res[1:-1, 1:-1] | res[:-2, 1:-1] | res[2:, 1:-1] | res[1:-1, :-2] | res[1:-1, 2:]
     cand = (((ii + jj) & 1) == parity) & ~blocked
     return (ii * w + jj)[cand], (tot[cand] + 2) >> 2, _key(comp[cand])
 
@@ -130,9 +130,9 @@ class NumpyPEE(RhombusPEE):
 REFERENCE = NumpyPEE()
 
 
-def embed(image: np.ndarray, payload: bytes) -> np.ndarray:
+def embed(image: np.ndarray, payload: bytes, frozen: np.ndarray | None = None) -> np.ndarray:
     """:func:`kernels.embed` with ``method="pee"`` on the NumPy reference kernels."""
-    return _run_embed(image, np.unpackbits(np.frombuffer(payload, np.uint8)), REFERENCE)[0]
+    return _run_embed(image, np.unpackbits(np.frombuffer(payload, np.uint8)), REFERENCE, frozen=frozen)[0]
 
 
 def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:

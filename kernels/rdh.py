@@ -8,6 +8,9 @@ Layout (see docs/FORMAT.md, "RDH layer"):
   inside the last pass's payload.
 * Every pass after the first carries, at the start of its payload, the 96-bit record of the
   pass before it, so the decoder walks the chain backwards from the reserved LSBs alone.
+* A *frozen* region (``embed(..., frozen=mask)``: protect passes the lungs) is never changed and
+  never a PEE candidate; its block map (``kernels/regionmap.py``) follows the side information in
+  the LSBs of the next border pixels, which are reserved too.
 * 16-bit images embed into the high part ``x >> s`` (the low ``s`` bits are untouched): their
   prediction errors are spread too wide for any bin to hold many bits, while ``x >> s`` behaves
   like an 8-bit image. ``s`` is the smallest shift whose capacity estimate fits the payload.
@@ -24,6 +27,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _rdh_jit as jit
+from . import regionmap
 from ._bits import bits_to_bytes, bytes_to_bits
 from ._registry import Registry, register
 from .errors import CapacityError, NotProtectedError, PayloadError
@@ -33,6 +37,7 @@ RECORD_BITS = 96  # p1:16, p2:16, stop:32, nbits:32
 SIDE_BITS = 8 + 4 + 4 + 8 + RECORD_BITS + 16  # signature, method, bit shift, pass count, record, CRC-16
 MIN_SIDE = 8
 MAX_PASSES = 255
+FROZEN_FLAG = 0x80  # in the method byte: a frozen-region block map follows the side information
 MAX_SHIFT = 8  # 16-bit images embed into x >> s, s <= MAX_SHIFT
 SHIFT_GROUPS = 2  # passes' worth of groups the shift estimate allows for
 DEFAULT_METHOD = "pee"
@@ -96,14 +101,60 @@ def value_ceiling(image: np.ndarray, ceiling: Optional[int] = None, name: str = 
     return ceiling
 
 
-def reserved_indices(shape: tuple[int, int]) -> np.ndarray:
-    """Flat indices of the ``SIDE_BITS`` reserved border pixels, in storage order."""
+def reserved_indices(shape: tuple[int, int], count: int = SIDE_BITS) -> np.ndarray:
+    """Flat indices of the first ``count`` pixels of the border sequence (row 0, row H-1,
+    column 0, column W-1): the reserved pixels, in storage order."""
     h, w = shape
     rows = np.arange(w)
     seq = np.concatenate(
         [rows, (h - 1) * w + rows, np.arange(1, h - 1) * w, np.arange(1, h - 1) * w + (w - 1)]
     )
-    return seq[:SIDE_BITS].astype(np.int64)
+    return seq[:count].astype(np.int64)
+
+
+def border_length(shape: tuple[int, int]) -> int:
+    return 2 * (shape[0] + shape[1]) - 4
+
+
+class _Layout(NamedTuple):
+    """Where one image's side information goes: the kernels' ``reserved`` mask (reserved border
+    pixels, plus the frozen blocks), the reserved pixels in storage order, and the bits stored
+    after the side information (frozen-region header + block map; empty without one)."""
+
+    reserved: np.ndarray
+    res_idx: np.ndarray
+    extra: np.ndarray
+
+
+def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray]) -> _Layout:
+    """The layout for ``frozen`` (None or all False: the plain border layout). Blocks double in
+    side until the map fits in the border; ``CapacityError`` if it never does."""
+    reserved, res_idx = _reserved(shape)
+    if frozen is None:
+        return _Layout(reserved, res_idx, np.empty(0, np.uint8))
+    if frozen.shape != tuple(shape) or frozen.dtype != np.bool_:
+        raise ValueError(f"frozen must be a bool mask of the image's shape {tuple(shape)}, got {frozen.shape} {frozen.dtype}")
+    if not frozen.any():
+        return _Layout(reserved, res_idx, np.empty(0, np.uint8))
+    block = regionmap.block_size(shape)
+    while True:
+        blocks = regionmap.blocks_touching(frozen, block)
+        code = regionmap.encode_blocks(blocks)
+        count = SIDE_BITS + 2 * regionmap.LENGTH_BITS + code.size
+        if count <= border_length(shape) and code.size < 1 << regionmap.LENGTH_BITS:
+            break
+        if block >= max(shape):
+            raise CapacityError(f"the frozen region's block map ({code.size} bits) does not fit in the image border", count, 0)
+        block *= 2
+    head = struct.pack(">HH", block, code.size)
+    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]))
+
+
+def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray) -> _Layout:
+    res_idx = reserved_indices(shape, SIDE_BITS + extra.size)
+    reserved = regionmap.pixel_mask(blocks, block, shape).ravel().astype(np.uint8)
+    reserved[res_idx] = 1
+    return _Layout(reserved, res_idx, extra)
 
 
 @lru_cache(maxsize=16)
@@ -258,7 +309,8 @@ class RhombusPEE(RDHMethod):
         h, w = shape
         idx, pred, key, bnd, hist, used, fast = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
         n, nb = jit.pee_analyze(
-            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used, fast, bnd
+            work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used, fast, bnd,
+            reserved is not _reserved_mask(shape),  # a frozen region: candidates checked everywhere
         )
         return _PEEPass(work, idx, pred, key, n, hist, maxv, int(used[0]), bnd, nb, {})
 
@@ -303,7 +355,8 @@ class RhombusPEE(RDHMethod):
         h, w = shape
         if not (-maxv <= a <= maxv and T < jit.N_KEYS and m <= work.size and rec.nbits <= work.size):
             raise PayloadError(f"PEE pass {k}: invalid parameters a={a} T={T} m={m} nbits={rec.nbits}")
-        bits, ok = jit.pee_extract(work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, a, T, m, rec.nbits)
+        bits, ok = jit.pee_extract(work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, a, T, m, rec.nbits,
+                                   reserved is not _reserved_mask(shape))
         if not ok:
             raise PayloadError(f"PEE pass {k}: marked pixels are inconsistent with the side information")
         return bits
@@ -318,20 +371,50 @@ def _method(method: Optional[str]) -> RDHMethod:
 # ----------------------------------------------------------------------------------------------
 
 
-def _side_bits(method_id: int, shift: int, npasses: int, rec: PassRecord) -> np.ndarray:
-    body = struct.pack(">BBB", SIGNATURE, (method_id << 4) | shift, npasses) + rec.to_bytes()
-    return bytes_to_bits(body + struct.pack(">H", binascii.crc_hqx(body, 0xFFFF)))
+def _side_crc(body: bytes, extra: np.ndarray) -> int:
+    """CRC-16 of the side information and what follows it (the frozen-region map, if any)."""
+    return binascii.crc_hqx(body + (np.packbits(extra).tobytes() if extra.size else b""), 0xFFFF)
 
 
-def _read_side_bits(bits: np.ndarray) -> tuple[int, int, int, PassRecord]:
-    raw = bits_to_bytes(bits)
+def _side_bits(method_id: int, shift: int, npasses: int, rec: PassRecord, extra: np.ndarray) -> np.ndarray:
+    """Side information + ``extra``: the LSBs of the reserved pixels, in their order."""
+    flag = FROZEN_FLAG if extra.size else 0
+    body = struct.pack(">BBB", SIGNATURE, flag | (method_id << 4) | shift, npasses) + rec.to_bytes()
+    return np.concatenate([bytes_to_bits(body + struct.pack(">H", _side_crc(body, extra))), extra])
+
+
+def _read_layout(full: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, PassRecord, _Layout]:
+    """Side information and layout from the reserved LSBs of a marked image (flat ``full``)."""
+    reserved, res_idx = _reserved(shape)
+    raw = bits_to_bytes((full[res_idx] & 1).astype(np.uint8))
     body, (crc,) = raw[:-2], struct.unpack(">H", raw[-2:])
-    if body[0] != SIGNATURE or binascii.crc_hqx(body, 0xFFFF) != crc:
+    if body[0] != SIGNATURE:
         raise NotProtectedError("no medrae RDH side information in this image")
-    method_id, shift, npasses = body[1] >> 4, body[1] & 0xF, body[2]
+    layout = _Layout(reserved, res_idx, np.empty(0, np.uint8))
+    blocks = None
+    if body[1] & FROZEN_FLAG:
+        lsb = lambda a, b: (full[reserved_indices(shape, b)[a:]] & 1).astype(np.uint8)  # noqa: E731
+        n = SIDE_BITS + 2 * regionmap.LENGTH_BITS
+        if n > border_length(shape):
+            raise NotProtectedError("no medrae RDH side information in this image")
+        head = lsb(SIDE_BITS, n)
+        block, size = struct.unpack(">HH", bits_to_bytes(head))
+        if block < 1 or n + size > border_length(shape):
+            raise NotProtectedError("no medrae RDH side information in this image (bad frozen-region header)")
+        code = lsb(n, n + size)
+        layout = layout._replace(extra=np.concatenate([head, code]))
+        try:
+            blocks = regionmap.decode_blocks(code, regionmap.grid_of(shape, block))
+        except ValueError:
+            blocks = None
+    if _side_crc(body, layout.extra) != crc or (layout.extra.size and blocks is None):
+        raise NotProtectedError("no medrae RDH side information in this image")
+    method_id, shift, npasses = (body[1] & ~FROZEN_FLAG) >> 4, body[1] & 0xF, body[2]
     if not RDH_METHODS.has_id(method_id) or npasses < 1 or shift > MAX_SHIFT:
         raise NotProtectedError(f"unknown RDH method id {method_id}, shift {shift} or pass count {npasses}")
-    return method_id, shift, npasses, PassRecord.from_bits(bytes_to_bits(body[3:]))
+    if blocks is not None:
+        layout = _layout_from(shape, blocks, block, layout.extra)
+    return method_id, shift, npasses, PassRecord.from_bits(bytes_to_bits(body[3:])), layout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,26 +437,27 @@ def _shifts(image: np.ndarray, maxv: int, bits: int, method: RDHMethod, reserved
     return [MAX_SHIFT]
 
 
-def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: Optional[int] = None) -> tuple[np.ndarray, int]:
+def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: Optional[int] = None,
+               frozen: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
     """Embed the bit array ``data``; returns ``(marked, passes)`` or raises ``CapacityError``."""
     maxv = value_ceiling(image, ceiling)
-    reserved, _ = _reserved(image.shape)
+    layout = _layout(image.shape, frozen)
     error: Optional[CapacityError] = None
-    for s in _shifts(image, maxv, data.size + SIDE_BITS, method, reserved):
+    for s in _shifts(image, maxv, data.size + layout.res_idx.size, method, layout.reserved):
         try:
-            return _embed_at_shift(image, data, method, s, maxv)
+            return _embed_at_shift(image, data, method, s, maxv, layout)
         except CapacityError as exc:
             error = exc
     assert error is not None
     raise error
 
 
-def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int) -> tuple[np.ndarray, int]:
+def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int, layout: _Layout) -> tuple[np.ndarray, int]:
     shape = image.shape
     full = image.astype(np.int32).ravel()  # a copy: the input is never written
     work = full >> s if s else full
     maxv >>= s
-    reserved, res_idx = _reserved(shape)
+    reserved, res_idx = layout.reserved, layout.res_idx
     lsbs = (full[res_idx] & 1).astype(np.uint8)
     total = data.size
     pos = 0
@@ -381,7 +465,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
     for k in range(MAX_PASSES):
         state = method.begin(work, reserved, shape, k, maxv)
         left_in_group = method.group - (k % method.group)
-        final_bits = SIDE_BITS + head.size + (total - pos)
+        final_bits = res_idx.size + head.size + (total - pos)
         # an even share of what is left over the rest of the group (each later pass adds a record)
         share_bits = -(-(final_bits + RECORD_BITS * (left_in_group - 1)) // left_in_group)
         if left_in_group == 1 or method.finish_early(state, final_bits, share_bits, left_in_group):
@@ -389,7 +473,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
             if rec is not None:
                 if s:
                     work = (work << s) | (full & ((1 << s) - 1))
-                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, s, k + 1, rec)
+                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, s, k + 1, rec, layout.extra)
                 return work.reshape(shape).astype(image.dtype), k + 1
         target = method.capacity(state) if left_in_group == 1 else share_bits
         rec = None
@@ -413,7 +497,8 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
     raise CapacityError(f"payload needs more than {MAX_PASSES} passes", total, pos)
 
 
-def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None) -> np.ndarray:
+def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None,
+          frozen: Optional[np.ndarray] = None) -> np.ndarray:
     """Hide ``payload`` in ``image`` reversibly.
 
     Parameters
@@ -427,6 +512,10 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
     ceiling : int, optional
         Largest value a marked pixel may take, ``2**b - 1`` (default: the dtype's maximum). For
         ``b``-bit data in 16-bit words (DICOM BitsStored); :func:`extract` needs the same value.
+    frozen : np.ndarray, optional
+        ``bool`` mask of the image's shape: pixels the hiding must leave bit-exact (protect
+        passes the lungs). Whole blocks that touch it are left alone (their map is stored in the
+        border, so :func:`extract` needs nothing); only reserved border pixels' LSBs may change.
 
     Returns
     -------
@@ -438,14 +527,15 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
     CapacityError
         The payload does not fit; nothing is returned or written.
     """
-    return embed_counted(image, payload, method, ceiling)[0]
+    return embed_counted(image, payload, method, ceiling, frozen)[0]
 
 
-def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None) -> tuple[np.ndarray, int]:
+def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None,
+                  frozen: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
     """:func:`embed`, also returning how many passes it took."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling)
+    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling, frozen)
 
 
 def extract(marked: np.ndarray, ceiling: Optional[int] = None) -> tuple[np.ndarray, bytes]:
@@ -476,8 +566,8 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
         raise
     shape = marked.shape
     full = marked.astype(np.int32).ravel()
-    reserved, res_idx = _reserved(shape)
-    method_id, s, npasses, rec = _read_side_bits((full[res_idx] & 1).astype(np.uint8))
+    method_id, s, npasses, rec, layout = _read_layout(full, shape)
+    reserved, res_idx = layout.reserved, layout.res_idx
     if s and maxv == 255:
         raise NotProtectedError("side information names a bit shift for an 8-bit image")
     method = RDH_METHODS.by_id(method_id)
@@ -492,9 +582,9 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
     for k in range(npasses - 1, -1, -1):
         bits = method.extract(work, reserved, shape, k, maxv, rec)
         if k == npasses - 1:
-            if bits.size < SIDE_BITS:
+            if bits.size < res_idx.size:
                 raise PayloadError("last pass is too short to hold the reserved pixels' LSBs")
-            lsbs, bits = bits[:SIDE_BITS], bits[SIDE_BITS:]
+            lsbs, bits = bits[: res_idx.size], bits[res_idx.size :]
         if k > 0:
             if bits.size < RECORD_BITS:
                 raise PayloadError(f"pass {k} is too short to hold the previous pass's record")
@@ -509,7 +599,8 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
     return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data), method.name
 
 
-def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[int] = None) -> int:
+def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[int] = None,
+             frozen: Optional[np.ndarray] = None) -> int:
     """Payload bits that fit into ``image`` (a whole number of bytes).
 
     Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits, for
@@ -522,7 +613,8 @@ def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[
     s = 0 if maxv == 255 else MAX_SHIFT
     work = image.astype(np.int32).ravel() >> s
     maxv >>= s
-    reserved, _ = _reserved(image.shape)
+    layout = _layout(image.shape, frozen)
+    reserved, side = layout.reserved, layout.res_idx.size
     rng = np.random.default_rng(0)
     best = 0
     placed = 0
@@ -533,7 +625,7 @@ def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[
         if cap < head:
             break
         # if this pass were the last one it would also carry the reserved LSBs
-        best = max(best, placed + cap - head - SIDE_BITS)
+        best = max(best, placed + cap - head - side)
         if cap - head <= RECORD_BITS:
             break  # further passes cost more than they add
         m.try_embed(state, rng.integers(0, 2, cap, dtype=np.uint8))

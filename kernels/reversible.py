@@ -47,6 +47,7 @@ def protect_array(
     method: Optional[str] = None,
     ceiling: Optional[int] = None,
     check: bool = True,
+    frozen: Optional[np.ndarray] = None,
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -67,6 +68,8 @@ def protect_array(
         Restore the result and compare with ``original`` before returning (default). Turn off only
         when the caller runs that check itself on what it stores (the batch pipeline restores the
         encoded file bytes).
+    frozen : np.ndarray, optional
+        ``bool`` mask of pixels the hiding must leave bit-exact (the ROI; see :func:`kernels.embed`).
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -98,7 +101,7 @@ def protect_array(
         rdh_id=m.id,
         key=key,
     )
-    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling)
+    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen)
     if check and not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
         raise PayloadError("internal error: protected image does not restore to the original")
     return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)

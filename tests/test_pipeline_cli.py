@@ -344,3 +344,29 @@ def test_max_rdh_change_limits_the_hiding_damage(tmp_path, phantom_dir, key):
     for f in files:  # within the limit, unless even the coarsest grid needed more (then it is coarsened fully)
         assert f["rdh_max_change"] <= 1 or f["coarsened"] == 2
     assert invoke("verify", phantom_dir, tmp_path / "o", "--key", key).exit_code == 0
+
+
+def test_the_roi_stays_bit_exact_unless_asked(tmp_path, phantom_dir, key):
+    """By default the hidden payload keeps out of the ROI too, so the protected file's lungs are the
+    original's pixels; ``--rdh-in-roi`` lets it use them (±1 there)."""
+    import json
+
+    from kernels.rdh import border_length, reserved_indices
+    from toolkit.imageio import read_image
+    from toolkit.protect import Protector, network_view
+
+    prot = Protector(refine_steps=0)
+    for flags, frozen in (((), True), (("--rdh-in-roi",), False)):
+        out, rep = tmp_path / f"o{frozen}", tmp_path / f"r{frozen}.json"
+        r = invoke("protect", phantom_dir, out, "--key", key, "--report", rep, *flags)
+        assert r.exit_code == 0, r.output
+        files = json.loads(rep.read_text())["files"]
+        assert [f["roi_frozen"] for f in files] == [frozen] * 3
+        for f in files:
+            image = read_image(Path(f["input"]))
+            roi = prot.analyse(network_view(image)[None]).rois[0]
+            assert roi.shape == image.pixels.shape and roi.any()
+            roi.ravel()[reserved_indices(roi.shape, border_length(roi.shape))] = False  # side information's LSBs
+            same = np.array_equal(pixels(Path(f["output"]))[roi], image.pixels[roi])
+            assert same == frozen
+        assert invoke("verify", phantom_dir, out, "--key", key).exit_code == 0

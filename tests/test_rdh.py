@@ -247,3 +247,125 @@ def test_ceiling_must_be_all_ones_and_above_the_data():
         kernels.embed(x, b"x", ceiling=5000)
     with pytest.raises(ValueError, match="above its ceiling"):
         kernels.embed(x, b"x", ceiling=4095)
+
+
+# ----------------------------------------------------------------------------------------------
+# frozen region: pixels (the lungs) the hiding leaves bit-exact
+# ----------------------------------------------------------------------------------------------
+
+
+def make_frozen(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w]
+    if kind == "lungs":  # two ellipses, like the ROI protect passes
+        return (((x - w * 0.3) / (w * 0.16)) ** 2 + ((y - h * 0.5) / (h * 0.3)) ** 2 < 1) | (
+            ((x - w * 0.7) / (w * 0.16)) ** 2 + ((y - h * 0.5) / (h * 0.3)) ** 2 < 1)
+    if kind == "speckle":  # scattered pixels: many blocks, a long map
+        return rng.random(shape) < 0.01
+    if kind == "rect":
+        i0, j0 = rng.integers(0, h), rng.integers(0, w)
+        return (y >= i0) & (y < i0 + rng.integers(1, h + 1)) & (x >= j0) & (x < j0 + rng.integers(1, w + 1))
+    if kind == "none":
+        return np.zeros(shape, bool)
+    raise ValueError(kind)
+
+
+def _outside_reserved(marked: np.ndarray) -> np.ndarray:
+    """Pixels whose LSB the side information cannot have changed (all but the reserved border run)."""
+    from kernels.rdh import border_length
+
+    keep = np.ones(marked.shape, bool)
+    keep.ravel()[reserved_indices(marked.shape, border_length(marked.shape))] = False
+    return keep
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    kind=st.sampled_from(KINDS),
+    region=st.sampled_from(["lungs", "speckle", "rect", "none"]),
+    shape=st.tuples(st.integers(35, 300), st.integers(35, 300)),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    payload=st.binary(min_size=0, max_size=1500),
+    seed=st.integers(0, 2**16),
+)
+def test_frozen_region_is_left_bit_exact(method, kind, region, shape, dtype, payload, seed):
+    image = make_image(kind, shape, dtype, seed)
+    frozen = make_frozen(region, shape, seed)
+    try:
+        marked = kernels.embed(image, payload, method, frozen=frozen)
+    except kernels.CapacityError:
+        event("capacity error")
+        return
+    event("round trip")
+    inside = frozen & _outside_reserved(marked)
+    assert np.array_equal(marked[inside], image[inside]), "a frozen pixel changed"
+    restored, extracted = kernels.extract(marked)  # the map travels in the image: nothing else needed
+    assert extracted == payload and np.array_equal(restored, image)
+    if not frozen.any():  # an empty region is no region: the plain layout, bit for bit
+        assert np.array_equal(marked, kernels.embed(image, payload, method))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    region=st.sampled_from(["lungs", "speckle", "rect"]),
+    shape=st.tuples(st.integers(35, 200), st.integers(35, 200)),
+    payload=st.binary(min_size=0, max_size=800),
+    seed=st.integers(0, 2**16),
+)
+def test_frozen_region_numba_matches_numpy_reference(kind, region, shape, payload, seed):
+    from kernels import _reference
+
+    image = make_image(kind, shape, np.uint8, seed)
+    frozen = make_frozen(region, shape, seed)
+    try:
+        fast = kernels.embed(image, payload, "pee", frozen=frozen)
+    except kernels.CapacityError:
+        with pytest.raises(kernels.CapacityError):
+            _reference.embed(image, payload, frozen=frozen)
+        return
+    assert np.array_equal(_reference.embed(image, payload, frozen=frozen), fast)
+
+
+@given(grid=st.tuples(st.integers(1, 40), st.integers(1, 40)), density=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_block_map_code_round_trips(grid, density, seed):
+    from kernels import regionmap
+
+    blocks = np.random.default_rng(seed).random(grid) < density
+    code = regionmap.encode_blocks(blocks)
+    assert np.array_equal(regionmap.decode_blocks(code, grid), blocks)
+    with pytest.raises(ValueError):
+        regionmap.decode_blocks(np.concatenate([code, [1]]).astype(np.uint8), grid)  # trailing bit
+
+
+def test_frozen_lungs_cost_capacity_but_keep_the_lungs():
+    image = chest_phantom(3)[0]
+    lungs = make_frozen("lungs", image.shape, 0)
+    assert kernels.capacity(image, frozen=lungs) < kernels.capacity(image)
+    marked = kernels.embed(image, bytes(range(256)) * 4, frozen=lungs)
+    assert np.array_equal(marked[lungs], image[lungs])
+    assert (marked != image)[~lungs].any()
+
+
+def test_a_damaged_block_map_is_refused_never_misread():
+    """The map is covered by the side information's CRC: flipping any of its LSBs is refused."""
+    from kernels.rdh import SIDE_BITS, border_length
+
+    image = chest_phantom(5)[0]
+    marked = kernels.embed(image, b"payload" * 20, frozen=make_frozen("lungs", image.shape, 0))
+    run = reserved_indices(image.shape, border_length(image.shape))
+    for k in list(range(SIDE_BITS, SIDE_BITS + 40)) + [SIDE_BITS + 200]:
+        t = marked.copy()
+        t.ravel()[run[k]] ^= 1
+        with pytest.raises((kernels.NotProtectedError, kernels.PayloadError)):
+            kernels.extract(t)
+
+
+def test_frozen_mask_must_match_the_image():
+    image = chest_phantom(0)[0]
+    with pytest.raises(ValueError, match="frozen must be a bool mask"):
+        kernels.embed(image, b"abc", frozen=np.zeros((10, 10), bool))
+    with pytest.raises(ValueError, match="frozen must be a bool mask"):
+        kernels.embed(image, b"abc", frozen=np.zeros(image.shape, np.uint8))

@@ -119,20 +119,21 @@ def test_batch_goes_on_past_an_image_that_does_not_fit(tiny_models, monkeypatch)
     from toolkit import protect as protect_mod
 
     real = kernels.protect_array
-    calls = []
+    images = np.stack([chest_phantom(s)[0] for s in range(3)])
+    tries = []
 
-    def second_does_not_fit(image, adv, key, **kw):
-        calls.append(1)
-        if len(calls) == 2:
+    def second_does_not_fit(image, adv, key, **kw):  # however it is tried (coarser grid, ROI frozen or not)
+        if np.array_equal(image, images[1]):
+            tries.append(kw.get("frozen") is not None)
             raise kernels.CapacityError("payload of 90000 bits does not fit", 90000, 40000)
         return real(image, adv, key, **kw)
 
     monkeypatch.setattr(protect_mod.kernels, "protect_array", second_does_not_fit)
-    images = np.stack([chest_phantom(s)[0] for s in range(3)])
     results = protect_mod.Protector(tiny_models).protect(images, None)
     assert [r.marked is None for r in results] == [False, True, False]
     assert "short by 50000 bits" in results[1].error and results[1].info is None
     assert np.array_equal(kernels.restore_array(results[2].marked, None), images[2])
+    assert tries[:2] == [True, False]  # first outside the ROI, then anywhere, then on coarser grids
 
 
 def test_plan_perturbation_maps_grid_and_roi_exactly():

@@ -47,6 +47,7 @@ class FileResult:
     ssim: Optional[float] = None
     roi_fraction: Optional[float] = None
     coarsened: int = 0  # times the grid was subsampled 2x so that the payload fits
+    roi_frozen: Optional[bool] = None  # protect: the hiding left the ROI bit-exact (else it fell back to the whole image)
     white_box_margin: Optional[float] = None  # after refinement, on the 224x224 view; < 0: the classifier is fooled
     refine_steps: Optional[int] = None
     seconds: float = 0.0
@@ -87,6 +88,7 @@ class BatchReport:
             "mean_ssim": mean("ssim"),
             "mean_payload_bits": mean("payload_bits"),
             "coarsened": sum(r.coarsened > 0 for r in self.results),
+            "rdh_in_roi": sum(r.roi_frozen is False for r in self.results if r.status == "protected"),
             "white_box_fooled": self._fooled(done),
             "seconds": round(self.seconds, 3),
             "images_per_second": round(len(done) / self.seconds, 2) if self.seconds > 0 and done else 0.0,
@@ -162,15 +164,15 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
 
 def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
                     key: Optional[bytes], method: Optional[str], codec: Optional[str], overwrite: bool,
-                    with_ssim: bool, max_rdh_change: int = 0) -> FileResult:
+                    with_ssim: bool, max_rdh_change: int = 0, freeze_roi: bool = True) -> FileResult:
     """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
     stages: dict[str, float] = {}
     t = time.perf_counter()
     res = FileResult(src, dst, "failed", shape=list(image.pixels.shape))
     try:
         try:  # checked below, on the file bytes
-            marked, info, plan, res.coarsened = protect_with_fallback(image, roi, grid, eps, key, method, codec, check=False,
-                                                                      max_rdh_change=max_rdh_change)
+            marked, info, plan, res.coarsened, res.roi_frozen = protect_with_fallback(
+                image, roi, grid, eps, key, method, codec, check=False, max_rdh_change=max_rdh_change, freeze_roi=freeze_roi)
             res.roi_fraction = float(plan.roi.mean())
         except kernels.CapacityError as exc:
             res.roi_fraction = float(plan_perturbation(image, roi, grid, eps).roi.mean())
@@ -309,7 +311,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
                   device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
-                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0,
+                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0, freeze_roi: bool = True,
                   refine_steps: Optional[int] = None, robust: bool = False, gradients: Optional[list[str]] = None, margin: Optional[float] = None, roi_margin: Optional[int] = None, roi_threshold: Optional[float] = None, on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "protect") -> BatchReport:
     """Protect one file or a directory tree into ``dst``; see the module docstring."""
@@ -334,7 +336,7 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
                 refined = protector.refiner is not None
                 jobs = [
                     (item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None),
-                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change))
+                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change, freeze_roi))
                     for ((s, d), item), roi, grid, wb_margin, n_steps in zip(ok, a.rois, a.grids, a.margins, a.steps)
                 ]
             _collect(pending, done)  # workers ran these while this chunk was decoded and inferred

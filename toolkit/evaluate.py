@@ -228,14 +228,15 @@ class Harness:
         return Output(out, bits, restored)
 
     def _ours(self, prot: Protector, x: np.ndarray, eps: int, embed: bool, region: bool = True,
-              method: Optional[str] = None, codec: Optional[str] = None) -> Output:
+              method: Optional[str] = None, codec: Optional[str] = None, freeze_roi: bool = True) -> Output:
         a = prot.analyse(x, eps, region)
         if not embed:
             return Output(np.stack([plan_perturbation(Image(img, 255, "png"), roi, grid, eps).adversarial for img, roi, grid in zip(x, a.rois, a.grids)]))
         out, bits, restored = x.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
         for k, (img, roi, grid) in enumerate(zip(x, a.rois, a.grids)):
             try:  # the same fallback as medrae protect; restored and compared just below, as the measurement
-                marked, info, _, _ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False)
+                marked, info, *_ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False,
+                                                         freeze_roi=freeze_roi)
             except kernels.CapacityError:
                 out[k] = img  # cannot be published reversibly: the original goes out
                 continue
@@ -269,7 +270,7 @@ class Harness:
         if method == "ours_rae_noregion":
             return self._ours(self.protector, x, eps, embed=True, region=False)
         if method == "paper_rae":
-            return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle")
+            return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle", freeze_roi=False)  # as published
         if method in ("csm_gan", "csm_gan_rdh"):  # the CSM-GAN generator perturbs the whole image
             return self._ours(self.csm, x, eps, embed=method.endswith("_rdh"), region=False)
         base = self.base_attack(method)
@@ -368,6 +369,7 @@ def _measure(adv, x, y, masks, clfs, clean, ok, secs) -> dict:
     if masks is not None:
         row["roi_max_change"] = int(max(int(dk[mk].max(initial=0)) for dk, mk in zip(d, masks)))
         row["roi_mean_change"] = float(np.mean([dk[mk].mean() if mk.any() else 0.0 for dk, mk in zip(d, masks)]))
+        row["roi_untouched_fraction"] = float(np.mean([not dk[mk].any() for dk, mk in zip(d, masks)]))  # lungs bit-exact
     for name, s in clfs.items():
         pred = np.concatenate([s.run(None, {"image": normalize(adv[i : i + 64])})[0].argmax(1) for i in range(0, len(adv), 64)])
         right = clean[name][ok] == y  # over the images this classifier gets right
@@ -423,8 +425,10 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows = []
     for m in ("ours_rae", "ours_rae_noregion"):
         for e, r in M.get(m, {}).items():
-            rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), str(r.get("roi_max_change", "-")), _f(r.get("roi_mean_change"), ".3f")])
-    out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs"], rows))
+            rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), str(r.get("roi_max_change", "-")), _f(r.get("roi_mean_change"), ".3f"),
+                         _f(r.get("roi_untouched_fraction"), pct=True)])
+    out.append(("Table 5: with / without the region module", ["method", "eps", "ASR", "PSNR", "SSIM", "max |d| in lungs", "mean |d| in lungs",
+                                                              "lungs bit-exact"], rows))
     if results.get("conditions"):
         rows = []
         for m, by_eps in M.items():

@@ -104,11 +104,14 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int)
 
 
 def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Optional[str] = None,
-                    codec: Optional[str] = None, check: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo]:
+                    codec: Optional[str] = None, check: bool = True, freeze_roi: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo]:
     """Embed the plan's exact perturbation; raises ``kernels.CapacityError`` when it does not fit.
-    ``check=False`` only where the caller restores the encoded file itself (batch does)."""
+    ``freeze_roi``: the hiding leaves the ROI bit-exact too (``kernels.embed(frozen=...)``), so
+    the lungs of the protected image are the original's. ``check=False`` only where the caller
+    restores the encoded file itself (batch does)."""
+    frozen = plan.roi if freeze_roi and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
-                                 ceiling=image.kernel_ceiling, **plan.hints)
+                                 ceiling=image.kernel_ceiling, frozen=frozen, **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
@@ -126,22 +129,27 @@ def rdh_change(info: kernels.ProtectInfo) -> int:
 
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
                           method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
-                          max_rdh_change: int = 0) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int]:
+                          max_rdh_change: int = 0, freeze_roi: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, bool]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
-    not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel, lungs included, by more
-    than ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does.
-    Returns ``(marked, info, plan, coarsening level)`` or raises the last ``CapacityError``."""
+    not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel by more than
+    ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does. With
+    ``freeze_roi`` each grid is first hidden outside the ROI, then, if it does not fit there (the
+    lungs are the X-ray's smoothest, most capacious part: about half the capacity goes with them),
+    in the whole image: ±1 changes in the lungs cost less than a coarser, weaker perturbation.
+    Returns ``(marked, info, plan, coarsening level, ROI frozen)`` or raises the last ``CapacityError``."""
     level = 0
     while True:
         last = level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE
         plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
-        try:
-            marked, info = protect_planned(image, plan, key, method, codec, check)
+        for freeze in (True, False) if freeze_roi and plan.roi.any() else (False,):
+            try:
+                marked, info = protect_planned(image, plan, key, method, codec, check, freeze)
+            except kernels.CapacityError:
+                if last and not freeze:
+                    raise
+                continue
             if last or not max_rdh_change or rdh_change(info) <= max_rdh_change:
-                return marked, info, plan, level
-        except kernels.CapacityError:
-            if last:
-                raise
+                return marked, info, plan, level, freeze
         level += 1
 
 
@@ -154,6 +162,7 @@ class Protected:
     adversarial: np.ndarray
     info: Optional[kernels.ProtectInfo]
     error: Optional[str] = None
+    roi_frozen: bool = False  # the hiding left the ROI bit-exact
 
 
 def capacity_reason(exc: kernels.CapacityError) -> str:
@@ -263,17 +272,17 @@ class Protector:
         return Analysis(rois, grids, np.full(n, np.nan), np.zeros(n, np.int64))
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
-        """Protect a batch (N, 224, 224) uint8; each result has been checked to restore, or carries
-        the reason it was refused (payload does not fit), and nothing was produced for it."""
+        """Protect a batch (N, 224, 224) uint8 as ``medrae protect`` does (with its fallbacks);
+        each result has been checked to restore, or carries the reason it was refused (payload
+        does not fit), and nothing was produced for it."""
         a = self.analyse(images)
         out = []
         for image, roi, grid in zip(images, a.rois, a.grids):
             img = Image(image, 255, "png")
-            plan = plan_perturbation(img, roi, grid, self.eps)
             try:
-                marked, info = protect_planned(img, plan, key, method)
+                marked, info, plan, _, frozen = protect_with_fallback(img, roi, grid, self.eps, key, method)
             except kernels.CapacityError as exc:
-                out.append(Protected(None, roi, plan.adversarial, None, capacity_reason(exc)))
+                out.append(Protected(None, roi, plan_perturbation(img, roi, grid, self.eps).adversarial, None, capacity_reason(exc)))
                 continue
-            out.append(Protected(marked, roi, plan.adversarial, info))
+            out.append(Protected(marked, roi, plan.adversarial, info, roi_frozen=frozen))
         return out
