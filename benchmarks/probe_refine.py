@@ -4,7 +4,7 @@
     SPEC = WHITE_BOXES:MARGIN:ROBUST:FRACTION:FACTOR:STEPS, e.g. resnet18:1:0:0.05:2:40
            (WHITE_BOXES joined by '+', e.g. resnet18+vgg16_small)
 
-For each setting: ASR of the final RAE (after coding and hiding, no encryption) on every shipped
+For each setting: ASR of the final RAE (after coding and hiding anywhere, as `--rdh-in-roi`; no encryption) on every shipped
 classifier over the images it gets right, white-box ASR after a half-size-and-back resize, PSNR,
 payload bits per pixel, ms per image. 90 val images (30 per class), or all 270 with ``--all``.
 Also prints how many true-lung pixels lie outside the protected cells at the given ROI margin and
