@@ -79,7 +79,7 @@ def check_image(image: np.ndarray, name: str = "image") -> int:
     if image.ndim != 2:
         raise ValueError(f"{name} must be 2-D (H, W), got shape {image.shape}")
     h, w = image.shape
-    if min(h, w) < MIN_SIDE or 2 * (h + w) - 4 < SIDE_BITS:
+    if min(h, w) < MIN_SIDE or border_length((h, w)) < SIDE_BITS:
         raise ValueError(
             f"{name} of shape {image.shape} is too small: both sides must be >= {MIN_SIDE} "
             f"and the border must hold {SIDE_BITS} pixels (2*(H+W)-4 >= {SIDE_BITS}, e.g. 35x35)"
@@ -129,13 +129,10 @@ class _Layout(NamedTuple):
 def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray]) -> _Layout:
     """The layout for ``frozen`` (None or all False: the plain border layout). Blocks double in
     side until the map fits in the border; ``CapacityError`` if it never does."""
-    reserved, res_idx = _reserved(shape)
-    if frozen is None:
-        return _Layout(reserved, res_idx, np.empty(0, np.uint8))
-    if frozen.shape != tuple(shape) or frozen.dtype != np.bool_:
+    if frozen is not None and (frozen.shape != tuple(shape) or frozen.dtype != np.bool_):
         raise ValueError(f"frozen must be a bool mask of the image's shape {tuple(shape)}, got {frozen.shape} {frozen.dtype}")
-    if not frozen.any():
-        return _Layout(reserved, res_idx, np.empty(0, np.uint8))
+    if frozen is None or not frozen.any():
+        return _Layout(*_reserved(shape), np.empty(0, np.uint8))
     block = regionmap.block_size(shape)
     while True:
         blocks = regionmap.blocks_touching(frozen, block)
@@ -148,6 +145,12 @@ def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray]) -> _Layout:
         block *= 2
     head = struct.pack(">HH", block, code.size)
     return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]))
+
+
+def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether ``reserved`` holds more than the plain border run (a frozen region), so that PEE
+    must test candidates in every row. Only a speed hint: the per-pixel test is right for any mask."""
+    return reserved is not _reserved_mask(shape)
 
 
 def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray) -> _Layout:
@@ -310,7 +313,7 @@ class RhombusPEE(RDHMethod):
         idx, pred, key, bnd, hist, used, fast = _workspace(((h - 2) * (w - 2)) // 2 + 1, (jit.N_KEYS, 4 * self.N_PAIRS + 4))
         n, nb = jit.pee_analyze(
             work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, self.A_MIN, self.N_PAIRS, idx, pred, key, hist, used, fast, bnd,
-            reserved is not _reserved_mask(shape),  # a frozen region: candidates checked everywhere
+            _frozen_anywhere(reserved, shape),
         )
         return _PEEPass(work, idx, pred, key, n, hist, maxv, int(used[0]), bnd, nb, {})
 
@@ -356,7 +359,7 @@ class RhombusPEE(RDHMethod):
         if not (-maxv <= a <= maxv and T < jit.N_KEYS and m <= work.size and rec.nbits <= work.size):
             raise PayloadError(f"PEE pass {k}: invalid parameters a={a} T={T} m={m} nbits={rec.nbits}")
         bits, ok = jit.pee_extract(work, reserved, h, w, k % 2, self._key_shift(maxv), maxv, a, T, m, rec.nbits,
-                                   reserved is not _reserved_mask(shape))
+                                   _frozen_anywhere(reserved, shape))
         if not ok:
             raise PayloadError(f"PEE pass {k}: marked pixels are inconsistent with the side information")
         return bits
@@ -385,35 +388,34 @@ def _side_bits(method_id: int, shift: int, npasses: int, rec: PassRecord, extra:
 
 def _read_layout(full: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, PassRecord, _Layout]:
     """Side information and layout from the reserved LSBs of a marked image (flat ``full``)."""
-    reserved, res_idx = _reserved(shape)
-    raw = bits_to_bytes((full[res_idx] & 1).astype(np.uint8))
+    not_protected = NotProtectedError("no medrae RDH side information in this image")
+    lsbs = lambda run: (full[run] & 1).astype(np.uint8)  # noqa: E731
+    raw = bits_to_bytes(lsbs(_reserved(shape)[1]))
     body, (crc,) = raw[:-2], struct.unpack(">H", raw[-2:])
     if body[0] != SIGNATURE:
-        raise NotProtectedError("no medrae RDH side information in this image")
-    layout = _Layout(reserved, res_idx, np.empty(0, np.uint8))
-    blocks = None
+        raise not_protected
+    extra = np.empty(0, np.uint8)
     if body[1] & FROZEN_FLAG:
-        lsb = lambda a, b: (full[reserved_indices(shape, b)[a:]] & 1).astype(np.uint8)  # noqa: E731
+        run = reserved_indices(shape, border_length(shape))
         n = SIDE_BITS + 2 * regionmap.LENGTH_BITS
-        if n > border_length(shape):
-            raise NotProtectedError("no medrae RDH side information in this image")
-        head = lsb(SIDE_BITS, n)
-        block, size = struct.unpack(">HH", bits_to_bytes(head))
-        if block < 1 or n + size > border_length(shape):
+        if n > run.size:
+            raise not_protected
+        block, size = struct.unpack(">HH", bits_to_bytes(lsbs(run[SIDE_BITS:n])))
+        if block < 1 or n + size > run.size:
             raise NotProtectedError("no medrae RDH side information in this image (bad frozen-region header)")
-        code = lsb(n, n + size)
-        layout = layout._replace(extra=np.concatenate([head, code]))
-        try:
-            blocks = regionmap.decode_blocks(code, regionmap.grid_of(shape, block))
-        except ValueError:
-            blocks = None
-    if _side_crc(body, layout.extra) != crc or (layout.extra.size and blocks is None):
-        raise NotProtectedError("no medrae RDH side information in this image")
+        extra = lsbs(run[SIDE_BITS : n + size])
+    if _side_crc(body, extra) != crc:
+        raise not_protected
     method_id, shift, npasses = (body[1] & ~FROZEN_FLAG) >> 4, body[1] & 0xF, body[2]
     if not RDH_METHODS.has_id(method_id) or npasses < 1 or shift > MAX_SHIFT:
         raise NotProtectedError(f"unknown RDH method id {method_id}, shift {shift} or pass count {npasses}")
-    if blocks is not None:
-        layout = _layout_from(shape, blocks, block, layout.extra)
+    layout = _Layout(*_reserved(shape), extra)
+    if extra.size:
+        try:
+            blocks = regionmap.decode_blocks(extra[2 * regionmap.LENGTH_BITS :], regionmap.grid_of(shape, block))
+        except ValueError:
+            raise not_protected from None
+        layout = _layout_from(shape, blocks, block, extra)
     return method_id, shift, npasses, PassRecord.from_bits(bytes_to_bits(body[3:])), layout
 
 

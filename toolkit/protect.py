@@ -109,9 +109,8 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
     ``freeze_roi``: the hiding leaves the ROI bit-exact too (``kernels.embed(frozen=...)``), so
     the lungs of the protected image are the original's. ``check=False`` only where the caller
     restores the encoded file itself (batch does)."""
-    frozen = plan.roi if freeze_roi and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
-                                 ceiling=image.kernel_ceiling, frozen=frozen, **plan.hints)
+                                 ceiling=image.kernel_ceiling, frozen=plan.roi if freeze_roi else None, **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
