@@ -112,6 +112,7 @@ def protect(
     white_box: str = typer.Option("resnet18", "--white-box", help="classifier(s) the refinement fools, comma-separated (each needs models/gradient_<name>.onnx); several: an ensemble, for models never seen"),
     roi_margin: Optional[int] = typer.Option(None, "--roi-margin", min=0, max=64, help="pixels (on the 224x224 view) the lung ROI is widened by before anything may change (default 4)"),
     roi_threshold: Optional[float] = typer.Option(None, "--roi-threshold", min=0.001, max=0.999, help="lung probability from which a pixel belongs to the ROI (default 0.05: where the segmenter hesitates counts as lung; 0.5: its own mask)"),
+    roi_convex: bool = typer.Option(False, "--roi-convex", help="widen each lung of the ROI to its convex hull first: fewer lung pixels left outside it where the segmenter misses part of a lung (e.g. an opacity), for a lower ASR"),
     margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1); larger transfers a little better to unseen models, at a larger payload and lower PSNR"),
     robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower)"),
     no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
@@ -138,7 +139,7 @@ def protect(
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
                device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
                with_ssim=report is not None, max_rdh_change=max_rdh_change, freeze_roi=not rdh_in_roi, refine_steps=refine_steps, robust=robust,
-               gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold)
+               gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex)
 
 
 @app.command()

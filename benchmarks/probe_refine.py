@@ -1,6 +1,6 @@
 """Trade-offs of protect's sparse refinement on cxr3 val (prints; asserts nothing).
 
-    python benchmarks/probe_refine.py [--all] [--roi-margin 4] SPEC [SPEC ...]
+    python benchmarks/probe_refine.py [--all] [--roi-margin 4] [--roi-threshold P] [--roi-convex] SPEC [SPEC ...]
     SPEC = WHITE_BOXES:MARGIN:ROBUST:FRACTION:FACTOR:STEPS, e.g. resnet18:1:0:0.05:2:40
            (WHITE_BOXES joined by '+', e.g. resnet18+vgg16_small)
 
@@ -40,16 +40,17 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every val image, not 30 per class")
     ap.add_argument("--roi-margin", type=int, default=4)
     ap.add_argument("--roi-threshold", type=float, default=None, help="lung probability from which a pixel is ROI (default: protect's)")
+    ap.add_argument("--roi-convex", action="store_true", help="each lung's convex hull")
     args = ap.parse_args()
     split = load_split(args.data)
     pick = np.arange(len(split.labels)) if args.all else np.concatenate([np.flatnonzero(split.labels == c)[:30] for c in range(3)])
     images, labels = split.images[pick], split.labels[pick]
-    rois = Protector(refine_steps=0, dilation=args.roi_margin, roi_threshold=args.roi_threshold).analyse(images).rois
+    rois = Protector(refine_steps=0, dilation=args.roi_margin, roi_threshold=args.roi_threshold, roi_convex=args.roi_convex).analyse(images).rois
     if split.masks is not None:
         lungs = split.masks[pick].astype(bool)
         protected = upsample_cells(cells_touching(rois, 2), 2)
         missed = (lungs & ~protected).sum(axis=(1, 2))
-        print(f"ROI margin {args.roi_margin}, threshold {args.roi_threshold or 'default'}: true-lung pixels outside the protected cells on {np.mean(missed > 0):.1%} "
+        print(f"ROI margin {args.roi_margin}, threshold {args.roi_threshold or 'default'}{', convex' if args.roi_convex else ''}: true-lung pixels outside the protected cells on {np.mean(missed > 0):.1%} "
               f"of images, {missed.mean():.1f} px per image on average; protected cells cover {protected.mean():.1%} of the image")
     sessions = {n: session(MODELS_DIR / f"classifier_{n}.onnx", "cpu") for n in CLASSIFIERS}
     predict = lambda n, x: sessions[n].run(None, {"image": normalize(x)})[0].argmax(1)  # noqa: E731

@@ -111,6 +111,51 @@ class PGD(BIM):
 
 
 @register
+class MIDITI(Attack):
+    """Transfer-oriented iterative attack: momentum (MI-FGSM, Dong et al. 2018), input diversity
+    (DI, Xie et al. 2019: each step sees the image resized to a random size in 200..247 px,
+    randomly padded to 248 and resized back with probability ``diversity``) and translation
+    invariance (TI, Dong et al. 2019: the gradient smoothed by a ``kernel``-wide Gaussian).
+    ``steps`` sign steps of ``alpha`` on the momentum-accumulated, L1-normalised gradient."""
+
+    name = "mi_di_ti"
+    steps = 10
+    alpha = 1.0
+    momentum = 1.0
+    diversity = 0.7
+    kernel = 7
+    seed = 0
+
+    def _diverse(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if float(torch.rand((), generator=g)) >= self.diversity:
+            return x
+        h, w = x.shape[-2:]
+        size = int(torch.randint(200, 248, (), generator=g))
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        pad = 248 - size
+        left, top = (int(v) for v in torch.randint(0, pad + 1, (2,), generator=g))
+        y = F.pad(y, (left, pad - left, top, pad - top))
+        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+
+    def forward(self, images, labels, region):
+        g = torch.Generator(device="cpu").manual_seed(self.seed)
+        k = self.kernel
+        t = torch.arange(k, dtype=images.dtype, device=images.device) - k // 2
+        smooth = torch.exp(-(t**2) / (2 * (k / 4) ** 2))
+        smooth = (smooth[:, None] * smooth[None, :] / smooth.sum() ** 2)[None, None]
+        adv, velocity = images, torch.zeros_like(images)
+        for _ in range(self.steps):
+            x = adv.detach().requires_grad_(True)
+            loss = F.cross_entropy(self.model(normalize(self._diverse(x, g))), labels)
+            grad = torch.autograd.grad(loss, x)[0]
+            if k > 1:
+                grad = F.conv2d(grad, smooth, padding=k // 2)
+            velocity = self.momentum * velocity + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
+            adv = self._project(adv + self.alpha * velocity.sign() * region, images, region)
+        return adv
+
+
+@register
 class CW(Attack):
     """Carlini-Wagner L2 (the paper's eq. 4-5): minimise ||delta||^2 + c * f(x + delta), with
     f = max(Z_y - max_{i != y} Z_i, -kappa), in tanh space with Adam. The result is then clipped to

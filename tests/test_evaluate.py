@@ -67,7 +67,7 @@ def test_attacks_stay_in_budget_and_region(name, conv_batch):
     assert d.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "stabilized", "mladv"])
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "stabilized", "mladv", "mi_di_ti"])
 def test_attacks_raise_the_loss(name, conv_batch):
     model, x, y = conv_batch
     adv = ATTACKS[name](model, eps=8)(x, y)
@@ -83,6 +83,17 @@ def test_fgsm_is_the_sign_of_the_gradient(batch):
     grad = (p - torch.nn.functional.one_hot(y, 3).float()) @ model.w  # d CE / d logits-input, per image
     want = torch.clamp(x + 2 * grad.view_as(x).sign(), 0, 255)
     assert torch.allclose(adv, want)
+
+
+def test_mi_di_ti_without_its_three_parts_is_bim(conv_batch):
+    """No momentum, no input diversity, no smoothing: the same sign steps as BIM, and each part
+    switched on changes the result."""
+    model, x, y = conv_batch
+    bim = ATTACKS["bim"](model, eps=4, steps=4)(x, y)
+    plain = dict(momentum=0.0, diversity=0.0, kernel=1, steps=4)
+    assert torch.equal(ATTACKS["mi_di_ti"](model, eps=4, **plain)(x, y), bim)
+    for part in ({"momentum": 1.0}, {"diversity": 1.0}, {"kernel": 5}):
+        assert not torch.equal(ATTACKS["mi_di_ti"](model, eps=4, **{**plain, **part})(x, y), bim)
 
 
 def test_unknown_option_is_an_error(batch):

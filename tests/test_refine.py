@@ -234,6 +234,14 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     assert "probability >= 0.5," in own["roi"] and "probability >= 0.5," in r.output
     assert "probability >= 0.05," in _json.loads((tmp_path / "r0.json").read_text())["roi"]
     assert all(o["roi_fraction"] <= d["roi_fraction"] for o, d in zip(own["files"], narrow))
+    # each lung's convex hull contains the lung: never less ROI, and the rule says so
+    rep = tmp_path / "convex.json"
+    r = runner.invoke(app, ["protect", str(src), str(tmp_path / "convex"), "--no-encrypt", "--report", str(rep),
+                            "--workers", "1", "--refine-steps", "0", "--roi-convex"])
+    assert r.exit_code == 0, r.output
+    hull = _json.loads(rep.read_text())
+    assert "convex hull" in hull["roi"] and "convex hull" not in _json.loads((tmp_path / "r0.json").read_text())["roi"]
+    assert all(h["roi_fraction"] >= d["roi_fraction"] for h, d in zip(hull["files"], narrow))
 
 
 def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from toolkit.masks import dilate, fill_holes, largest_components, postprocess
+from toolkit.masks import convex_components, convex_fill, dilate, fill_holes, largest_components, postprocess
 from toolkit.metrics import psnr, ssim
 from toolkit.phantoms import chest_phantom
 
@@ -38,6 +38,41 @@ def test_components_and_holes():
     assert not fill_holes(np.zeros((5, 5), bool)).any()
     roi = postprocess(np.where(m, 1.0, -1.0).astype(np.float32), dilation=2)
     assert roi[3:32, 3:27].all() and not roi[50:53, 50:53].any()
+
+
+@given(hnp.arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24))))
+def test_convex_fill_matches_scikit_image(mask):
+    morph = pytest.importorskip("skimage.morphology")
+    ref = morph.convex_hull_image(mask) | mask if mask.any() else mask
+    assert np.array_equal(convex_fill(mask), ref)
+
+
+def test_convex_fill_keeps_convex_shapes_and_separate_lungs():
+    box = np.zeros((30, 30), bool)
+    box[3:20, 5:9] = True
+    assert np.array_equal(convex_fill(box), box)
+    ell = box.copy()
+    ell[15:20, 5:25] = True
+    assert convex_fill(ell)[10, 12] and not convex_fill(ell)[4, 20]  # the corner's diagonal, not beyond
+    for seed in range(4):
+        lungs = chest_phantom(seed)[1]
+        hull = convex_components(lungs)
+        assert (hull >= lungs).all()
+        gap = ~lungs.any(axis=0)  # columns between the two lungs stay free
+        assert not hull[:, gap].any()
+
+
+def test_convex_roi_fills_a_missed_bite_but_not_the_gap_between_lungs():
+    m = np.zeros((60, 60), bool)
+    m[5:50, 5:25] = True
+    m[20:35, 15:25] = False  # a bite the segmenter missed, open to the medial side
+    m[5:50, 35:55] = True
+    logits = np.where(m, 1.0, -1.0).astype(np.float32)
+    plain = postprocess(logits, dilation=0)
+    hull = postprocess(logits, dilation=0, convex=True)
+    assert not plain[20:35, 15:25].any() and hull[20:35, 15:25].all()
+    assert not hull[:, 26:34].any()
+    assert (postprocess(logits, dilation=2, convex=True) >= postprocess(logits, dilation=2)).all()
 
 
 def test_roi_threshold_is_a_lung_probability():

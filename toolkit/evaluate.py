@@ -17,7 +17,8 @@ resnet18,vgg16_small_cbam_pruned``: a data owner who includes the known defended
 for that model is white-box), ``pgd_defended`` (PGD crafted on the defended model itself, the usual
 white-box test of a defense; its resnet18 ASR is then transfer), ``ours_rae_noregion`` (an empty ROI: the whole image may change, Table 5), ``csm_gan`` / ``csm_gan_rdh``
 (a generator trained with ``--loss csm --no-roi``, when ``models/generator_csm.onnx`` exists), ``fgsm``, ``bim``, ``pgd``
-(10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``liu_rae`` (PGD, then the whole
+(10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``mi_di_ti`` (momentum + input diversity +
+translation invariance: the usual recipe for transfer to unseen models), ``liu_rae`` (PGD, then the whole
 perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: reversible image
 transformation of the original into its FGSM example, auxiliary data embedded, ``toolkit.rit``), ``paper_rae`` (the ``--arch paper`` generator +
 RLE + histogram shifting, when ``models/generator_paper.onnx`` exists). Attacks need PyTorch (the
@@ -46,14 +47,14 @@ from .metrics import psnr, ssim
 from .ort import session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 
-ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized")  # models.attacks, run in PyTorch
+ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
 AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
 RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
 DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
 REUSES = {"liu_rae": "pgd", "rit_rae": "fgsm"}  # the attack each reversible baseline starts from
-ALL_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion", "pgd_rdh", "fgsm_rdh", "bim_rdh", "cw_rdh")
+ALL_METHODS = AE_METHODS + RAE_METHODS + ("ours_rae_noregion", "pgd_rdh", "fgsm_rdh", "bim_rdh", "cw_rdh", "mi_di_ti_rdh")
 WHITE_BOX = "classifier_resnet18"
 ENSEMBLE = ("resnet18", "vgg16_small")  # ours_rae_ensemble's white boxes (medrae protect --white-box resnet18,vgg16_small)
 DEFENDED = "vgg16_small_cbam_pruned"  # the pruning + attention target

@@ -185,6 +185,12 @@ DEFAULT_GRADIENT = "gradient_resnet18.onnx"
 # protected area (36.3 % of the image instead of 33.1 %); a 8 px margin at 50 % leaked on 6.3 %
 # with 41.1 % protected.
 ROI_THRESHOLD = 0.05
+# Each lung's convex hull (--roi-convex) covers most of what the segmenter misses (the leaks sit at
+# the cardiac border and the bases), but that is where the attack works best. cxr3 val, 270 images
+# (benchmarks/probe_refine.py --all [--roi-convex] [--roi-margin M] resnet18:1:0:0.05:2:40): images
+# with true-lung pixels outside the protected cells / such pixels per image / white-box ASR: plain
+# ROI 4.4 % / 23.5 / 93.3 %; hull 3.7 % / 9.9 / 86.3 %; hull + 3 px margin 5.6 % / 11.0 / 89.8 %.
+ROI_CONVEX = False
 
 
 class Protector:
@@ -198,12 +204,13 @@ class Protector:
     ``margin``: the logit margin by which the classifier(s) must be wrong (default 1; larger
     transfers a little better to unseen models, at a larger, more visible perturbation).
     ``roi_threshold``: lung probability from which a pixel is ROI (default ``ROI_THRESHOLD``).
+    ``roi_convex``: each lung of the ROI widened to its convex hull before the margin (see ``ROI_CONVEX``).
     """
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
                  dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx",
                  refine_steps: Optional[int] = None, gradient: str | list[str] = DEFAULT_GRADIENT, robust: bool = False,
-                 margin: Optional[float] = None, roi_threshold: Optional[float] = None):
+                 margin: Optional[float] = None, roi_threshold: Optional[float] = None, roi_convex: bool = ROI_CONVEX):
         models_dir = Path(models_dir)
         for name in (segmenter, generator):
             if not (models_dir / name).is_file():
@@ -234,6 +241,7 @@ class Protector:
         self.factor = self.refiner.settings.factor if self.refiner else int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
         self.roi_threshold = float(ROI_THRESHOLD if roi_threshold is None else roi_threshold)
+        self.roi_convex = bool(roi_convex)
         if not 0.0 < self.roi_threshold < 1.0:
             raise ValueError(f"roi_threshold must be a lung probability in (0, 1), got {self.roi_threshold}")
 
@@ -246,7 +254,8 @@ class Protector:
 
     @property
     def roi_rule(self) -> str:
-        return f"lung probability >= {self.roi_threshold:g}, widened by {self.dilation} px (224x224 view)"
+        hull = ", each lung's convex hull" if self.roi_convex else ""
+        return f"lung probability >= {self.roi_threshold:g}{hull}, widened by {self.dilation} px (224x224 view)"
 
     def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
@@ -257,7 +266,7 @@ class Protector:
         x = normalize(views)
         if region:
             logits = self.seg.run(None, {"image": x})[0][:, 0]
-            rois = np.stack([postprocess(l, self.dilation, threshold=self.roi_threshold) for l in logits])
+            rois = np.stack([postprocess(l, self.dilation, threshold=self.roi_threshold, convex=self.roi_convex) for l in logits])
         else:
             rois = np.zeros(views.shape, bool)
         n = len(views)
