@@ -173,8 +173,10 @@ def test_defended_target_methods(tmp_path):
 
     h = Harness(MODELS_DIR, bytes(32))
     assert h.available("ours_rae_defended") is None and h.available("pgd_defended") is None
+    assert h.available("ours_rae_robust_defended") is None
     assert Harness.base_attack("pgd_defended") == "pgd"
     for f in MODELS_DIR.iterdir():
         if f.name != f"gradient_{DEFENDED}.onnx":
             shutil.copy(f, tmp_path)
-    assert "no gradient model for vgg16_small_cbam_pruned" in Harness(tmp_path, bytes(32)).available("ours_rae_defended")
+    for method in ("ours_rae_defended", "ours_rae_robust_defended"):
+        assert "no gradient model for vgg16_small_cbam_pruned" in Harness(tmp_path, bytes(32)).available(method)

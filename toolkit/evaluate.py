@@ -14,7 +14,8 @@ NROI-AdvGAN generator alone, ``medrae protect --refine-steps 0``), ``ours_rae_ro
 protect --robust``), ``ours_rae_ensemble`` (``--white-box resnet18,vgg16_small``: its transfer
 column for vgg16_small is then not transfer), ``ours_rae_defended`` (``--white-box
 resnet18,vgg16_small_cbam_pruned``: a data owner who includes the known defended model; its column
-for that model is white-box), ``pgd_defended`` (PGD crafted on the defended model itself, the usual
+for that model is white-box), ``ours_rae_robust_defended`` (both: ``--robust --white-box
+resnet18,vgg16_small_cbam_pruned``), ``ours_rae_convex`` (``--roi-convex``: each lung's convex hull), ``pgd_defended`` (PGD crafted on the defended model itself, the usual
 white-box test of a defense; its resnet18 ASR is then transfer), ``ours_rae_noregion`` (an empty ROI: the whole image may change, Table 5), ``csm_gan`` / ``csm_gan_rdh``
 (a generator trained with ``--loss csm --no-roi``, when ``models/generator_csm.onnx`` exists), ``fgsm``, ``bim``, ``pgd``
 (10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``mi_di_ti`` (momentum + input diversity +
@@ -49,7 +50,7 @@ from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protec
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
 AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
-RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
+RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_rae_robust_defended", "ours_rae_convex", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
 DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
@@ -66,6 +67,8 @@ VARIANTS = {
     "ours_rae_robust": ("robust", {"robust": True}),
     "ours_rae_ensemble": ("ensemble", {"gradient": [f"gradient_{n}.onnx" for n in ENSEMBLE]}),
     "ours_rae_defended": ("defended", {"gradient": [f"gradient_{n}.onnx" for n in WITH_DEFENDED]}),
+    "ours_rae_convex": ("convex", {"roi_convex": True}),
+    "ours_rae_robust_defended": ("robust_defended", {"robust": True, "gradient": [f"gradient_{n}.onnx" for n in WITH_DEFENDED]}),
 }
 ON_DEFENDED = {"pgd_defended": "pgd"}  # attacks crafted on the defended classifier instead of WHITE_BOX
 
@@ -424,7 +427,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     names = next((list(b[e]["transfer"]) for b in M.values() for e in b), [])
     out.append(("Table 4: transfer (ASR on the white-box target, then on the others)", ["method", "eps", results["white_box"]] + names, rows))
     rows = []
-    for m in ("ours_rae", "ours_rae_noregion"):
+    for m in ("ours_rae", "ours_rae_convex", "ours_rae_noregion"):
         for e, r in M.get(m, {}).items():
             rows.append([m, e, _f(r["asr"], pct=True), _f(r["psnr"]), _f(r["ssim"], ".4f"), str(r.get("roi_max_change", "-")), _f(r.get("roi_mean_change"), ".3f"),
                          _f(r.get("roi_untouched_fraction"), pct=True)])
