@@ -173,7 +173,8 @@ def verify(
 
 @app.command()
 def info(file: Path = typer.Argument(..., help="an image file")) -> None:
-    """Is FILE protected? Format version, RDH method, codec, payload bits, encryption (no key needed)."""
+    """Is FILE protected? Format version, RDH method, codec, payload bits, encryption, and the share
+    of the image the hiding left bit-exact (protect keeps it out of the lungs) (no key needed)."""
     import kernels
     from toolkit.batch import info as describe
     from toolkit.imageio import ImageError
@@ -187,8 +188,9 @@ def info(file: Path = typer.Argument(..., help="an image file")) -> None:
         raise typer.Exit(1)
     except kernels.MedraeError as exc:
         _fail(f"{file}: damaged medrae payload ({exc})", 1)
+    width = max(map(len, d))
     for k, v in d.items():
-        typer.echo(f"{k:<15} {v}")
+        typer.echo(f"{k:<{width}} {v}")
 
 
 def _forward(main, args: List[str]) -> None:

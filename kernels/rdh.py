@@ -124,6 +124,7 @@ class _Layout(NamedTuple):
     reserved: np.ndarray
     res_idx: np.ndarray
     extra: np.ndarray
+    frozen: Optional[np.ndarray] = None  # (H, W) bool: the frozen blocks' pixels (None: no region)
 
 
 def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray]) -> _Layout:
@@ -155,9 +156,10 @@ def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
 
 def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray) -> _Layout:
     res_idx = reserved_indices(shape, SIDE_BITS + extra.size)
-    reserved = regionmap.pixel_mask(blocks, block, shape).ravel().astype(np.uint8)
+    frozen = regionmap.pixel_mask(blocks, block, shape)
+    reserved = frozen.ravel().astype(np.uint8)
     reserved[res_idx] = 1
-    return _Layout(reserved, res_idx, extra)
+    return _Layout(reserved, res_idx, extra, frozen)
 
 
 @lru_cache(maxsize=16)
@@ -599,6 +601,21 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
         work = (work << s) | (full & ((1 << s) - 1))
     work[res_idx] = (work[res_idx] & ~1) | lsbs
     return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data), method.name
+
+
+def frozen_region(marked: np.ndarray) -> Optional[np.ndarray]:
+    """The pixels the hiding left bit-exact (``embed(frozen=...)``: every block touching the mask
+    given then, e.g. the lungs; on the image border only the reserved pixels' LSBs may differ),
+    as a ``bool`` mask of the image's shape; None when the payload may have used the whole image.
+    Reads only the side information (no key, no extraction).
+
+    Raises
+    ------
+    NotProtectedError
+        The image carries no readable RDH side information.
+    """
+    check_image(marked, "marked")
+    return _read_layout(marked.astype(np.int32).ravel(), marked.shape)[-1].frozen
 
 
 def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[int] = None,

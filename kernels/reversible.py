@@ -140,6 +140,7 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
     """Describe the payload of a protected image without a key (for ``medrae info``)."""
     _, payload = rdh.extract(marked, ceiling)
     hdr = container.read_header(payload)
+    frozen = rdh.frozen_region(marked)
     return {
         "format_version": hdr.version,
         "encrypted": hdr.encrypted,
@@ -149,4 +150,6 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
         "dtype": str(hdr.dtype),
         "eps": hdr.eps,
         "payload_bits": 8 * len(payload),
+        # share of the pixels the hiding left bit-exact (protect: the blocks around the lungs)
+        "rdh_frozen_fraction": round(float(frozen.mean()), 4) if frozen is not None else 0.0,
     }

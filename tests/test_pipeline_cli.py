@@ -77,6 +77,10 @@ def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
     assert invoke("verify", phantom_dir, out, "--key", key).exit_code == 0
     r = invoke("info", out / "a/p0.png")
     assert r.exit_code == 0 and "encrypted" in r.output and "True" in r.output and "pee" in r.output
+    # info tells, from the file alone, whether the hiding kept out of the lungs, as protect reported
+    frozen = float(next(line.split()[1] for line in r.output.splitlines() if line.startswith("rdh_frozen_fraction")))
+    p0 = next(f for f in report["files"] if f["input"].endswith("p0.png"))
+    assert (frozen > 0) == p0["roi_frozen"] and (not p0["roi_frozen"] or frozen >= p0["roi_fraction"] - 1e-4)
     r = invoke("info", phantom_dir / "a/p0.png")
     assert r.exit_code == 1 and "not protected" in r.output
 

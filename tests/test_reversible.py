@@ -104,3 +104,21 @@ def test_inspect_without_key():
     d = kernels.inspect_array(marked)
     assert d["encrypted"] and d["codec"] == "grid" and d["rdh_method"] == "pee" and d["eps"] == 8
     assert d["payload_bits"] == info.payload_bits and d["shape"] == [224, 224]
+    assert d["rdh_frozen_fraction"] == 0.0 and kernels.frozen_region(marked) is None
+
+
+def test_inspect_reports_the_frozen_region():
+    """The region the hiding left alone is read from the marked image alone: it holds the mask
+    given to protect, and its pixels are the adversarial image's (no key, no extraction)."""
+    image, mask = chest_phantom(5)
+    adv = adversarial(image, mask, 8, 5)
+    marked, _ = kernels.protect_array(image, adv, KEY, eps=8, codec="grid", frozen=mask)
+    region = kernels.frozen_region(marked)
+    assert region.shape == mask.shape and region.dtype == np.bool_
+    assert (region >= mask).all() and region.mean() < 0.9
+    inner = region[1:-1, 1:-1]  # the border's reserved pixels carry side information in their LSBs
+    assert np.array_equal(marked[1:-1, 1:-1][inner], adv[1:-1, 1:-1][inner])
+    d = kernels.inspect_array(marked)
+    assert d["rdh_frozen_fraction"] == pytest.approx(region.mean(), abs=1e-4) and d["rdh_frozen_fraction"] >= mask.mean()
+    with pytest.raises(kernels.NotProtectedError):
+        kernels.frozen_region(image)
