@@ -142,6 +142,9 @@ def test_refine_is_sparse_bounded_and_reports_true_margins(refine_models, eps):
     assert np.allclose(own - logits.max(1), r.margins, atol=1e-4)
     # stopped early exactly when the target margin was reached
     assert np.array_equal(r.margins <= -settings.margin, r.steps < settings.steps) or (r.margins <= -settings.margin).all()
+    # from a head start the margins are still those of the clean prediction, not of the start
+    again = Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", RefineSettings(steps=0, margin=0.5)).refine(views, free, eps, r.grids)
+    assert np.array_equal(again.labels, clean.argmax(1)) and np.allclose(again.margins, r.margins, atol=1e-4)
 
 
 def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
