@@ -114,7 +114,7 @@ def protect(
     roi_threshold: Optional[float] = typer.Option(None, "--roi-threshold", min=0.001, max=0.999, help="lung probability from which a pixel belongs to the ROI (default 0.05: where the segmenter hesitates counts as lung; 0.5: its own mask)"),
     roi_convex: bool = typer.Option(False, "--roi-convex", help="widen each lung of the ROI to its convex hull first: fewer lung pixels left outside it where the segmenter misses part of a lung (e.g. an opacity), for a lower ASR"),
     margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1); larger transfers a little better to unseen models, at a larger payload and lower PSNR"),
-    robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower)"),
+    robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower); with several --white-box models, for the first one (the target), which is refined alone first"),
     no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
     codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),

@@ -63,9 +63,16 @@ def dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
 
 
 def load_classifier(path: str, device: str) -> Classifier:
-    state = torch.load(path, weights_only=False, map_location=device)
-    model = build("classifier", state["arch"], state["size"]).to(device)
-    model.load_state_dict(state["model"])
+    """A ``models.train`` checkpoint (best.pt), or a shipped ``classifier_*.onnx`` rebuilt in torch
+    (``models.from_onnx``: its card names the architecture; checked equal to ONNX Runtime)."""
+    if str(path).endswith(".onnx"):
+        from .from_onnx import load_classifier as from_onnx
+
+        model = from_onnx(path).to(device)
+    else:
+        state = torch.load(path, weights_only=False, map_location=device)
+        model = build("classifier", state["arch"], state["size"]).to(device)
+        model.load_state_dict(state["model"])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -262,7 +269,7 @@ def train(args: argparse.Namespace) -> dict:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
-    p.add_argument("--classifier", required=True, help="best.pt of the white-box classifier (models.train)")
+    p.add_argument("--classifier", required=True, help="best.pt of the white-box classifier (models.train), or a shipped classifier_*.onnx")
     p.add_argument("--out", required=True)
     p.add_argument("--arch", default="advgan_grid2", choices=["advgan_grid2u", "advgan_grid2", "advgan_grid", "advgan_paper"])
     p.add_argument("--loss", default="ours", choices=["ours", "paper", "csm"], help="csm: the CSM-GAN seed method's loss (Grad-CAM shift, L2 hinge)")

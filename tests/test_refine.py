@@ -191,6 +191,55 @@ def test_robust_refinement_fools_the_resized_copy_too(refine_models):
         assert (own - logits.max(1))[done].max() <= -settings.margin + 1e-4
 
 
+def test_robust_ensemble_is_staged_and_never_loses_the_target(monkeypatch):
+    """--robust with an added white box: the target alone first, then all of them; an image whose
+    second stage lost the target (fooled in both views after the first) keeps the first grid."""
+    import onnxruntime as ort
+
+    from toolkit.protect import normalize
+    from toolkit.refine import Refined, Refiner, RefineSettings, resize_half, upsample_cells
+
+    settings = RefineSettings(steps=20, fraction=0.05, margin=0.5, robust=True)
+    paths = [MODELS / "gradient_resnet18.onnx", MODELS / "gradient_vgg16_small_cbam_pruned.onnx"]
+    views = np.stack([chest_phantom(s)[0] for s in range(6)])
+    free = np.ones((6, 112, 112), bool)
+    free[:, 30:80, 20:90] = False  # a "lung" block that must stay untouched
+
+    def margins(name, grids, labels, resized=False):
+        sess = ort.InferenceSession(str(MODELS / f"classifier_{name}.onnx"))
+        adv = np.clip(views.astype(int) + upsample_cells(grids, 2), 0, 255).astype(np.uint8)
+        logits = sess.run(None, {"image": normalize(resize_half(adv) if resized else adv)})[0]
+        own = logits[np.arange(len(views)), labels].copy()
+        logits[np.arange(len(views)), labels] = -np.inf
+        return own - logits.max(1)
+
+    def target(grids, labels):  # the target's worst view
+        return np.maximum(margins("resnet18", grids, labels), margins("resnet18", grids, labels, True))
+
+    alone = Refiner(paths[:1], "cpu", settings).refine(views, free, 8)
+    had = target(alone.grids, alone.labels) < 0
+    assert had.any() and not had.all()  # the case the rule is for, and the rest
+    staged = Refiner(paths, "cpu", settings).refine(views, free, 8)
+    assert np.array_equal(staged.labels, alone.labels) and (staged.steps <= settings.steps * 3 // 2).all()
+    assert (target(staged.grids, staged.labels)[had] < 0).all()
+    assert not staged.grids[~free].any()
+    clean = ort.InferenceSession(str(MODELS / "classifier_vgg16_small_cbam_pruned.onnx")).run(None, {"image": normalize(views)})[0].argmax(1)
+    # the second stage works on the added model
+    assert margins("vgg16_small_cbam_pruned", staged.grids, clean).mean() < margins("vgg16_small_cbam_pruned", alone.grids, clean).mean() - 0.5
+
+    # a second stage that loses everything: the images it took from the target revert to the first grid
+    real = Refiner._refine
+
+    def losing(self, views, free, eps, grids, count, max_steps):
+        r = real(self, views, free, eps, grids, count, max_steps)
+        return r if count == 1 else Refined(np.zeros_like(r.grids), np.full(len(views), -5.0), r.steps, r.labels)
+
+    monkeypatch.setattr(Refiner, "_refine", losing)
+    r = Refiner(paths, "cpu", settings).refine(views, free, 8)
+    assert np.array_equal(r.grids[had], alone.grids[had]) and not r.grids[~had].any()
+    np.testing.assert_allclose(r.margins[had], alone.margins[had])
+
+
 def test_unit_normalises_each_image_and_drops_the_fooled():
     from toolkit.refine import unit
 

@@ -82,6 +82,15 @@ class Refiner:
     an image is done when every one of them is wrong by the margin; each step follows the sum of
     their unit-normalised gradients, over the classifiers not yet fooled.
 
+    With ``robust`` and several classifiers the refinement is staged. The first classifier (the
+    target) is refined alone, on both views, for ``steps``; then all of them, from there, for
+    ``steps // 2``, the others on the image as it is (the resized view only for the target). An
+    image keeps the second stage's grid unless it lost the target that the first stage had fooled
+    (misclassified in both views). Joint refinement of everything on both views spent its steps on
+    the other models' resized views: on 90 val images with the pruned+CBAM model added, 63.5 % of
+    the target fooled after resizing, against 71.8 % staged (71.8 % for the target alone), with
+    91.7 % (joint 98.8 %) of the added model fooled, in 705 instead of 877 ms per image.
+
     Parameters
     ----------
     paths : Path or list of Path
@@ -107,14 +116,15 @@ class Refiner:
     def architectures(self) -> list[str]:
         return [c["architecture"] for c in self.cards]
 
-    def margins(self, views: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per classifier (first axis): margins (M, N), labels (M, N; the clean prediction where
-        ``labels < 0``) and pixel gradients (M, N, 224, 224) of the margins."""
+    def margins(self, views: np.ndarray, labels: np.ndarray, count: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per classifier (first axis; the first ``count``, default all): margins (M, N), labels
+        (M, N; the clean prediction where ``labels < 0``) and pixel gradients (M, N, 224, 224) of
+        the margins."""
         from .protect import normalize  # protect imports this module
 
         x = normalize(views)
         out_m, out_l, out_g = [], [], []
-        for sess, lab in zip(self.sessions, labels):
+        for sess, lab in zip(self.sessions[:count], labels):
             logits, grad = sess.run(None, {"image": x, "label": lab.astype(np.int64)})
             lab = np.where(lab < 0, logits.argmax(1), lab)
             own = np.take_along_axis(logits, lab[:, None], 1)[:, 0]
@@ -140,33 +150,50 @@ class Refiner:
         if views.shape != (n, SIZE, SIZE) or views.dtype != np.uint8 or SIZE % g or free.shape != (n, g, g):
             raise ValueError(f"expected (N, {SIZE}, {SIZE}) uint8 views and (N, g, g) free cells with g dividing {SIZE}, "
                              f"got {views.shape} {views.dtype} and {free.shape}")
+        if not (s.robust and len(self.sessions) > 1):
+            return self._refine(views, free, eps, grids, len(self.sessions), s.steps)
+        first = self._refine(views, free, eps, grids, 1, s.steps)
+        both = self._refine(views, free, eps, first.grids, len(self.sessions), s.steps // 2)
+        # the target's margin (worst view) on the second stage's grids; the first stage's is first.margins
+        adv = np.clip(views.astype(np.int64) + upsample_cells(both.grids, SIZE // g), 0, 255).astype(np.uint8)
+        target = first.labels[None]
+        kept = np.maximum(self.margins(adv, target, 1)[0][0], self.margins(resize_half(adv), target, 1)[0][0])
+        keep = (kept < 0) | (first.margins >= 0)
+        pick = lambda a, b: np.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+        # a reverted image reports the target's margin: the others' on its grid were not the goal
+        return Refined(pick(both.grids, first.grids), pick(both.margins, first.margins), first.steps + both.steps, first.labels)
+
+    def _refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None, count: int, max_steps: int) -> Refined:
+        """The loop, on the first ``count`` classifiers (the resized view, if ``robust``, on the first only)."""
+        s = self.settings
+        n, g = free.shape[0], free.shape[-1]
         f = SIZE // g
         grids = np.zeros((n, g, g), np.int64) if grids is None else np.where(free, grids, 0).astype(np.int64)
-        labels = np.full((len(self.sessions), n), -1, np.int64)
+        labels = np.full((count, n), -1, np.int64)
         if grids.any():  # a head start: the margins are still those of the *clean* prediction
-            labels = self.margins(views, labels)[1]
+            labels = self.margins(views, labels, count)[1]
         margins = np.zeros(n)
         steps = np.zeros(n, np.int64)
         active = np.arange(n)
         step, k = min(s.step, eps), max(1, int(round(s.fraction * g * g)))
         base = views.astype(np.int64)
-        for t in range(s.steps + 1):
+        for t in range(max_steps + 1):
             adv = np.clip(base[active] + upsample_cells(grids[active], f), 0, 255).astype(np.uint8)
-            m, labels[:, active], grad = self.margins(adv, labels[:, active])
+            m, labels[:, active], grad = self.margins(adv, labels[:, active], count)
             grad = self._direction(m, grad)
             if s.robust:  # expectation over {identity, resize}: the resize is linear and ~symmetric, so
                 # its transpose is approximated by itself. Each view's gradient is unit-normalised and
                 # dropped once that view is fooled: the blurred view's gradient is the weaker one, and
                 # left unscaled it was drowned by the identity's (val: 65.0 -> 69.3 % ASR after resizing)
-                m_r, _, grad_r = self.margins(resize_half(adv), labels[:, active])
-                grad_r = resize_half(self._direction(m_r, grad_r).astype(np.float32))
-                grad = unit(grad, m.max(0) > -s.margin) + unit(grad_r, m_r.max(0) > -s.margin)
-                m = np.maximum(m, m_r)
-            m = m.max(0)  # done when every classifier is wrong by the margin
+                m_r, _, grad_r = self.margins(resize_half(adv), labels[:1, active], 1)
+                grad_r = resize_half(grad_r[0].astype(np.float32))
+                grad = unit(grad, m.max(0) > -s.margin) + unit(grad_r, m_r[0] > -s.margin)
+                m = np.concatenate([m, m_r])
+            m = m.max(0)  # done when every classifier (and view) is wrong by the margin
             margins[active] = m
             going = m > -s.margin
             active, grad = active[going], grad[going]
-            if t == s.steps or active.size == 0:
+            if t == max_steps or active.size == 0:
                 break
             steps[active] += 1
             cell = grad.reshape(len(active), g, f, g, f).sum(axis=(2, 4))
