@@ -156,3 +156,21 @@ def test_csm_loss_is_differentiable_through_grad_cam():
     loss = csm_loss(clf, x, adv, y, clf(normalize(adv)), c=0.5, alpha=1.0, margin=3.0)
     (g,) = torch.autograd.grad(loss, delta)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_generator_training_takes_a_shipped_onnx_classifier():
+    """``train_generator --classifier models/classifier_*.onnx``: the torch rebuild, frozen, with the
+    decisions ONNX Runtime makes (no .pt checkpoint needs to exist)."""
+    import onnxruntime as ort
+
+    from models.train_generator import load_classifier
+    from toolkit.protect import MODELS_DIR, normalize
+
+    path = MODELS_DIR / "classifier_vgg16_small.onnx"
+    model = load_classifier(str(path), "cpu")
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    x = normalize(np.stack([chest_phantom(s)[0] for s in range(3)]))
+    want = ort.InferenceSession(str(path)).run(None, {"image": x})[0]
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-3)
