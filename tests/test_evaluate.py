@@ -180,3 +180,27 @@ def test_defended_target_methods(tmp_path):
             shutil.copy(f, tmp_path)
     for method in ("ours_rae_defended", "ours_rae_robust_defended"):
         assert "no gradient model for vgg16_small_cbam_pruned" in Harness(tmp_path, bytes(32)).available(method)
+
+
+def test_seed_generators_run_alone(tmp_path):
+    """csm_gan and paper_rae measure their generators: one forward pass, no gradient refinement
+    (which protect would otherwise run, since the white-box gradient model is there)."""
+    import shutil
+
+    from toolkit.evaluate import Harness
+    from toolkit.phantoms import chest_phantom
+    from toolkit.protect import MODELS_DIR
+
+    for f in MODELS_DIR.iterdir():
+        shutil.copy(f, tmp_path)
+    assert Harness(tmp_path, bytes(32)).available("csm_gan") is not None  # not shipped: skipped with a reason
+    for name in ("generator_csm", "generator_paper"):  # stand-ins: the shipped generator under the seed names
+        for ext in (".onnx", ".json"):
+            shutil.copy(MODELS_DIR / f"generator{ext}", tmp_path / f"{name}{ext}")
+    h = Harness(tmp_path, bytes(32))
+    assert h.available("csm_gan") is None and h.available("paper_rae") is None
+    assert h.csm.mode == h.paper.mode == "generator" and h.csm.refiner is None
+    x = np.stack([chest_phantom(s)[0] for s in range(2)])
+    want = h.csm.analyse(x, 8, region=False).grids  # the generator's grids on the whole image
+    got = h.run("csm_gan", x, np.zeros(2, np.int64), 8, {}).images
+    assert np.array_equal(got, np.clip(x.astype(int) + np.repeat(np.repeat(want, 2, 1), 2, 2), 0, 255))

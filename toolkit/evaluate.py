@@ -159,8 +159,10 @@ class Harness:
         self.protector = Protector(models)
         self._variants: dict[str, Protector] = {}  # the other protect configurations, loaded when first run
         paper, csm = models / "generator_paper.onnx", models / "generator_csm.onnx"
-        self.paper = Protector(models, generator=paper.name) if paper.exists() else None
-        self.csm = Protector(models, generator=csm.name) if csm.exists() else None
+        # the seed generators alone (refine_steps=0): left at the default, protect would refine on the
+        # white-box classifier's gradient and the generator would never run
+        self.paper = Protector(models, generator=paper.name, refine_steps=0) if paper.exists() else None
+        self.csm = Protector(models, generator=csm.name, refine_steps=0) if csm.exists() else None
 
     def torch_model(self, name: str = WHITE_BOX):
         if name not in self._torch:
