@@ -231,8 +231,11 @@ def test_robust_ensemble_is_staged_and_never_loses_the_target(monkeypatch):
     real = Refiner._refine
 
     def losing(self, views, free, eps, grids, count, max_steps):
-        r = real(self, views, free, eps, grids, count, max_steps)
-        return r if count == 1 else Refined(np.zeros_like(r.grids), np.full(len(views), -5.0), r.steps, r.labels)
+        r, target = real(self, views, free, eps, grids, count, max_steps)
+        if count == 1:
+            return r, target
+        # everything zeroed: the others "fooled", the target not (its clean margin on every image)
+        return Refined(np.zeros_like(r.grids), np.full(len(views), -5.0), r.steps, r.labels), np.full(len(views), 5.0)
 
     monkeypatch.setattr(Refiner, "_refine", losing)
     r = Refiner(paths, "cpu", settings).refine(views, free, 8)

@@ -151,20 +151,18 @@ class Refiner:
             raise ValueError(f"expected (N, {SIZE}, {SIZE}) uint8 views and (N, g, g) free cells with g dividing {SIZE}, "
                              f"got {views.shape} {views.dtype} and {free.shape}")
         if not (s.robust and len(self.sessions) > 1):
-            return self._refine(views, free, eps, grids, len(self.sessions), s.steps)
-        first = self._refine(views, free, eps, grids, 1, s.steps)
-        both = self._refine(views, free, eps, first.grids, len(self.sessions), s.steps // 2)
-        # the target's margin (worst view) on the second stage's grids; the first stage's is first.margins
-        adv = np.clip(views.astype(np.int64) + upsample_cells(both.grids, SIZE // g), 0, 255).astype(np.uint8)
-        target = first.labels[None]
-        kept = np.maximum(self.margins(adv, target, 1)[0][0], self.margins(resize_half(adv), target, 1)[0][0])
+            return self._refine(views, free, eps, grids, len(self.sessions), s.steps)[0]
+        first, _ = self._refine(views, free, eps, grids, 1, s.steps)  # its margins are the target's
+        both, kept = self._refine(views, free, eps, first.grids, len(self.sessions), s.steps // 2)
         keep = (kept < 0) | (first.margins >= 0)
         pick = lambda a, b: np.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
         # a reverted image reports the target's margin: the others' on its grid were not the goal
         return Refined(pick(both.grids, first.grids), pick(both.margins, first.margins), first.steps + both.steps, first.labels)
 
-    def _refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None, count: int, max_steps: int) -> Refined:
-        """The loop, on the first ``count`` classifiers (the resized view, if ``robust``, on the first only)."""
+    def _refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None, count: int,
+                max_steps: int) -> tuple[Refined, np.ndarray]:
+        """The loop, on the first ``count`` classifiers (the resized view, if ``robust``, on the first
+        only); also returns the first classifier's margin (its worse view) on each final grid."""
         s = self.settings
         n, g = free.shape[0], free.shape[-1]
         f = SIZE // g
@@ -172,7 +170,7 @@ class Refiner:
         labels = np.full((count, n), -1, np.int64)
         if grids.any():  # a head start: the margins are still those of the *clean* prediction
             labels = self.margins(views, labels, count)[1]
-        margins = np.zeros(n)
+        margins, target = np.zeros(n), np.zeros(n)
         steps = np.zeros(n, np.int64)
         active = np.arange(n)
         step, k = min(s.step, eps), max(1, int(round(s.fraction * g * g)))
@@ -181,6 +179,7 @@ class Refiner:
             adv = np.clip(base[active] + upsample_cells(grids[active], f), 0, 255).astype(np.uint8)
             m, labels[:, active], grad = self.margins(adv, labels[:, active], count)
             grad = self._direction(m, grad)
+            target[active] = m[0]
             if s.robust:  # expectation over {identity, resize}: the resize is linear and ~symmetric, so
                 # its transpose is approximated by itself. Each view's gradient is unit-normalised and
                 # dropped once that view is fooled: the blurred view's gradient is the weaker one, and
@@ -188,6 +187,7 @@ class Refiner:
                 m_r, _, grad_r = self.margins(resize_half(adv), labels[:1, active], 1)
                 grad_r = resize_half(grad_r[0].astype(np.float32))
                 grad = unit(grad, m.max(0) > -s.margin) + unit(grad_r, m_r[0] > -s.margin)
+                target[active] = np.maximum(m[0], m_r[0])  # the target's worse view
                 m = np.concatenate([m, m_r])
             m = m.max(0)  # done when every classifier (and view) is wrong by the margin
             margins[active] = m
@@ -205,4 +205,4 @@ class Refiner:
             np.put_along_axis(pick, top, True, 1)
             pick &= score > 0
             grids[active] = np.where(pick.reshape(cur.shape), moved, cur)
-        return Refined(grids, margins, steps, labels[0])
+        return Refined(grids, margins, steps, labels[0]), target
