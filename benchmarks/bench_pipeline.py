@@ -113,13 +113,16 @@ def main() -> None:
             if exe is None:
                 print("medrae is not installed (pip install -e .): start-up not measured")
                 break
-            best = 1e9
+            best, failed = 1e9, None
             for _ in range(3):
                 t = time.perf_counter()
-                subprocess.run(cmd, capture_output=True)
+                done = subprocess.run(cmd, capture_output=True, text=True)
                 best = min(best, time.perf_counter() - t)
                 (tmp / "one.png").unlink(missing_ok=True)
-            print(f"start-up {label:<24} {best:.2f} s")
+                if done.returncode:  # a broken install exits at once: that is no start-up time
+                    failed = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    break
+            print(f"start-up {label:<24} " + (f"FAILED (exit {done.returncode}): {failed}" if failed else f"{best:.2f} s"))
 
 
 if __name__ == "__main__":

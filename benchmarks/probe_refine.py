@@ -1,6 +1,6 @@
 """Trade-offs of protect's sparse refinement on cxr3 val (prints; asserts nothing).
 
-    python benchmarks/probe_refine.py [--all] [--roi-margin 4] [--roi-threshold P] [--roi-convex] SPEC [SPEC ...]
+    python benchmarks/probe_refine.py [--all] [--roi-margin 4] [--roi-threshold P] [--roi-convex] [--from-generator] SPEC [SPEC ...]
     SPEC = WHITE_BOXES:MARGIN:ROBUST:FRACTION:FACTOR:STEPS, e.g. resnet18:1:0:0.05:2:40
            (WHITE_BOXES joined by '+', e.g. resnet18+vgg16_small)
 
@@ -9,6 +9,8 @@ classifier over the images it gets right, white-box ASR after a half-size-and-ba
 payload bits per pixel, how often the payload fits outside the ROI (protect's default), ms per image. 90 val images (30 per class), or all 270 with ``--all``.
 Also prints how many true-lung pixels lie outside the protected cells at the given ROI margin and
 threshold, and how much of the image those cells cover (a spec with 0 steps measures only that).
+``--from-generator`` starts the refinement from the shipped generator's grid instead of zero (with 0
+steps: the generator alone, on the same footing).
 """
 from __future__ import annotations
 
@@ -41,11 +43,13 @@ def main() -> None:
     ap.add_argument("--roi-margin", type=int, default=4)
     ap.add_argument("--roi-threshold", type=float, default=None, help="lung probability from which a pixel is ROI (default: protect's)")
     ap.add_argument("--roi-convex", action="store_true", help="each lung's convex hull")
+    ap.add_argument("--from-generator", action="store_true", help="start from the generator's grid, not zero")
     args = ap.parse_args()
     split = load_split(args.data)
     pick = np.arange(len(split.labels)) if args.all else np.concatenate([np.flatnonzero(split.labels == c)[:30] for c in range(3)])
     images, labels = split.images[pick], split.labels[pick]
-    rois = Protector(refine_steps=0, dilation=args.roi_margin, roi_threshold=args.roi_threshold, roi_convex=args.roi_convex).analyse(images).rois
+    generated = Protector(refine_steps=0, dilation=args.roi_margin, roi_threshold=args.roi_threshold, roi_convex=args.roi_convex).analyse(images)
+    rois = generated.rois
     if split.masks is not None:
         lungs = split.masks[pick].astype(bool)
         protected = upsample_cells(cells_touching(rois, 2), 2)
@@ -64,7 +68,8 @@ def main() -> None:
         refiner = Refiner([MODELS_DIR / f"gradient_{b}.onnx" for b in boxes.split("+")], "cpu", settings)
         free = ~cells_touching(rois, factor)
         t = time.perf_counter()
-        grids = np.concatenate([refiner.refine(images[b : b + 16], free[b : b + 16], 8).grids for b in range(0, len(images), 16)])
+        start = (lambda b: generated.grids[b : b + 16]) if args.from_generator else (lambda b: None)  # noqa: E731
+        grids = np.concatenate([refiner.refine(images[b : b + 16], free[b : b + 16], 8, start(b)).grids for b in range(0, len(images), 16)])
         ms = (time.perf_counter() - t) / len(images) * 1e3
         out, bpp, kept = [], [], 0
         for x, grid, roi in zip(images, grids, rois):
