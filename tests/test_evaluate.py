@@ -124,6 +124,12 @@ def test_evaluate_quick_on_phantoms(phantom_dataset, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) <= {"ours_ae", "ours_rae", "fgsm", "liu_rae", "ours_rae_noregion"}
+    from toolkit.ort import file_sha256
+    from toolkit.protect import MODELS_DIR
+
+    # provenance: every shipped model file's digest, so that the numbers can be traced to models
+    assert res["models"]["classifier_resnet18.onnx"] == file_sha256(MODELS_DIR / "classifier_resnet18.onnx")
+    assert set(res["models"]) == {f.name for f in MODELS_DIR.glob("*.onnx")} and res["medrae_version"]
     for f in ("report.md", "report.html", "curves.svg"):
         assert (out / f).stat().st_size > 100
     if res["evaluated"]:

@@ -66,6 +66,15 @@ def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
     assert report["totals"]["protected"] == 3 and report["totals"]["failed"] == 0
     f0 = report["files"][0]
     assert f0["status"] == "protected" and f0["payload_bits"] > 0 and 0 < f0["roi_fraction"] < 1 and f0["ssim"] > 0.5
+    # provenance for audits: the package version, eps, and the digest of every model file that made the perturbation
+    from importlib.metadata import version
+
+    from toolkit.ort import file_sha256
+    from toolkit.protect import MODELS_DIR
+
+    assert report["medrae_version"] == version("medrae") and report["eps"] == 8
+    used = ("segmenter.onnx", "gradient_resnet18.onnx", "classifier_resnet18.onnx")
+    assert report["models"] == {name: file_sha256(MODELS_DIR / name) for name in used}
     assert (out / "b/c/p2.png").exists()  # tree mirrored
     for src in phantom_dir.rglob("*.png"):
         prot = pixels(out / src.relative_to(phantom_dir))

@@ -277,6 +277,9 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
         margins = [f["white_box_margin"] for f in report["files"]]
         assert all((m is not None) == (mode == "refine") for m in margins)
         assert f"perturbation: {mode}" in r.output
+        # the report names the networks that made the perturbation: the generator only when it ran
+        assert "segmenter.onnx" in report["models"] and ("generator.onnx" in report["models"]) == (mode == "generator")
+        assert ("gradient_resnet18.onnx" in report["models"]) == (mode == "refine")
     wide, narrow = (_json.loads((tmp_path / f"r{n}.json").read_text())["files"] for n in (4, 0))
     # a wider ROI margin leaves less of the image free to change
     assert all(w["roi_fraction"] > n["roi_fraction"] for w, n in zip(wide, narrow))

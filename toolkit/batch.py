@@ -24,6 +24,7 @@ import kernels
 from . import metrics
 from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
 from .protect import DEFAULT_GRADIENT, MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change
+from .provenance import medrae_version
 
 
 class UsageError(Exception):
@@ -66,6 +67,8 @@ class BatchReport:
     providers: list[str] = field(default_factory=list)
     mode: Optional[str] = None  # protect: where the perturbation came from (refine / generator)
     roi: Optional[str] = None  # protect: the rule that made the untouched region
+    eps: Optional[int] = None  # protect: perturbation bound, 1/255 units
+    models: dict = field(default_factory=dict)  # protect: model file -> SHA-256, all that shaped the perturbation
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -102,8 +105,9 @@ class BatchReport:
         return float(np.mean(np.array(margins) < 0)) if margins else None
 
     def to_json(self) -> dict:
-        return {"command": self.command, "mode": self.mode, "roi": self.roi, "providers": self.providers, "totals": self.totals(),
-                "files": [asdict(r) for r in self.results]}
+        return {"command": self.command, "medrae_version": medrae_version(), "mode": self.mode, "roi": self.roi, "eps": self.eps,
+                "models": self.models, "providers": self.providers, "totals": self.totals(), "files": [asdict(r) for r in self.results]}
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +349,8 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
         providers = list(protector.seg.get_providers()) if protector else []
         mode = protector.mode if protector else None
         roi = protector.roi_rule if protector else None
-    return BatchReport(command, results, time.perf_counter() - t0, providers, mode, roi)
+    return BatchReport(command, results, time.perf_counter() - t0, providers, mode, roi,
+                       protector.eps if protector else None, dict(protector.model_files) if protector else {})
 
 
 def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False,

@@ -45,8 +45,9 @@ import kernels
 from .datasets import load_split
 from .imageio import Image
 from .metrics import psnr, ssim
-from .ort import session
+from .ort import file_sha256, session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
+from .provenance import medrae_version
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
 AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
@@ -321,6 +322,8 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
         "clean_accuracy": {n: float((p == y_all).mean()) for n, p in clean.items()},
         "defended": [n for n in clfs if "defended" in json.loads((models / f"{n}.json").read_text()).get("role", "")] if all((models / f"{n}.json").exists() for n in clfs) else [],
         "eps": list(eps_list), "conditions": list(conditions), "methods": {}, "skipped": {}, "published": {f"{m}@{e}": v for (m, e), v in PUBLISHED.items()},
+        # provenance: which code and which model files produced these numbers
+        "medrae_version": medrae_version(), "models": {f.name: file_sha256(f) for f in sorted(models.glob("*.onnx"))},
     }
     examples: dict = {}
     cache: dict = {}  # attack outputs by (method, eps, first index): Liu-RAE reuses PGD's, RIT-RAE FGSM's

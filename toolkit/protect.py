@@ -27,7 +27,7 @@ from kernels.resample import grid_shape, upsample
 
 from .imageio import Image
 from .masks import postprocess
-from .ort import session
+from .ort import file_sha256, session
 from .refine import Refiner, RefineSettings
 
 NET_SIZE = 224
@@ -217,6 +217,7 @@ class Protector:
                 raise FileNotFoundError(f"{models_dir / name}: model file not found (--models DIR)")
         self.gen_card = json.loads((models_dir / generator).with_suffix(".json").read_text())
         self.seg = session(models_dir / segmenter, device)
+        self.model_files = {segmenter: file_sha256(models_dir / segmenter)}  # provenance: file -> SHA-256
         self.eps = int(eps if eps is not None else round(self.gen_card["eps"]))  # 1/255 units
         if not 1 <= self.eps <= 16:
             raise ValueError(f"eps must be 1..16 (in 1/255 units), got {self.eps}")
@@ -238,6 +239,7 @@ class Protector:
         elif refine_steps is None:
             log.warning("%s: no %s; perturbations come from the generator alone (weaker)", models_dir, ", ".join(gradients))
         self.gen = None if self.refiner else session(models_dir / generator, device)
+        self.model_files.update(self.refiner.files if self.refiner else {generator: file_sha256(models_dir / generator)})
         self.factor = self.refiner.settings.factor if self.refiner else int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
         self.roi_threshold = float(ROI_THRESHOLD if roi_threshold is None else roi_threshold)

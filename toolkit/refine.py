@@ -101,6 +101,7 @@ class Refiner:
     def __init__(self, paths: Path | str | list, device: str = "auto", settings: RefineSettings = RefineSettings()):
         paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
         self.cards, self.sessions = [], []
+        self.files: dict[str, str] = {}  # every file the refinement reads -> its SHA-256 (provenance)
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: gradient model not found (--models DIR)")
@@ -108,6 +109,7 @@ class Refiner:
             weights = path.parent / card["weights_file"]
             if not weights.is_file() or file_sha256(weights) != card["weights_sha256"]:
                 raise ValueError(f"{path}: reads its weights from {weights.name}, which is missing or not the file it was exported against")
+            self.files.update({path.name: file_sha256(path), weights.name: card["weights_sha256"]})
             self.cards.append(card)
             self.sessions.append(session(path, device))
         self.settings = settings
