@@ -6,6 +6,7 @@
    call) and warm; Numba vs the plain-NumPy reference of the same algorithm, in the same run.
 2. capacity vs PSNR on every real X-ray at 5k/10k/20k/40k bits, for HS and PEE.
 3. bits per image pixel per codec, on real-data perturbations and on synthetic ones.
+4. peak working memory of embed + extract, 224x224 and 2048x2048, Numba vs the NumPy reference.
 """
 from __future__ import annotations
 
@@ -190,6 +191,37 @@ def bench_codecs(train, test) -> None:
         print(f"{c}: encode {t * 1e3:.2f} ms, decode {u * 1e3:.2f} ms per 224x224 perturbation")
 
 
+def traced_peak(fn) -> float:
+    """Peak MiB of memory that ``fn()`` allocates through Python and NumPy (tracemalloc; Numba's
+    kernels write into NumPy arrays, so their buffers are counted)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    fn()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def bench_memory(x: np.ndarray) -> None:
+    """Peak working memory of embed + extract (20 kbit, PEE) on a 224x224 image and the same image
+    resized to 2048x2048, Numba kernels vs the NumPy reference in the same run."""
+    from PIL import Image
+
+    print("\n## 4. peak working memory of embed + extract (20 kbit, PEE; tracemalloc)")
+    print("| image | image MiB | Numba peak | NumPy peak | NumPy / Numba |")
+    print("|---|---|---|---|---|")
+    payload = np.random.default_rng(1).integers(0, 256, 2500, dtype=np.uint8).tobytes()
+    big = np.asarray(Image.fromarray(x).resize((2048, 2048), Image.BICUBIC))
+    for label, img in (("224x224", x), ("2048x2048", big)):
+        kernels.extract(kernels.embed(img, payload))  # compiled / cached before tracing
+        fast = traced_peak(lambda: kernels.extract(kernels.embed(img, payload)))
+        slow = traced_peak(lambda: _reference.extract(_reference.embed(img, payload)))
+        print(f"| {label} | {img.nbytes / 2**20:.2f} | {fast:.1f} MiB | {slow:.1f} MiB | {slow / fast:.1f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cxr3")
@@ -208,6 +240,7 @@ def main() -> None:
     train = [t for t in dataset(args.data, "train")] if not args.quick else []
     test = [t for t in dataset(args.data, "test")] or everything
     bench_codecs(train, test)
+    bench_memory(images[0])
 
 
 if __name__ == "__main__":

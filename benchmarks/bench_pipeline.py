@@ -1,5 +1,5 @@
 """End-to-end protect / restore throughput of the batch pipeline, per-stage times, a full-size image,
-and command start-up time.
+command start-up time, and peak memory of whole commands (with their worker processes).
 
     python benchmarks/bench_pipeline.py [--data ../shared/data/cxr3/test] [--workers 1,2] [--size 2048]
 
@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def stage_inputs(data: Path, dst: Path) -> int:
@@ -123,6 +124,36 @@ def main() -> None:
                     failed = (done.stderr.strip().splitlines() or ["no output"])[-1]
                     break
             print(f"start-up {label:<24} " + (f"FAILED (exit {done.returncode}): {failed}" if failed else f"{best:.2f} s"))
+        if exe is not None:
+            memory(exe, tmp, n)
+
+
+def memory(exe: str, tmp: Path, n: int) -> None:
+    """Peak memory of whole ``medrae`` processes (with their workers; PSS, so pages the forked
+    workers share count once), on the staged images and the full-size ones made above. The
+    reference in the same run is the paper's configuration (generator, hs + rle, hidden anywhere)."""
+    from _timing import peak_memory
+
+    key = ["--key", str(tmp / "k.key")]
+    runs = {
+        f"protect {n} images, workers=1": ["protect", tmp / "in", tmp / "m1", *key, "--workers", "1"],
+        f"protect {n} images, workers=2": ["protect", tmp / "in", tmp / "m2", *key, "--workers", "2"],
+        f"protect {n} images, generator only": ["protect", tmp / "in", tmp / "mg", *key, "--workers", "1", "--refine-steps", "0"],
+        f"restore {n} images, workers=1": ["restore", tmp / "m1", tmp / "mr", *key, "--workers", "1"],
+        "protect 2048x2048 8 + 16-bit": ["protect", tmp / "big", tmp / "mb", *key, "--workers", "1"],
+        "restore 2048x2048 8 + 16-bit": ["restore", tmp / "mb", tmp / "mbr", *key, "--workers", "1"],
+        f"paper config, {n} images (reference)": ["protect", tmp / "in", tmp / "mp", *key, "--workers", "1", "--refine-steps", "0",
+                                                 "--rdh", "hs", "--codec", "rle", "--rdh-in-roi"],
+    }
+    peaks = {}
+    for label, args in runs.items():
+        rc, mib, err = peak_memory([exe, *map(str, args)])
+        peaks[label] = mib
+        # exit 1 = some files failed (the paper config, on capacity): its memory still counts
+        print(f"peak memory {label:<38} " + (f"{mib:7.0f} MiB" if rc in (0, 1) else f"FAILED (exit {rc}): {err}"))
+    ref = peaks[f"paper config, {n} images (reference)"]
+    if ref:
+        print(f"  protect (workers=1) / paper config peak memory: {peaks[f'protect {n} images, workers=1'] / ref:.2f}x")
 
 
 if __name__ == "__main__":
