@@ -172,13 +172,17 @@ def verify(
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="an image file")) -> None:
+def info(file: Path = typer.Argument(..., help="an image file, or a directory (one line per image)")) -> None:
     """Is FILE protected? Format version, RDH method, codec, payload bits, encryption, and the share
-    of the image the hiding left bit-exact (protect keeps it out of the lungs) (no key needed)."""
+    of the image the hiding left bit-exact (protect keeps it out of the lungs) (no key needed).
+    On a directory: one line per image; exit 0 only if every image is protected."""
     import kernels
     from toolkit.batch import info as describe
     from toolkit.imageio import ImageError
 
+    if file.is_dir():
+        _info_tree(file)
+        return
     try:
         d = describe(file)
     except ImageError as exc:
@@ -191,6 +195,30 @@ def info(file: Path = typer.Argument(..., help="an image file")) -> None:
     width = max(map(len, d))
     for k, v in d.items():
         typer.echo(f"{k:<{width}} {v}")
+
+
+def _info_tree(root: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolkit.batch import info_tree
+
+    entries = info_tree(root)
+    if not entries:
+        _fail(f"{root}: no images below it (PNG, TIFF, JPEG or DICOM)", 1)
+    table = Table("file", "status", "method", "codec", "payload bits", "encrypted", "share left bit-exact")
+    for e in entries:
+        rel = str(Path(e["file"]).relative_to(root))
+        if e["status"] == "protected":
+            table.add_row(rel, e["status"], e["rdh_method"], e["codec"], str(e["payload_bits"]), str(e["encrypted"]),
+                          f"{e['rdh_frozen_fraction']:.3f}")
+        else:
+            table.add_row(rel, e["status"] + (f": {e['reason']}" if "reason" in e else ""), *[""] * 5)
+    Console(width=160).print(table)
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("protected", "not protected", "failed")}
+    typer.echo(f"{len(entries)} image{'s' * (len(entries) != 1)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if counts["protected"] != len(entries):
+        raise typer.Exit(1)
 
 
 def _forward(main, args: List[str]) -> None:

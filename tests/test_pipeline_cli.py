@@ -94,6 +94,24 @@ def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
     assert r.exit_code == 1 and "not protected" in r.output
 
 
+def test_info_on_a_directory_lists_every_image(tmp_path, phantom_dir, key):
+    out = tmp_path / "out"
+    assert invoke("protect", phantom_dir, out, "--key", key).exit_code == 0
+    r = invoke("info", out)
+    assert r.exit_code == 0 and "3 images: 3 protected, 0 not protected, 0 failed" in r.output, r.output
+    assert all(name in r.output for name in ("p0.png", "p1.png", "p2.png")) and "pee" in r.output
+    # an unprotected image and a broken file: listed with what is wrong, exit 1
+    Image.fromarray(pixels(phantom_dir / "a/p0.png")).save(out / "plain.png")
+    (out / "junk.png").write_text("not an image")
+    r = invoke("info", out)
+    assert r.exit_code == 1 and "5 images: 3 protected, 1 not protected, 1 failed" in r.output, r.output
+    assert "not a PNG" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = invoke("info", empty)
+    assert r.exit_code == 1 and "no images" in r.output
+
+
 def test_verify_detects_a_different_original(tmp_path, phantom_dir, key):
     out = tmp_path / "out"
     assert invoke("protect", phantom_dir / "a/p0.png", out, "--key", key).exit_code == 0

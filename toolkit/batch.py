@@ -432,3 +432,19 @@ def info(path: Path) -> dict:
     """What a protected file carries (no key needed); raises ImageError or kernels errors."""
     image = read_image(path)
     return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
+
+
+def info_tree(root: Path) -> list[dict]:
+    """:func:`info` for every image below ``root``, never raising: each entry has ``status``
+    (``protected``, ``not protected`` or ``failed``) and, for a failure, ``reason``."""
+    out = []
+    for path in image_files(root):
+        try:
+            out.append({"status": "protected", **info(path)})
+        except kernels.NotProtectedError:
+            out.append({"file": str(path), "status": "not protected"})
+        except ImageError as exc:
+            out.append({"file": str(path), "status": "failed", "reason": exc.reason})
+        except kernels.MedraeError as exc:
+            out.append({"file": str(path), "status": "failed", "reason": f"damaged medrae payload ({exc})"})
+    return out
