@@ -112,6 +112,15 @@ def test_info_on_a_directory_lists_every_image(tmp_path, phantom_dir, key):
     assert r.exit_code == 1 and "no images" in r.output
 
 
+def test_protect_refuses_an_already_protected_image_and_goes_on(tmp_path, phantom_dir, key):
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert invoke("protect", phantom_dir / "a", out, "--key", key).exit_code == 0
+    Image.fromarray(pixels(phantom_dir / "b/c/p2.png")).save(out / "fresh.png")  # an unprotected one beside them
+    r = invoke("protect", out, again, "--key", key)
+    assert r.exit_code == 1 and r.output.count("already protected by medrae") == 2, r.output
+    assert sorted(p.name for p in again.rglob("*.png")) == ["fresh.png"]  # nothing written for the refused two
+
+
 def test_verify_detects_a_different_original(tmp_path, phantom_dir, key):
     out = tmp_path / "out"
     assert invoke("protect", phantom_dir / "a/p0.png", out, "--key", key).exit_code == 0
