@@ -239,3 +239,23 @@ def test_any_image_round_trips_through_the_planned_perturbation(h, w, bits, mono
     assert int(marked.max()) <= top
     ceiling = None if top == np.iinfo(dtype).max else top
     assert np.array_equal(kernels.restore_array(marked, b"k" * 32, ceiling), x)
+
+
+def test_write_atomic_syncs_before_the_name_appears(tmp_path, monkeypatch):
+    """A crash must leave an output complete or absent: the data reaches the disk (fsync) before the
+    rename gives it its name, and an existing output is not replaced without ``overwrite``."""
+    import os
+
+    from toolkit import imageio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(imageio.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(imageio.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    out = tmp_path / "sub" / "o.png"
+    imageio.write_atomic(out, b"abc")
+    assert events == ["fsync", "replace"] and out.read_bytes() == b"abc"
+    assert not any(p.name.endswith("medrae-tmp") for p in out.parent.iterdir())
+    with pytest.raises(imageio.ImageError, match="output exists"):
+        imageio.write_atomic(out, b"xyz")
+    assert out.read_bytes() == b"abc"

@@ -217,6 +217,10 @@ def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            # on disk before the name appears: after a crash an output either is complete or is
+            # absent, never an empty file that a resumed batch would skip as done
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
