@@ -56,6 +56,21 @@ def test_keygen_mode_0600_and_refuses_overwrite(tmp_path):
     assert r.exit_code == 2 and "refusing to overwrite" in r.output and k.read_bytes() == before
 
 
+def test_a_key_file_others_can_read_is_warned_about(tmp_path, caplog):
+    import logging
+    import os
+
+    from toolkit.keys import keygen, load_key
+
+    k = keygen(tmp_path / "k.key")
+    with caplog.at_level(logging.WARNING, logger="medrae"):
+        load_key(k)
+        assert not caplog.records  # keygen's 0600
+        os.chmod(k, 0o644)
+        assert len(load_key(k)) == 32  # still usable
+    assert "accessible to other users (mode 644)" in caplog.text
+
+
 def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
     out, back, rep = tmp_path / "out", tmp_path / "back", tmp_path / "rep.json"
     r = invoke("protect", phantom_dir, out, "--key", key, "--report", rep)

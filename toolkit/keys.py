@@ -1,14 +1,17 @@
 """Key files: 256-bit AES keys stored as 64 hex digits, created with mode 0600."""
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Optional
 
 from kernels import KEY_BYTES
 
 ENV_VAR = "MEDRAE_KEY_FILE"
+log = logging.getLogger("medrae")
 
 
 class KeyFileError(Exception):
@@ -43,6 +46,7 @@ def load_key(path: Optional[Path | str]) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    _warn_if_shared(path)
     if len(data) == KEY_BYTES:
         return data
     text = data.strip()
@@ -53,3 +57,12 @@ def load_key(path: Optional[Path | str]) -> bytes:
     if len(key) != KEY_BYTES:
         raise KeyFileError(f"{path}: not a medrae key (expected {2 * KEY_BYTES} hex digits or {KEY_BYTES} raw bytes)")
     return key
+
+
+def _warn_if_shared(path: Path) -> None:
+    """Warn (once per use) when other users may read or change the key file: whoever can read it
+    can restore every image protected with it. A warning, not a refusal: some sites share keys
+    through a group on purpose."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        log.warning("%s: key file is accessible to other users (mode %03o); chmod 600 it unless that is intended", path, mode)
