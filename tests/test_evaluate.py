@@ -167,6 +167,12 @@ def test_every_table_row_matches_its_header():
         titles.append(title.split(":")[0])
         assert rows and all(len(r) == len(header) for r in rows), title
     assert titles == [f"Table {k}" for k in (1, 2, 3, 4, 5, 6, 7)]
+    # Table 3 gives each method's speed-up over the Liu-RAE of the same run
+    slow = dict(row, seconds_per_image=0.8)
+    results["methods"]["liu_rae"] = {"8": slow}
+    _, header, rows = next(t for t in tables(results) if t[0].startswith("Table 3"))
+    ratio = {r[0]: r[header.index("Liu-RAE time / this")] for r in rows}
+    assert ratio["ours_rae"] == "8.00" and ratio["liu_rae"] == "1.00"
 
 
 def test_defended_target_methods(tmp_path):

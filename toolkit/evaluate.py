@@ -420,11 +420,14 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                          _f(r.get("restored_fraction"), pct=True), _f(p.get("asr"), pct=True), _f(p.get("psnr")), _f(p.get("ssim"), ".4f")])
     out.append(("Table 2: reversible adversarial examples", ["method", "eps", "ASR", "PSNR", "SSIM", "payload bpp", "fits", "restored exact", "published ASR", "published PSNR", "published SSIM"], rows))
     rows = []
+    # speed relative to the in-project Liu-RAE measured in the same run (its time at the same eps)
+    liu = M.get("liu_rae", {})
     for m, by_eps in M.items():
         e = "8" if "8" in by_eps else next(iter(by_eps))
         p = pub.get(f"{m}@{e}", {})
-        rows.append([m, e, _f(by_eps[e]["seconds_per_image"], ".4f"), _f(p.get("seconds_per_image"), ".3f")])
-    out.append(("Table 3: time per image (s, this machine)", ["method", "eps", "seconds", "published"], rows))
+        t, t_liu = by_eps[e]["seconds_per_image"], liu.get(e, {}).get("seconds_per_image")
+        rows.append([m, e, _f(t, ".4f"), _f(t_liu / t if t_liu and t else None, ".2f"), _f(p.get("seconds_per_image"), ".3f")])
+    out.append(("Table 3: time per image (s, this machine)", ["method", "eps", "seconds", "Liu-RAE time / this", "published"], rows))
     rows = []
     for m, by_eps in M.items():
         e = "8" if "8" in by_eps else next(iter(by_eps))
