@@ -103,7 +103,7 @@ def protect(
     input: Path = typer.Argument(..., help="image file or directory (recursive)"),
     output: Path = typer.Argument(..., help="output file or directory (mirrors the input tree)"),
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
-    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="perturbation bound in 1/255 units (default: the generator's, 8)"),
+    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="perturbation bound in 1/255 of the display window: 8-bit levels, or the DICOM window / the image's range when deeper (default 8)"),
     models: Optional[Path] = typer.Option(None, "--models", help="directory with segmenter.onnx, generator.onnx and gradient_resnet18.onnx"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),

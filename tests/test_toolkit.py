@@ -173,7 +173,8 @@ def test_batch_goes_on_past_an_image_that_does_not_fit(tiny_models, monkeypatch)
 
 def test_plan_perturbation_maps_grid_and_roi_exactly():
     """Any resolution: ROI by nearest index mapping, grid cells of f = min(H, W) // side pixels,
-    no change on any cell touching the ROI, one level = ceiling // 255, MONOCHROME1 flips the sign."""
+    no change on any cell touching the ROI, one level = 1/255 of the display window (here the
+    image's own range, 3000..3499 of 12 bits: 2 units), MONOCHROME1 flips the sign."""
     from kernels.resample import upsample
     from toolkit.imageio import Image
     from toolkit.protect import cells_touching, plan_perturbation, resize_nearest
@@ -186,18 +187,19 @@ def test_plan_perturbation_maps_grid_and_roi_exactly():
     for mono1 in (False, True):
         plan = plan_perturbation(Image(x, 4095, "dicom", monochrome1=mono1), roi, grid, 8)
         f = 500 // 112
-        assert plan.hints["factor"] == f and plan.eps == 8 * 16
+        level = round((int(x.max()) - int(x.min())) / 255)
+        assert level == 2 and plan.hints["factor"] == f and plan.eps == 8 * level
         roi_full = resize_nearest(roi, x.shape)
         assert np.array_equal(plan.roi, roi_full)
         delta = plan.adversarial.astype(int) - x
-        assert not delta[roi_full].any() and np.abs(delta).max() <= 8 * 16
+        assert not delta[roi_full].any() and np.abs(delta).max() <= 8 * level
         g = plan.hints["grid"]
         assert not g[cells_touching(roi_full, f)].any()
         assert np.array_equal(upsample(g, f, x.shape), delta)  # no clipping at these values
         gi = (np.arange(g.shape[0]) * 112) // g.shape[0]
         gj = (np.arange(g.shape[1]) * 112) // g.shape[1]
         free = ~cells_touching(roi_full, f)
-        assert np.array_equal(g[free], ((-16 if mono1 else 16) * grid[gi][:, gj])[free])
+        assert np.array_equal(g[free], ((-level if mono1 else level) * grid[gi][:, gj])[free])
 
 
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
@@ -259,3 +261,81 @@ def test_write_atomic_syncs_before_the_name_appears(tmp_path, monkeypatch):
     with pytest.raises(imageio.ImageError, match="output exists"):
         imageio.write_atomic(out, b"xyz")
     assert out.read_bytes() == b"abc"
+
+
+def test_display_window_rules():
+    """8-bit: its own view; deeper: the DICOM linear VOI window (first value, through the rescale)
+    when there is one, else the image's own range; one perturbation level is 1/255 of it."""
+    from pydicom.dataset import Dataset
+
+    from toolkit.display import display_window, level_size, to_view
+    from toolkit.imageio import Image
+
+    rng = np.random.default_rng(3)
+    x8 = rng.integers(0, 256, (40, 50)).astype(np.uint8)
+    assert display_window(Image(x8, 255, "png")) == (0.0, 255.0) and level_size(Image(x8, 255, "png")) == 1
+    full = (x8.astype(np.uint16) * 257)
+    full.flat[:2] = (0, 65535)
+    assert level_size(Image(full, 65535, "png")) == 257
+    assert np.array_equal(to_view(Image(full, 65535, "png")), np.round(full / 257).astype(np.uint8))
+    part = rng.integers(3000, 3500, (40, 50)).astype(np.uint16)
+    assert display_window(Image(part, 4095, "tiff")) == (float(part.min()), float(part.max()))
+    assert display_window(Image(np.full((40, 50), 7, np.uint16), 4095, "png")) == (0.0, 4095.0)  # constant
+    ds = Dataset()
+    ds.WindowCenter, ds.WindowWidth = ["1000", "300"], "801"  # DICOM: several windows, the first counts
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-1000"
+    low, high = (1000 - 0.5 - 400 + 1000) / 2, (1000 - 0.5 + 400 + 1000) / 2
+    dcm = Image(part, 4095, "dicom", dataset=ds)
+    assert display_window(dcm) == (low, high) and level_size(dcm) == round((high - low) / 255)
+    assert np.array_equal(to_view(Image(part, 4095, "dicom", monochrome1=True, dataset=ds)), 255 - to_view(dcm))
+    for other in ({"VOILUTFunction": "SIGMOID"}, {"VOILUTSequence": []}):  # not a linear window: the data range
+        d = Dataset()
+        d.WindowCenter, d.WindowWidth = "1000", "801"
+        for k, v in other.items():
+            setattr(d, k, v)
+        assert display_window(Image(part, 4095, "dicom", dataset=d)) == (float(part.min()), float(part.max()))
+
+
+def test_a_deep_image_is_seen_and_perturbed_through_its_window():
+    """A 12-bit image using 500..3050 (10 units per 8-bit level) looks to the networks exactly like
+    the 8-bit image it was made from, and eps 8 moves it by at most 8 of those levels (80 units)."""
+    from toolkit.imageio import Image
+    from toolkit.phantoms import chest_phantom
+    from toolkit.protect import network_view, plan_perturbation
+
+    x8, _ = chest_phantom(5)
+    x8 = np.ascontiguousarray(x8[:224, :224])
+    x8[0, 0], x8[0, 1] = 0, 255  # the full 8-bit range, so the data range maps back exactly
+    deep = Image((500 + 10 * x8.astype(np.int64)).astype(np.uint16), 4095, "png")
+    assert np.array_equal(network_view(deep), network_view(Image(x8, 255, "png")))
+    rng = np.random.default_rng(0)
+    plan = plan_perturbation(deep, np.zeros((224, 224), bool), rng.integers(-8, 9, (112, 112)), 8)
+    change = (plan.adversarial.astype(np.int64) - deep.pixels) / 10
+    assert plan.eps == 80 and np.abs(change).max() == 8 and np.all(change == np.round(change))
+
+
+def test_clipping_keeps_every_change_a_whole_number_of_levels():
+    """Near black and white the perturbation is cut back by whole levels, so that the codec's gcd
+    scale stays the level (an exact clip left odd remainders and made the payload code raw units)."""
+    import kernels
+    from toolkit.display import level_size
+    from toolkit.imageio import Image
+    from toolkit.protect import plan_perturbation
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(3, 4001, (224, 224)).astype(np.uint16)
+    x[:40] = rng.integers(3, 40, (40, 224))  # near black
+    x[-40:] = rng.integers(3960, 4001, (40, 224))  # near the top of the window (and of 12 bits: 4095)
+    x[-40:, :112] = 4090
+    image = Image(x, 4095, "dicom")
+    step = level_size(image)
+    assert step == 16
+    grid = rng.choice([-8, 8], size=(112, 112))
+    plan = plan_perturbation(image, np.zeros((224, 224), bool), grid, 8)
+    change = plan.adversarial.astype(np.int64) - x
+    planned = np.repeat(np.repeat(grid, 2, 0), 2, 1) * step
+    assert not (change % step).any() and np.all(np.abs(change) <= np.abs(planned))
+    assert np.all((change == 0) | (np.sign(change) == np.sign(planned))) and (change != planned).any()  # some were cut back
+    assert plan.adversarial.max() <= 4095
+    assert np.gcd.reduce(np.abs(change[change != 0])) == step  # what the codec divides by
+    assert np.array_equal(kernels.decode_perturbation(kernels.encode_perturbation(change)), change)

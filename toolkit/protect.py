@@ -5,12 +5,14 @@ The grid comes from one of two sources (:class:`Protector`): by default the spar
 refinement on the white-box classifier (:mod:`toolkit.refine`, needs ``gradient_<arch>.onnx``);
 with ``refine_steps=0`` the NROI-AdvGAN generator alone (one forward pass: faster, far weaker).
 
-The networks see a 224x224 8-bit view of each image (scaled from its bit depth, inverted for
-DICOM MONOCHROME1, area-resized). Their outputs come back to the image's own resolution with
+The networks see a 224x224 8-bit view of each image (through its display window: the DICOM VOI
+window, or the image's own range for deeper images without one, :mod:`toolkit.display`; inverted
+for DICOM MONOCHROME1; area-resized). Their outputs come back to the image's own resolution with
 integer-exact rules: the ROI mask by nearest-neighbour index mapping, the generator's coarse grid
 by index mapping onto a grid of ``f``-pixel cells (``f = min(H, W) // grid side``), upsampled by
 cell repetition exactly as ``kernels.resample.upsample`` does, so the codec stores just that grid.
-One perturbation level is ``ceiling // 255`` native units (1 for 8-bit, 257 for 16-bit).
+One perturbation level is 1/255 of the display window in native units (1 for 8-bit, 257 for a
+16-bit image that fills its range), so eps means the same change in every image's view.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 import kernels
 from kernels.resample import grid_shape, upsample
 
+from .display import level_size, to_view
 from .imageio import Image
 from .masks import postprocess
 from .ort import file_sha256, session
@@ -60,14 +63,11 @@ def cells_touching(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def network_view(image: Image) -> np.ndarray:
-    """The 224x224 uint8 image the networks see (8-bit scale, MONOCHROME1 inverted, area resize)."""
+    """The 224x224 uint8 image the networks see (through its display window, MONOCHROME1
+    inverted, area resize; :mod:`toolkit.display`)."""
     from PIL import Image as PILImage
 
-    x = image.pixels
-    if image.ceiling != 255:
-        x = np.round(x.astype(np.float64) * (255.0 / image.ceiling)).astype(np.uint8)
-    if image.monochrome1:
-        x = 255 - x
+    x = to_view(image)
     if x.shape != (NET_SIZE, NET_SIZE):
         x = np.asarray(PILImage.fromarray(x).resize((NET_SIZE, NET_SIZE), PILImage.BOX))
     return np.ascontiguousarray(x, dtype=np.uint8)
@@ -89,7 +89,7 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int)
     ``grid`` is either a coarse grid (side < 224) or a dense 224x224 perturbation.
     """
     h, w = image.pixels.shape
-    step = max(1, image.ceiling // 255)
+    step = level_size(image)
     sign = -1 if image.monochrome1 else 1
     roi_full = resize_nearest(roi, (h, w)) if roi.shape != (h, w) else roi
     side = grid.shape[0]
@@ -98,7 +98,12 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int)
     g[cells_touching(roi_full, factor)] = 0  # no change on any cell the ROI touches
     g *= step * sign
     delta = upsample(g, factor, (h, w)) if factor > 1 else g
-    adv = np.clip(image.pixels.astype(np.int64) + delta, 0, image.ceiling).astype(image.pixels.dtype)
+    x = image.pixels.astype(np.int64)
+    # clipped by whole levels, so every applied change stays a multiple of ``step``: the codec
+    # divides the perturbation by the gcd of its values, and one odd clipped pixel near black or
+    # white made it code raw native units (a 16-bit phantom's payload: 15 kbit -> 137 kbit)
+    adv = np.where(x + delta > image.ceiling, x + (image.ceiling - x) // step * step,
+                   np.where(x + delta < 0, x - x // step * step, x + delta)).astype(image.pixels.dtype)
     hints = {"grid": g, "factor": factor} if side < NET_SIZE and factor > 1 else {}
     return Plan(adv, roi_full, eps * step, hints)
 
