@@ -237,7 +237,7 @@ def test_sixteen_bit_any_resolution_and_gray_rgb(tmp_path, key):
         assert np.array_equal(pixels(back / "photo.png"), np.asarray(im.convert("L")))
 
 
-def _dicom(path: Path, pixels16: np.ndarray, photometric: str, bits: int) -> None:
+def _dicom(path: Path, pixels16: np.ndarray, photometric: str, bits: int, window: tuple = (2048, 4096)) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -251,7 +251,7 @@ def _dicom(path: Path, pixels16: np.ndarray, photometric: str, bits: int) -> Non
     ds.Rows, ds.Columns = pixels16.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.WindowCenter, ds.WindowWidth = window
     ds.PixelData = pixels16.astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
 
@@ -276,6 +276,25 @@ def test_dicom_monochrome1_12_bit(tmp_path, key):
     assert invoke("restore", out, back, "--key", key).exit_code == 0
     assert np.array_equal(pydicom.dcmread(back / "IM0001").pixel_array, x)
     assert invoke("verify", d, out, "--key", key).exit_code == 0
+
+
+def test_dicom_is_perturbed_in_its_window(tmp_path, key):
+    """A 12-bit DICOM whose VOI window spans 500..3050 (10 units per displayed level): eps 8 and the
+    hiding move it by a few displayed levels, not by 8 x 4095 / 255 = 128 units; restore is exact."""
+    pydicom = pytest.importorskip("pydicom")
+    img, _ = chest_phantom(4)
+    x = (500 + 10 * img.astype(np.uint16)).astype(np.uint16)
+    d = tmp_path / "in"
+    d.mkdir()
+    _dicom(d / "IM0002.dcm", x, "MONOCHROME2", 12, window=(1775.5, 2551))  # linear from 500 to 3050
+    out, back = tmp_path / "out", tmp_path / "back"
+    assert invoke("protect", d, out, "--key", key).exit_code == 0
+    change = np.abs(pydicom.dcmread(out / "IM0002.dcm").pixel_array.astype(int) - x)
+    # eps 8 of the window is 80 units; the hiding adds a few levels of x >> s (32 units here). Scaled by
+    # the bit depth one level was 4095 // 255 = 16 units: the perturbation alone reached 128 (144 with the hiding)
+    assert 0 < change.max() < 8 * 16
+    assert invoke("restore", out, back, "--key", key).exit_code == 0
+    assert np.array_equal(pydicom.dcmread(back / "IM0002.dcm").pixel_array, x)
 
 
 def test_restore_errors(tmp_path, phantom_dir, key):
