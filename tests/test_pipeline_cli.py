@@ -444,3 +444,23 @@ def test_the_roi_stays_bit_exact_unless_asked(tmp_path, phantom_dir, key):
             same = np.array_equal(pixels(Path(f["output"]))[roi], image.pixels[roi])
             assert same == frozen
         assert invoke("verify", phantom_dir, out, "--key", key).exit_code == 0
+
+
+def test_worker_pool_is_spawned_once_onnx_runtime_has_run(tmp_path, phantom_dir, key, monkeypatch):
+    """A command forks its workers before any ONNX Runtime session exists; a second batch in the
+    same program spawns them (a fork would copy locks of ORT's running thread pools), and works."""
+    import multiprocessing
+
+    from toolkit import batch, ort
+    from toolkit.keys import load_key
+
+    used = []
+    real = multiprocessing.get_context
+    monkeypatch.setattr(batch.multiprocessing, "get_context", lambda method: (used.append(method), real(method))[1])
+    monkeypatch.setattr(ort, "_started", False)
+    with batch.executor(2) as pool:
+        assert sorted(pool.map(abs, [-1, -2])) == [1, 2]
+    monkeypatch.setattr(ort, "_started", True)
+    rep = batch.protect_paths(phantom_dir, tmp_path / "out", load_key(key), workers=2)
+    assert used == ["fork", "spawn"] and rep.count("protected") == 3
+    assert invoke("verify", phantom_dir, tmp_path / "out", "--key", key).exit_code == 0

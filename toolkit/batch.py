@@ -21,7 +21,7 @@ import numpy as np
 
 import kernels
 
-from . import metrics
+from . import metrics, ort
 from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
 from .protect import DEFAULT_GRADIENT, MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change
 from .provenance import medrae_version
@@ -314,10 +314,15 @@ def auto_workers(workers: int, n_files: int) -> int:
 
 
 def executor(workers: int) -> Executor:
-    """Worker processes (forked before any ONNX Runtime session exists) or inline for 1."""
+    """Worker processes, or inline for 1. They are forked (fast: nothing to import again) while
+    no ONNX Runtime session exists in this process, as in a command's process, which makes the
+    pool first; later (a second batch in the same program) they are spawned: a fork copies the
+    locks of ONNX Runtime's thread pools mid-use, and a benchmark's second pool hung with a worker
+    stuck in PIL's PNG reader."""
     if workers <= 1:
         return _Inline()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    method = "spawn" if ort.sessions_started() else "fork"
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
     list(pool.map(_warm, range(workers)))  # start every worker now, while this process is still simple
     return pool
 

@@ -7,6 +7,12 @@ from pathlib import Path
 
 log = logging.getLogger("medrae")
 _logged: set[tuple[str, ...]] = set()
+_started = False  # a session (and so its thread pools) has existed in this process
+
+
+def sessions_started() -> bool:
+    """Whether this process has created an ONNX Runtime session (batch then spawns, not forks)."""
+    return _started
 
 
 def providers(device: str = "auto") -> list[str]:
@@ -27,6 +33,8 @@ def session(path: Path | str, device: str = "auto", threads: int = 0):
     """An ``InferenceSession`` for ``path``; logs the providers it really got, once per set."""
     import onnxruntime as ort
 
+    global _started
+    _started = True
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
     if threads:
