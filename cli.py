@@ -176,22 +176,18 @@ def info(file: Path = typer.Argument(..., help="an image file, or a directory (o
     """Is FILE protected? Format version, RDH method, codec, payload bits, encryption, and the share
     of the image the hiding left bit-exact (protect keeps it out of the lungs) (no key needed).
     On a directory: one line per image; exit 0 only if every image is protected."""
-    import kernels
-    from toolkit.batch import info as describe
-    from toolkit.imageio import ImageError
+    from toolkit.batch import info_entry
 
     if file.is_dir():
         _info_tree(file)
         return
-    try:
-        d = describe(file)
-    except ImageError as exc:
-        _fail(str(exc), 1)
-    except kernels.NotProtectedError:
+    d = info_entry(file)
+    status = d.pop("status")
+    if status == "failed":
+        _fail(f"{file}: {d['reason']}", 1)
+    if status == "not protected":
         typer.echo(f"{file}: not protected by medrae")
         raise typer.Exit(1)
-    except kernels.MedraeError as exc:
-        _fail(f"{file}: damaged medrae payload ({exc})", 1)
     width = max(map(len, d))
     for k, v in d.items():
         typer.echo(f"{k:<{width}} {v}")

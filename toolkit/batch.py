@@ -109,7 +109,6 @@ class BatchReport:
                 "models": self.models, "providers": self.providers, "totals": self.totals(), "files": [asdict(r) for r in self.results]}
 
 
-
 # ----------------------------------------------------------------------------------------------
 # collecting the work
 # ----------------------------------------------------------------------------------------------
@@ -453,17 +452,19 @@ def info(path: Path) -> dict:
     return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
 
 
+def info_entry(path: Path) -> dict:
+    """:func:`info`, never raising: ``status`` (``protected``, ``not protected`` or ``failed``)
+    first, then :func:`info`'s fields, or ``file`` and, for a failure, ``reason``."""
+    try:
+        return {"status": "protected", **info(path)}
+    except kernels.NotProtectedError:
+        return {"status": "not protected", "file": str(path)}
+    except ImageError as exc:
+        return {"status": "failed", "file": str(path), "reason": exc.reason}
+    except kernels.MedraeError as exc:
+        return {"status": "failed", "file": str(path), "reason": f"damaged medrae payload ({exc})"}
+
+
 def info_tree(root: Path) -> list[dict]:
-    """:func:`info` for every image below ``root``, never raising: each entry has ``status``
-    (``protected``, ``not protected`` or ``failed``) and, for a failure, ``reason``."""
-    out = []
-    for path in image_files(root):
-        try:
-            out.append({"status": "protected", **info(path)})
-        except kernels.NotProtectedError:
-            out.append({"file": str(path), "status": "not protected"})
-        except ImageError as exc:
-            out.append({"file": str(path), "status": "failed", "reason": exc.reason})
-        except kernels.MedraeError as exc:
-            out.append({"file": str(path), "status": "failed", "reason": f"damaged medrae payload ({exc})"})
-    return out
+    """:func:`info_entry` for every image below ``root``."""
+    return [info_entry(path) for path in image_files(root)]
