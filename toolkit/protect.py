@@ -102,8 +102,8 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int)
     # clipped by whole levels, so every applied change stays a multiple of ``step``: the codec
     # divides the perturbation by the gcd of its values, and one odd clipped pixel near black or
     # white made it code raw native units (a 16-bit phantom's payload: 15 kbit -> 137 kbit)
-    adv = np.where(x + delta > image.ceiling, x + (image.ceiling - x) // step * step,
-                   np.where(x + delta < 0, x - x // step * step, x + delta)).astype(image.pixels.dtype)
+    levels = np.clip(delta // step, -(x // step), (image.ceiling - x) // step)
+    adv = (x + levels * step).astype(image.pixels.dtype)
     hints = {"grid": g, "factor": factor} if side < NET_SIZE and factor > 1 else {}
     return Plan(adv, roi_full, eps * step, hints)
 
