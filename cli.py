@@ -114,6 +114,8 @@ def protect(
     roi_threshold: Optional[float] = typer.Option(None, "--roi-threshold", min=0.001, max=0.999, help="lung probability from which a pixel belongs to the ROI (default 0.05: where the segmenter hesitates counts as lung; 0.5: its own mask)"),
     roi_convex: bool = typer.Option(False, "--roi-convex", help="widen each lung of the ROI to its convex hull first: fewer lung pixels left outside it where the segmenter misses part of a lung (e.g. an opacity), for a lower ASR"),
     margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1); larger transfers a little better to unseen models, at a larger payload and lower PSNR"),
+    transfer_steps: Optional[int] = typer.Option(None, "--transfer-steps", min=0, help="first N dense steps on a coarse grid against the zoo surrogates, for models never seen (10 recommended; off by default: the payload doubles and leaves the lungs less often)"),
+    transfer_eps: Optional[int] = typer.Option(None, "--transfer-eps", min=1, max=16, help="with the transfer stage: its bound in levels everywhere outside the ROI (default 4, less in flat areas); 8 transfers ~2x better at SSIM ~0.85 (README)"),
     robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower); with several --white-box models, for the first one (the target), which is refined alone first"),
     no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
@@ -139,7 +141,8 @@ def protect(
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
                device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
                with_ssim=report is not None, max_rdh_change=max_rdh_change, freeze_roi=not rdh_in_roi, refine_steps=refine_steps, robust=robust,
-               gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex)
+               gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex,
+               transfer_steps=transfer_steps, transfer_eps=transfer_eps)
 
 
 @app.command()
@@ -230,7 +233,7 @@ def _forward(main, args: List[str]) -> None:
 
 
 @app.command(context_settings=PASS)
-def train(ctx: typer.Context, task: str = typer.Argument(..., help="segmenter | classifier | generator")) -> None:
+def train(ctx: typer.Context, task: str = typer.Argument(..., help="segmenter | classifier | generator | zoo")) -> None:
     """Train a model (options: medrae train TASK --help)."""
     if task in ("segmenter", "classifier"):
         from models.train import main
@@ -240,8 +243,12 @@ def train(ctx: typer.Context, task: str = typer.Argument(..., help="segmenter | 
         from models.train_generator import main
 
         _forward(main, list(ctx.args))
+    elif task == "zoo":  # the transfer lab's independently trained classifiers (models/zoo.py)
+        from models.zoo import main
+
+        _forward(main, ["train", *ctx.args])
     else:
-        typer.echo(f"error: unknown task {task!r}; choose segmenter, classifier or generator", err=True)
+        typer.echo(f"error: unknown task {task!r}; choose segmenter, classifier, generator or zoo", err=True)
         raise typer.Exit(2)
 
 
@@ -253,13 +260,41 @@ def export(ctx: typer.Context) -> None:
     _forward(main, list(ctx.args))
 
 
-@app.command(context_settings=PASS)
-def evaluate(ctx: typer.Context) -> None:
-    """Every method (ours, FGSM, BIM, PGD, C&W, Liu-RAE, ...) on a dataset directory; tables and
-    reports (options: medrae evaluate DATASET --report DIR [--methods] [--eps 1,2,4,8] [--quick])."""
-    from toolkit.evaluate import main
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
-    _forward(main, list(ctx.args))
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="dataset directory (<class>/images, optional <class>/masks)"),
+    report: Path = typer.Option(..., "--report", help="output directory: results.json, report.md, report.html"),
+    methods: str = typer.Option("default", "--methods", help="comma-separated methods, 'default' or 'all'"),
+    eps: str = typer.Option("1,2,4,8", "--eps", help="comma-separated budgets in 1/255 units"),
+    models: Optional[Path] = typer.Option(None, "--models", help="model directory (default: the shipped models)"),
+    limit: int = typer.Option(0, "--limit", min=0, help="evaluate only this many images (class-balanced); 0: all"),
+    conditions: str = typer.Option("", "--conditions", help="the white-box classifier after the attacker's preprocessing, comma-separated, or 'all' (Table 6)"),
+    transfer: bool = typer.Option(False, "--transfer", help="the transfer matrix on the zoo's held-out targets, with the noise floor (Table 8)"),
+    zoo: Path = typer.Option(Path("runs/zoo"), "--zoo", help="where python -m models.zoo train put the zoo"),
+    transfer_conditions: str = typer.Option("file,jpeg90,jpeg75", "--transfer-conditions", help="the held-out targets read the file as is and/or re-encoded as JPEG"),
+    quick: bool = typer.Option(False, "--quick", help="CI subset: 30 images (unless --limit), eps 8, C&W 5 steps"),
+) -> None:
+    """Every method (ours, FGSM, BIM, PGD, C&W, Liu-RAE, ...) on a dataset directory: the paper's
+    tables, transfer to the held-out zoo (--transfer), reports. Needs the train extra (PyTorch)."""
+    try:
+        from toolkit.evaluate import ALL_METHODS, CONDITIONS, DEFAULT_METHODS, EvaluateSettings, run
+        from toolkit.protect import MODELS_DIR
+
+        chosen = {"all": ALL_METHODS, "default": DEFAULT_METHODS}.get(methods) or _csv(methods)
+        settings = EvaluateSettings(
+            methods=chosen, eps=(8,) if quick else tuple(int(e) for e in _csv(eps)), models=models or MODELS_DIR,
+            limit=limit or (30 if quick else 0), cw_steps=5 if quick else 20,
+            conditions=tuple(CONDITIONS) if conditions == "all" else _csv(conditions),
+            transfer=transfer, zoo=zoo, transfer_conditions=_csv(transfer_conditions))
+        run(data, report, settings)
+    except ModuleNotFoundError as exc:
+        _fail(f"{exc.name} is not installed; install the training extra: pip install -e '.[train]'")
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
 
 
 @app.command("evaluate-models", context_settings=PASS)

@@ -99,6 +99,10 @@ def main() -> None:
             speeds[("restore", w)] = row(f"restore   workers={w}", rep, rep["totals"]["restored"])
             speeds[("generator", w)] = row(f"protect   workers={w} generator only",
                                            batch("protect_paths", tmp / "in", tmp / f"g{w}", key, workers=w, refine_steps=0), n)
+            # the opt-in transfer stage (issue 16) beside the default, timed in the same run
+            speeds[("transfer", w)] = row(f"protect   workers={w} --transfer-steps 10",
+                                          batch("protect_paths", tmp / "in", tmp / f"n{w}", key, workers=w, transfer_steps=10), n)
+            print(f"  --transfer-steps 10 / default speed, workers={w}: {speeds[('transfer', w)] / speeds[('protect', w)]:.2f}x")
         # the paper hides anywhere
         ref = batch("protect_paths", tmp / "in", tmp / "paper", key, workers=1, method="hs", codec="rle", refine_steps=0, freeze_roi=False)
         ref_speed = row("protect   paper config (hs + rle)", ref, n)

@@ -118,9 +118,12 @@ class MarginGradient(nn.Module):
         The classifier as :func:`models.from_onnx.load_classifier` returns it (eval mode).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, resize: torch.Tensor | None = None):
         super().__init__()
         self.shrink = 1  # the Classifier wrapper's k x k average pool to its internal resolution
+        # or a linear resize ``R @ image @ R^T`` (R: (S, 224)), e.g. a zoo member's antialiased
+        # bilinear resize to its own input size; its transpose is ``R^T @ g @ R``
+        self.resize = resize
         if isinstance(model, Classifier):
             if SIZE % model.internal:
                 raise ValueError(f"MarginGradient needs an internal resolution dividing {SIZE}, got {model.internal}")
@@ -142,6 +145,8 @@ class MarginGradient(nn.Module):
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.shrink
         x = F.avg_pool2d(image, k) if k > 1 else image
+        if self.resize is not None:
+            x = self.resize @ x @ self.resize.T
         if isinstance(self.model, ResNet):
             feats, backward = self._resnet(x)
         else:
@@ -155,6 +160,8 @@ class MarginGradient(nn.Module):
         direction = true - (runner_up[:, None] == classes).to(logits.dtype)  # d margin / d logits
         g = (direction @ head.weight)[:, :, None, None].expand_as(feats) / float(feats.shape[2] * feats.shape[3])
         g = backward(g)
+        if self.resize is not None:
+            g = self.resize.T @ g @ self.resize
         if k > 1:  # transpose of the k x k average pool
             g = F.interpolate(g, scale_factor=k, mode="nearest") / float(k * k)
         return logits, g / PIXEL_SCALE

@@ -132,6 +132,26 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def resume(ckpt: Path, model: nn.Module, opt, sched, gen: torch.Generator) -> tuple[int, float, list]:
+    """Load ``ckpt`` (written by :func:`checkpoint`) into the model, optimiser, scheduler and RNGs;
+    returns ``(first epoch to run, best validation score, history)``, ``(0, -1.0, [])`` if absent."""
+    if not ckpt.exists():
+        return 0, -1.0, []
+    state = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"] + 1, state["best"], state["history"]
+
+
+def checkpoint(ckpt: Path, model: nn.Module, opt, sched, gen: torch.Generator, epoch: int, best: float, history: list) -> None:
+    """Everything :func:`resume` needs to continue after ``epoch`` exactly as an uninterrupted run."""
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best, "history": history}, ckpt)
+
+
 def evaluate(task: str, model: nn.Module, split: Split, device: str) -> dict:
     out = predict(model, split.images, device=device)
     if task == "segmenter":
@@ -211,16 +231,9 @@ def train(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     steps = args.epochs * ((len(tr.images) + args.batch - 1) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
-    start, best, history = 0, -1.0, []
     ckpt = out / "last.pt"
-    if ckpt.exists():  # resume
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best, history = state["epoch"] + 1, state["best"], state["history"]
+    start, best, history = resume(ckpt, model, opt, sched, gen)
+    if start:
         print(f"resuming {out} at epoch {start}")
     key = "dsc" if args.task == "segmenter" else "acc"
     from rich.progress import Progress
@@ -260,11 +273,7 @@ def train(args: argparse.Namespace) -> dict:
             if metrics[f"val_{key}"] > best:
                 best = metrics[f"val_{key}"]
                 torch.save({"model": model.state_dict(), "arch": args.arch, "size": args.size, "task": args.task, "epoch": epoch + 1}, out / "best.pt")
-            torch.save(
-                {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best, "history": history},
-                ckpt,
-            )
+            checkpoint(ckpt, model, opt, sched, gen, epoch, best, history)
             with open(out / "metrics.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(history[0]))
                 w.writeheader()

@@ -24,6 +24,7 @@ import kernels
 from . import metrics, ort
 from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
 from .protect import DEFAULT_GRADIENT, MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change
+from .refine import TransferSettings
 from .provenance import medrae_version
 
 
@@ -334,7 +335,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
                   device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
                   method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0, freeze_roi: bool = True,
-                  refine_steps: Optional[int] = None, robust: bool = False, gradients: Optional[list[str]] = None, margin: Optional[float] = None, roi_margin: Optional[int] = None, roi_threshold: Optional[float] = None, roi_convex: bool = False, on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                  refine_steps: Optional[int] = None, robust: bool = False, gradients: Optional[list[str]] = None, margin: Optional[float] = None, roi_margin: Optional[int] = None, roi_threshold: Optional[float] = None, roi_convex: bool = False, transfer_steps: Optional[int] = None, transfer_eps: Optional[int] = None, on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "protect") -> BatchReport:
     """Protect one file or a directory tree into ``dst``; see the module docstring."""
     from .protect import Protector
@@ -342,7 +343,8 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
     t0 = time.perf_counter()
     results, done, todo = _start(pair_paths(src, dst), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
-        protector = Protector(models, device, eps, roi_margin, refine_steps=refine_steps, robust=robust, gradient=gradients or DEFAULT_GRADIENT, margin=margin, roi_threshold=roi_threshold, roi_convex=roi_convex) if todo else None
+        protector = Protector(models, device, eps, roi_margin, refine_steps=refine_steps, robust=robust, gradient=gradients or DEFAULT_GRADIENT, margin=margin, roi_threshold=roi_threshold, roi_convex=roi_convex, transfer_steps=transfer_steps,
+                              transfer_settings=TransferSettings(eps=transfer_eps, texture=0.0) if transfer_eps else None) if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
         for chunk in _chunks(todo, max(1, batch_size)):
             loaded = list(pool.map(_load, [str(s) for s, _ in chunk]))

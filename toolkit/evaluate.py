@@ -9,7 +9,9 @@ An image whose payload does not fit cannot be published reversibly: a reversible
 unchanged, so it counts as not fooled.
 
 Methods: ``ours_ae`` / ``ours_rae`` (the shipped ONNX pipeline, the same code as ``medrae protect``:
-sparse gradient refinement on the white-box classifier), ``ours_gen_ae`` / ``ours_gen_rae`` (the
+sparse gradient refinement on the white-box classifier), ``ours_rae_transfer`` (``--transfer-steps
+10``: the transfer stage on the zoo surrogates first), ``ours_rae_transfer8`` (``--transfer-eps 8``:
+the stronger, more visible stage), ``ours_gen_ae`` / ``ours_gen_rae`` (the
 NROI-AdvGAN generator alone, ``medrae protect --refine-steps 0``), ``ours_rae_robust`` (``medrae
 protect --robust``), ``ours_rae_ensemble`` (``--white-box resnet18,vgg16_small``: its transfer
 column for vgg16_small is then not transfer), ``ours_rae_defended`` (``--white-box
@@ -24,10 +26,13 @@ perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: rever
 transformation of the original into its FGSM example, auxiliary data embedded, ``toolkit.rit``), ``paper_rae`` (the ``--arch paper`` generator +
 RLE + histogram shifting, when ``models/generator_paper.onnx`` exists). Attacks need PyTorch (the
 ``train`` extra); they run on a torch rebuild of the shipped ONNX classifier (checked equal).
+
+``--transfer`` adds Table 8, the transfer matrix (:mod:`toolkit.transfer`): every method's saved
+files scored on the zoo's held-out targets, as the file is and after JPEG 90 / 75, beside a floor of
+uniform ±eps noise on the whole image.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import io
 import json
@@ -48,10 +53,11 @@ from .metrics import psnr, ssim
 from .ort import file_sha256, session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 from .provenance import medrae_version
+from .refine import TransferSettings
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
 AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
-RAE_METHODS = ("ours_rae", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_rae_robust_defended", "ours_rae_convex", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
+RAE_METHODS = ("ours_rae", "ours_rae_transfer", "ours_rae_transfer8", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_rae_robust_defended", "ours_rae_convex", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
 DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
@@ -63,6 +69,8 @@ DEFENDED = "vgg16_small_cbam_pruned"  # the pruning + attention target
 WITH_DEFENDED = ("resnet18", DEFENDED)  # ours_rae_defended's white boxes
 # methods that run protect with other options: (configuration name, Protector keyword arguments)
 VARIANTS = {
+    "ours_rae_transfer": ("transfer", {"transfer_steps": TransferSettings().steps}),  # medrae protect --transfer-steps 10
+    "ours_rae_transfer8": ("transfer8", {"transfer_settings": TransferSettings(eps=8, texture=0.0)}),  # ... --transfer-eps 8
     "ours_gen_ae": ("generator", {"refine_steps": 0}),
     "ours_gen_rae": ("generator", {"refine_steps": 0}),
     "ours_rae_robust": ("robust", {"robust": True}),
@@ -293,10 +301,42 @@ class Harness:
         return self._embed(x, adv, eps)  # liu_rae, <attack>_rdh: the same codec + RDH path as ours
 
 
-def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHODS, eps_list: tuple[int, ...] = (1, 2, 4, 8),
-             models: Path = MODELS_DIR, limit: int = 0, batch: int = 30, cw_steps: int = 20, conditions: tuple[str, ...] = (),
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What ``medrae evaluate`` runs: methods, budgets, the attacker's conditions, the transfer lab."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    eps: tuple[int, ...] = (1, 2, 4, 8)
+    models: Path = MODELS_DIR
+    limit: int = 0  # evaluate only this many images (class-balanced); 0: all
+    batch: int = 30
+    cw_steps: int = 20
+    conditions: tuple[str, ...] = ()  # the white-box classifier after the attacker's preprocessing (Table 6)
+    transfer: bool = False  # the transfer matrix on the zoo's held-out targets (Table 8)
+    zoo: Path = Path("runs/zoo")
+    transfer_conditions: tuple[str, ...] = ("file", "jpeg90", "jpeg75")
+
+    def __post_init__(self):
+        from .transfer import CONDITIONS as TRANSFER_CONDITIONS
+
+        bad = [m for m in self.methods if m not in ALL_METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
+        if not self.eps or any(not 1 <= e <= 16 for e in self.eps):
+            raise ValueError(f"eps must be 1..16 (1/255 units), got {list(self.eps)}")
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad:
+            raise ValueError(f"unknown condition(s) {', '.join(bad)}; choose from {', '.join(CONDITIONS)}")
+        bad = [c for c in self.transfer_conditions if c not in TRANSFER_CONDITIONS]
+        if bad:
+            raise ValueError(f"unknown transfer condition(s) {', '.join(bad)}; choose from {', '.join(TRANSFER_CONDITIONS)}")
+
+
+def evaluate(data: Path, report: Path, settings: EvaluateSettings = EvaluateSettings(),
              on_progress: Callable[[str, int], None] = lambda m, n: None) -> dict:
     """Run every method at every eps on the dataset directory ``data``; write results and reports."""
+    methods, eps_list, models, limit, batch = settings.methods, settings.eps, Path(settings.models), settings.limit, settings.batch
+    conditions = settings.conditions
     split = load_split(data)
     x_all, masks_all, y_all = split.images, split.masks, split.labels
     if limit:
@@ -311,10 +351,12 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
     ok = clean[WHITE_BOX] == y_all
     x, y = x_all[ok], y_all[ok]
     masks = masks_all[ok] if masks_all is not None else None
-    harness = Harness(models, os.urandom(32), cw_steps)
-    for c in conditions:
-        if c not in CONDITIONS:
-            raise ValueError(f"unknown condition {c!r}; choose from {', '.join(CONDITIONS)}")
+    harness = Harness(models, os.urandom(32), settings.cw_steps)
+    lab = None
+    if settings.transfer:
+        from .transfer import TransferLab, noise_floor
+
+        lab = TransferLab(settings.zoo, x, y, settings.transfer_conditions)
     # per condition: which images the white-box classifier still gets right once preprocessed
     clean_ok = {c: predict(clfs[WHITE_BOX], np.stack([CONDITIONS[c](im) for im in x])) == y for c in conditions}
     results: dict = {
@@ -325,6 +367,11 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
         # provenance: which code and which model files produced these numbers
         "medrae_version": medrae_version(), "models": {f.name: file_sha256(f) for f in sorted(models.glob("*.onnx"))},
     }
+    if lab is not None:  # the floor: uniform +-eps noise on the whole image, saved as PNG like every method
+        top = max(eps_list)
+        results["zoo"] = {"dir": str(settings.zoo), "targets": lab.names, "conditions": list(lab.conditions), "eps": top,
+                          "clean_accuracy": {n: lab.accuracy(n) for n in lab.names},
+                          "noise_floor": lab.asr(_png_roundtrip(noise_floor(x, top)))}
     examples: dict = {}
     cache: dict = {}  # attack outputs by (method, eps, first index): Liu-RAE reuses PGD's, RIT-RAE FGSM's
     seconds: dict = {}
@@ -359,6 +406,8 @@ def evaluate(data: Path, report: Path, methods: tuple[str, ...] = DEFAULT_METHOD
                     pred = predict(clfs[WHITE_BOX], np.stack([CONDITIONS[c](im) for im in adv]))
                     keep = clean_ok[c]
                     row["conditions"][c] = float((pred[keep] != y[keep]).mean()) if keep.any() else None
+            if lab is not None and eps == max(eps_list):
+                row["zoo_transfer"] = lab.asr(adv)
             results["methods"][method][str(eps)] = row
             if eps == max(eps_list) or method in RAE_METHODS:
                 examples[method] = adv
@@ -456,7 +505,29 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         clean = ", ".join(f"{d} {100 * results['clean_accuracy'][d]:.2f} %" for d in results["defended"])
         out.append((f"Table 7: ASR against the defended targets (clean accuracy: {clean}; defense rate = 1 - ASR)",
                     ["method", "eps"] + results["defended"], rows))
+    if results.get("zoo"):
+        out.append(transfer_table(results))
     return out
+
+
+def transfer_table(results: dict) -> tuple[str, list[str], list[list[str]]]:
+    """Table 8: method x condition rows, the held-out zoo targets as columns, the noise floor first."""
+    from .transfer import summary
+
+    z = results["zoo"]
+    names = z["targets"]
+    e = str(z["eps"])
+    rows = []
+    sources = [("uniform noise +-eps, whole image (floor)", z["noise_floor"])]
+    sources += [(m, by_eps[e]["zoo_transfer"]) for m, by_eps in results["methods"].items() if "zoo_transfer" in by_eps.get(e, {})]
+    for label, by_cond in sources:
+        for c in z["conditions"]:
+            row = by_cond[c]
+            sm = summary(row)
+            rows.append([label, c, _f(sm["median"], pct=True), _f(sm["min"], pct=True)] + [_f(row[n], pct=True) for n in names])
+    clean = ", ".join(f"{n} {100 * v:.1f} %" for n, v in z["clean_accuracy"].items())
+    return (f"Table 8: transfer to the held-out zoo targets at eps {e} (ASR over the images each target gets right in that condition; "
+            f"never used to make a perturbation; clean accuracy: {clean})", ["method", "condition", "median", "min"] + names, rows)
 
 
 def _markdown(results: dict) -> str:
@@ -536,32 +607,16 @@ def write_reports(results: dict, report: Path, x, masks, y, classes, examples: d
     _examples_png(report / "examples.png", x, masks, y, classes, examples)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", type=Path, help="dataset directory (<class>/images, optional <class>/masks)")
-    p.add_argument("--report", type=Path, required=True, help="output directory")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, or all")
-    p.add_argument("--eps", default="1,2,4,8")
-    p.add_argument("--models", type=Path, default=MODELS_DIR)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only this many images (class-balanced)")
-    p.add_argument("--conditions", default="", help=f"attacker preprocessing, comma-separated: {', '.join(CONDITIONS)} or all")
-    p.add_argument("--quick", action="store_true", help="CI subset: 30 images, eps 8, C&W 5 steps")
-    a = p.parse_args(argv)
-    methods = ALL_METHODS if a.methods == "all" else tuple(m.strip() for m in a.methods.split(",") if m.strip())
-    eps = tuple(int(e) for e in a.eps.split(","))
-    conditions = tuple(CONDITIONS) if a.conditions == "all" else tuple(c.strip() for c in a.conditions.split(",") if c.strip())
-    limit, cw_steps = (a.limit or 30, 5) if a.quick else (a.limit, 20)
-    if a.quick:
-        eps = (8,)
+def run(data: Path, report: Path, settings: EvaluateSettings) -> dict:
+    """:func:`evaluate` under a progress bar; prints the markdown report (``medrae evaluate``)."""
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
         task = bar.add_task("evaluate", total=None)
-        res = evaluate(a.data, a.report, methods, eps, a.models, limit, cw_steps=cw_steps, conditions=conditions,
-                       on_progress=lambda label, n: bar.update(task, advance=n, description=label))
+        res = evaluate(data, report, settings, on_progress=lambda label, n: bar.update(task, advance=n, description=label))
     print(_markdown(res))
-    return 0
+    return res
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("run it as: medrae evaluate DATASET --report DIR (--help lists the options)")

@@ -31,7 +31,7 @@ from .display import level_size, to_view
 from .imageio import Image
 from .masks import postprocess
 from .ort import file_sha256, session
-from .refine import Refiner, RefineSettings
+from .refine import Refiner, RefineSettings, TransferSettings, TransferStage, upsample_cells
 
 NET_SIZE = 224
 log = logging.getLogger("medrae")
@@ -184,6 +184,9 @@ class Analysis:
 
 
 DEFAULT_GRADIENT = "gradient_resnet18.onnx"
+# the transfer stage's surrogates (--transfer-steps; models/zoo.py: trained independently of the white box and of the
+# held-out targets; none shares a family with a target)
+DEFAULT_SURROGATES = ("gradient_s_resnet10_128.onnx", "gradient_s_vgg11_150.onnx")
 # A pixel is ROI from a 5 % lung probability, not the segmenter's 50 %: where the segmenter hesitates
 # is where it misses lung. On cxr3 val (benchmarks/probe_refine.py --all, ROI margin 4 px) true-lung pixels
 # fell outside the protected cells on 24.1 % of images at 50 % and 4.4 % at 5 %, for 3 points more
@@ -215,7 +218,9 @@ class Protector:
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
                  dilation: Optional[int] = None, segmenter: str = "segmenter.onnx", generator: str = "generator.onnx",
                  refine_steps: Optional[int] = None, gradient: str | list[str] = DEFAULT_GRADIENT, robust: bool = False,
-                 margin: Optional[float] = None, roi_threshold: Optional[float] = None, roi_convex: bool = ROI_CONVEX):
+                 margin: Optional[float] = None, roi_threshold: Optional[float] = None, roi_convex: bool = ROI_CONVEX,
+                 surrogates: Optional[list[str]] = None, transfer_steps: Optional[int] = None,
+                 transfer_settings: Optional[TransferSettings] = None):
         models_dir = Path(models_dir)
         for name in (segmenter, generator):
             if not (models_dir / name).is_file():
@@ -243,8 +248,25 @@ class Protector:
             raise ValueError("robust protection needs the gradient refinement (refine_steps > 0 and a gradient model)")
         elif refine_steps is None:
             log.warning("%s: no %s; perturbations come from the generator alone (weaker)", models_dir, ", ".join(gradients))
+        # the transfer stage (before the refinement), opt-in: it doubles the payload, which then fits
+        # outside the ROI less often (README "Transfer to unseen models")
+        self.transfer: Optional[TransferStage] = None
+        if transfer_steps is not None and transfer_steps < 0:
+            raise ValueError(f"transfer_steps must be >= 0, got {transfer_steps}")
+        if transfer_steps or surrogates or transfer_settings:
+            if not self.refiner:
+                raise ValueError("the transfer stage needs the gradient refinement (refine_steps > 0 and a gradient model)")
+            chosen = list(surrogates or DEFAULT_SURROGATES)
+            missing = [g for g in chosen if not (models_dir / g).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{models_dir / missing[0]}: surrogate gradient model not found (--models DIR)")
+            ts = transfer_settings or TransferSettings()
+            ts = replace(ts, steps=transfer_steps) if transfer_steps else ts
+            self.transfer = TransferStage([models_dir / g for g in chosen], device, ts)
         self.gen = None if self.refiner else session(models_dir / generator, device)
         self.model_files.update(self.refiner.files if self.refiner else {generator: file_sha256(models_dir / generator)})
+        if self.transfer:
+            self.model_files.update(self.transfer.files)
         self.factor = self.refiner.settings.factor if self.refiner else int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
         self.roi_threshold = float(ROI_THRESHOLD if roi_threshold is None else roi_threshold)
@@ -257,7 +279,8 @@ class Protector:
         if not self.refiner:
             return "generator"
         robust = ", robust to resizing" if self.refiner.settings.robust else ""
-        return f"refine (white box {' + '.join(self.refiner.architectures)}{robust})"
+        stage = f"transfer stage on {' + '.join(self.transfer.architectures)}, then " if self.transfer else ""
+        return f"{stage}refine (white box {' + '.join(self.refiner.architectures)}{robust})"
 
     @property
     def roi_rule(self) -> str:
@@ -278,7 +301,12 @@ class Protector:
             rois = np.zeros(views.shape, bool)
         n = len(views)
         if self.refiner:
-            r = self.refiner.refine(views, ~cells_touching(rois, self.factor), eps)
+            head = None
+            if self.transfer:  # a coarse pattern that fools the surrogates; the refinement starts from it
+                f = self.transfer.settings.factor
+                coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
+                head = upsample_cells(coarse, f // self.factor)
+            r = self.refiner.refine(views, ~cells_touching(rois, self.factor), eps, grids=head)
             return Analysis(rois, r.grids, r.margins, r.steps)
         raw = self.gen.run(None, {"image": x, "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]

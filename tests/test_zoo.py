@@ -1,0 +1,194 @@
+"""The transfer lab: the zoo's split, its pipelines, seeded training, and the transfer matrix."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models import zoo  # noqa: E402
+
+
+def test_no_held_out_target_is_a_surrogate_or_a_sibling_of_one():
+    zoo.check_split()  # the shipped split
+    surrogate_families = {m.family for m in zoo.members("surrogate")} | set(zoo.SHIPPED_FAMILIES)
+    targets = zoo.members("target")
+    assert len(zoo.ZOO) >= 8 and len(targets) >= 4
+    assert not {m.name for m in targets} & {m.name for m in zoo.members("surrogate")}
+    assert all(m.family not in surrogate_families for m in targets)
+    assert len({m.size for m in zoo.ZOO}) >= 4 and {m.prep for m in zoo.ZOO} == {"plain", "imagenet", "histeq"}
+    # a target with a surrogate's family is refused
+    sibling = dataclasses.replace(targets[0], name="t_sibling", family="resnet")
+    with pytest.raises(ValueError, match="t_sibling: held-out target of family 'resnet'"):
+        zoo.check_split(zoo.ZOO + (sibling,))
+
+
+def _equalize_reference(img: np.ndarray) -> np.ndarray:
+    """OpenCV's equalizeHist rule: lut = round((cdf - cdf_min) * 255 / (N - cdf_min))."""
+    hist = np.bincount(img.ravel(), minlength=256)
+    cdf = hist.cumsum()
+    cdf_min = cdf[hist > 0][0]
+    lut = np.clip(np.round((cdf - cdf_min) * 255.0 / max(1, cdf[-1] - cdf_min)), 0, 255)
+    return lut[img]
+
+
+def test_equalize_matches_the_cdf_reference():
+    rng = np.random.default_rng(3)
+    imgs = np.stack([rng.integers(20, 120, (32, 32)), rng.integers(0, 256, (32, 32)), np.full((32, 32), 77)]).astype(np.uint8)
+    got = zoo.equalize(torch.from_numpy(imgs[:, None].astype(np.float32)))[:, 0].numpy()
+    for g, x in zip(got, imgs):
+        np.testing.assert_array_equal(g, _equalize_reference(x))
+    assert got[0].max() == 255 and got[0].min() == 0  # a narrow histogram is spread
+
+
+@pytest.mark.parametrize("name", [m.name for m in zoo.ZOO])
+def test_every_member_takes_pixels_at_any_size(name):
+    model = zoo.ZooModel(zoo.member(name)).eval()
+    for side in (224, 300):
+        x = torch.rand(2, 1, side, side) * 255
+        assert model(x).shape == (2, 3)
+    assert model.prepare(torch.rand(1, 1, 224, 224) * 255).shape[-1] == zoo.member(name).size
+
+
+def test_training_is_seeded_and_exact(phantom_dataset, tmp_path):
+    spec = dataclasses.replace(zoo.member("s_resnet10_128"), epochs=2, size=64)
+    a = zoo.train_member(spec, phantom_dataset, tmp_path / "a" / spec.name, threads=1, batch=8)
+    wa = torch.load(tmp_path / "a" / spec.name / "best.pt", weights_only=False)["model"]
+    b = zoo.train_member(spec, phantom_dataset, tmp_path / "c" / spec.name, threads=1, batch=8)
+    wb = torch.load(tmp_path / "c" / spec.name / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"]) and len(a["history"]) == 2 and 0 <= a["test_acc"] <= 1
+    assert json.loads((tmp_path / "a" / spec.name / "result.json").read_text())["command"].startswith("python -m models.zoo train")
+    assert not (tmp_path / "a" / spec.name / "last.pt").exists()  # the optimiser state is dropped once done
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(phantom_dataset, tmp_path):
+    spec = dataclasses.replace(zoo.member("t_densenet_128_histeq"), epochs=2, size=64)
+    full = zoo.train_member(spec, phantom_dataset, tmp_path / "full" / spec.name, threads=1, batch=8)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first_epoch(line):
+        if '"epoch": 1' in line:
+            raise Killed
+
+    out = tmp_path / "cut" / spec.name
+    with pytest.raises(Killed):
+        zoo.train_member(spec, phantom_dataset, out, threads=1, batch=8, log=die_after_first_epoch)
+    assert (out / "last.pt").exists() and not (out / "result.json").exists()
+    logs = []
+    resumed = zoo.train_member(spec, phantom_dataset, out, threads=1, batch=8, log=logs.append)
+    assert logs[0] == f"{spec.name}: resuming at epoch 1"
+    assert len(resumed["history"]) == 2
+    assert resumed["history"][1]["loss"] == full["history"][1]["loss"]  # the same second epoch
+    assert resumed["test_acc"] == full["test_acc"]
+
+
+def test_transfer_lab_scores_only_held_out_targets(phantom_dataset, tmp_path):
+    from toolkit.datasets import load_split
+    from toolkit.transfer import TransferLab, noise_floor
+
+    spec = dataclasses.replace(zoo.member("t_xception_150_histeq"), epochs=1)
+    zoo.train_member(spec, phantom_dataset, tmp_path / spec.name, threads=1, batch=8)
+    s_spec = zoo.member("s_resnet10_128")
+    (tmp_path / s_spec.name).mkdir()
+    torch.save({"model": zoo.ZooModel(s_spec).state_dict()}, tmp_path / s_spec.name / "best.pt")  # a surrogate present too
+    (tmp_path / s_spec.name / "result.json").write_text("{}")
+    unfinished = tmp_path / "t_convnext_256"
+    unfinished.mkdir()  # a target still training (best.pt, no result.json) is not scored
+    torch.save({"model": zoo.ZooModel(zoo.member("t_convnext_256")).state_dict()}, unfinished / "best.pt")
+    test = load_split(phantom_dataset / "test")
+    lab = TransferLab(tmp_path, test.images, test.labels, ("file", "jpeg75"))
+    assert lab.names == [spec.name]  # the surrogate is never a target
+    same = lab.asr(test.images)
+    assert all(v == 0 or np.isnan(v) for row in same.values() for v in row.values())  # unchanged images fool nothing
+    noisy = noise_floor(test.images, 8)
+    d = noisy.astype(int) - test.images
+    assert np.abs(d).max() == 8 and len(np.unique(d)) == 17
+    with pytest.raises(ValueError, match="unknown transfer condition"):
+        TransferLab(tmp_path, test.images, test.labels, ("blur",))
+    with pytest.raises(FileNotFoundError, match="no trained held-out target"):
+        TransferLab(tmp_path / "empty", test.images, test.labels)
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(phantom_dataset, tmp_path_factory):
+    """A zoo trained one epoch on the phantoms: one surrogate, one held-out target."""
+    root = tmp_path_factory.mktemp("zoo")
+    for name in ("s_resnet10_128", "t_densenet_128_histeq"):
+        spec = dataclasses.replace(zoo.member(name), epochs=1)
+        zoo.train_member(spec, phantom_dataset, root / name, threads=1, batch=8)
+    return root
+
+
+def test_surrogate_gradient_model_matches_autograd_through_the_pipeline(tiny_zoo, phantom_dataset, tmp_path):
+    from toolkit.datasets import load_split
+    from toolkit.ort import session
+
+    card = zoo.export_gradient(tiny_zoo, "s_resnet10_128", tmp_path / "g.onnx", phantom_dataset / "test")
+    assert card["parity"]["min_grad_cosine"] >= 0.9999 and card["parity"]["decision_mismatches"] == 0
+    # independently of the export's own check: ORT's gradient against autograd on the 0..255 pipeline
+    model = zoo.load(tiny_zoo, "s_resnet10_128")
+    x = torch.from_numpy(load_split(phantom_dataset / "test").images[:4]).unsqueeze(1).float().requires_grad_(True)
+    z = model(x)
+    lab = z.argmax(1)
+    margin = z.gather(1, lab[:, None])[:, 0] - z.scatter(1, lab[:, None], float("-inf")).max(1).values
+    want = torch.autograd.grad(margin.sum(), x)[0].numpy()
+    logits, grad = session(tmp_path / "g.onnx", "cpu").run(None, {"image": ((x.detach() / 255 - 0.5) / 0.25).numpy(), "label": np.full(4, -1, np.int64)})
+    np.testing.assert_allclose(logits, z.detach().numpy(), atol=1e-3)
+    cos = (grad * want).sum((1, 2, 3)) / np.sqrt((grad**2).sum((1, 2, 3)) * (want**2).sum((1, 2, 3)))
+    assert cos.min() > 0.9
+    with pytest.raises(ValueError, match="held-out target"):
+        zoo.export_gradient(tiny_zoo, "t_densenet_128_histeq", tmp_path / "t.onnx", phantom_dataset / "test")
+    with pytest.raises(ValueError, match="only plain-normalised"):
+        zoo.export_gradient(tiny_zoo, "s_resnet14_160_imnet", tmp_path / "i.onnx", phantom_dataset / "test")
+
+
+def test_resize_matrix_is_the_pipelines_resize():
+    import torch.nn.functional as F
+
+    x = torch.rand(2, 1, 224, 224) * 255
+    for size in (128, 150, 256):
+        r = zoo.resize_matrix(size)
+        want = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(r @ x @ r.T, want, atol=1e-3, rtol=0)
+
+
+def test_evaluate_transfer_writes_the_matrix_with_its_floor(tiny_zoo, phantom_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out = tmp_path / "r"
+    r = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--quick", "--methods", "ours_rae,ours_rae_transfer",
+                                 "--transfer", "--zoo", str(tiny_zoo), "--transfer-conditions", "file,jpeg75"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    z = res["zoo"]
+    assert z["targets"] == ["t_densenet_128_histeq"] and z["conditions"] == ["file", "jpeg75"]
+    assert set(z["noise_floor"]) == {"file", "jpeg75"}
+    if res["evaluated"]:
+        for m in ("ours_rae", "ours_rae_transfer"):
+            row = res["methods"][m]["8"]["zoo_transfer"]
+            assert set(row["file"]) == {"t_densenet_128_histeq"}
+        assert "Table 8: transfer to the held-out zoo targets" in (out / "report.md").read_text()
+        assert "uniform noise" in (out / "report.html").read_text()
+    bad = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--methods", "nope"])
+    assert bad.exit_code == 2 and "unknown method(s) nope" in bad.output
+
+
+def test_medrae_train_zoo_forwards_to_the_zoo_trainer(capsys):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    r = CliRunner().invoke(app, ["train", "zoo", "--help"])
+    assert r.exit_code == 0 and "--only" in r.output
+    zoo.main(["list"])
+    listed = capsys.readouterr().out
+    assert all(m.name in listed for m in zoo.ZOO) and listed.count("target") == len(zoo.members("target"))
