@@ -170,10 +170,6 @@ def logits(model: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum((1, 2, 3)) / np.sqrt((a * a).sum((1, 2, 3)) * (b * b).sum((1, 2, 3)) + 1e-30)
-
-
 def resize_matrix(size: int, source: int = 224) -> torch.Tensor:
     """R (size, source) with ``R @ x @ R.T`` = the pipeline's antialiased bilinear resize of x."""
     eye = torch.eye(source).view(1, 1, source, source)
@@ -209,6 +205,7 @@ def export_gradient(root: Path | str, name: str, out: Path | str, data: Path | s
     """Write ``out`` (ONNX: normalised 224x224 image, label -> logits, d margin / d pixel) and its
     card for the surrogate ``name``, after checking ONNX Runtime against torch autograd through the
     member's whole pipeline on ``limit`` images of the dataset directory ``data``."""
+    from export.onnx_export import _cosines
     from toolkit.datasets import load_split
     from toolkit.ort import file_sha256, session
 

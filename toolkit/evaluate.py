@@ -54,6 +54,7 @@ from .ort import file_sha256, session
 from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
 from .provenance import medrae_version
 from .refine import TransferSettings
+from .transfer import jpeg  # the attacker's JPEG re-save, shared with the transfer matrix
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
 AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
@@ -88,18 +89,6 @@ PUBLISHED = {
 }
 
 
-def _jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
-    def f(x: np.ndarray) -> np.ndarray:
-        from PIL import Image as PILImage
-
-        buf = io.BytesIO()
-        PILImage.fromarray(x).save(buf, format="JPEG", quality=q)
-        buf.seek(0)
-        with PILImage.open(buf) as im:
-            return np.asarray(im.convert("L"))
-    return f
-
-
 def _resize_half(x: np.ndarray) -> np.ndarray:
     from PIL import Image as PILImage
 
@@ -127,12 +116,12 @@ def _gauss1(x: np.ndarray) -> np.ndarray:
 
 # What an unauthorised party might do to an image before its model sees it (issue: --conditions)
 CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "jpeg90": _jpeg(90),
-    "jpeg75": _jpeg(75),
+    "jpeg90": jpeg(90),
+    "jpeg75": jpeg(75),
     "resize0.5": _resize_half,
     "median3": _median3,
     "gauss1": _gauss1,
-    "resize0.5+jpeg75": lambda x: _jpeg(75)(_resize_half(x)),
+    "resize0.5+jpeg75": lambda x: jpeg(75)(_resize_half(x)),
 }
 
 

@@ -17,26 +17,26 @@ from typing import Callable
 
 import numpy as np
 
-CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {}
+def jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
+    """One 8-bit grey image re-encoded as JPEG at quality ``q`` and decoded (an attacker's re-save)."""
 
-
-def _jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
-    def f(images: np.ndarray) -> np.ndarray:
+    def f(x: np.ndarray) -> np.ndarray:
         from PIL import Image
 
-        out = np.empty_like(images)
-        for k, x in enumerate(images):
-            buf = io.BytesIO()
-            Image.fromarray(x).save(buf, format="JPEG", quality=q)
-            buf.seek(0)
-            with Image.open(buf) as im:
-                out[k] = np.asarray(im.convert("L"))
-        return out
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, format="JPEG", quality=q)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            return np.asarray(im.convert("L"))
 
     return f
 
 
-CONDITIONS.update({"file": None, "jpeg90": _jpeg(90), "jpeg75": _jpeg(75)})
+def _each(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda images: np.stack([f(x) for x in images])
+
+
+CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"file": None, "jpeg90": _each(jpeg(90)), "jpeg75": _each(jpeg(75))}
 
 
 def noise_floor(images: np.ndarray, eps: int, seed: int = 0) -> np.ndarray:
