@@ -121,7 +121,9 @@ def protect(
     method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
     codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
     max_rdh_change: int = typer.Option(0, "--max-rdh-change", min=0, help="coarsen the perturbation until hiding its payload moves no pixel (lungs included) by more than N levels; 0: no limit"),
-    rdh_in_roi: bool = typer.Option(False, "--rdh-in-roi", help="let the hidden payload use the lungs too (±1 changes there; more capacity). Default: the ROI stays bit-exact, unless the payload only fits this way"),
+    rdh_in_roi: bool = typer.Option(False, "--rdh-in-roi", help="let every pass of the hidden payload use the lungs too (opt-in: several levels there; more capacity). Default: the ROI stays bit-exact, or changes by at most 1 level where the payload only fits so"),
+    on_uncertain_roi: str = typer.Option("widen", "--on-uncertain-roi", help="a lung mask quality control finds implausible or uncertain (README): widen (protect a conservative ROI), skip (write nothing, report the file), proceed (use it as it is)"),
+    lungs_exact: bool = typer.Option(False, "--lungs-exact", help="never let the hidden payload into the ROI: coarsen the perturbation, or refuse the file, where it does not fit outside"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
 ) -> None:
@@ -138,11 +140,15 @@ def protect(
         k = None
     else:
         k = _key(key, required=True)
+    if rdh_in_roi and lungs_exact:
+        _fail("--rdh-in-roi and --lungs-exact exclude each other")
+    if on_uncertain_roi not in ("widen", "skip", "proceed"):
+        _fail(f"--on-uncertain-roi must be widen, skip or proceed, got {on_uncertain_roi!r}")
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
                device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
-               with_ssim=report is not None, max_rdh_change=max_rdh_change, freeze_roi=not rdh_in_roi, refine_steps=refine_steps, robust=robust,
+               with_ssim=report is not None, max_rdh_change=max_rdh_change, max_roi_change=None if rdh_in_roi else 0 if lungs_exact else 1, refine_steps=refine_steps, robust=robust,
                gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex,
-               transfer_steps=transfer_steps, transfer_eps=transfer_eps)
+               transfer_steps=transfer_steps, transfer_eps=transfer_eps, on_uncertain_roi=on_uncertain_roi)
 
 
 @app.command()
@@ -205,14 +211,14 @@ def _info_tree(root: Path) -> None:
     entries = info_tree(root)
     if not entries:
         _fail(f"{root}: no images below it (PNG, TIFF, JPEG or DICOM)", 1)
-    table = Table("file", "status", "method", "codec", "payload bits", "encrypted", "share left bit-exact")
+    table = Table("file", "status", "method", "codec", "payload bits", "encrypted", "ROI share", "max change in ROI")
     for e in entries:
         rel = str(Path(e["file"]).relative_to(root))
         if e["status"] == "protected":
             table.add_row(rel, e["status"], e["rdh_method"], e["codec"], str(e["payload_bits"]), str(e["encrypted"]),
-                          f"{e['rdh_frozen_fraction']:.3f}")
+                          f"{e['rdh_frozen_fraction']:.3f}", "any" if e["rdh_roi_max_change"] is None else str(e["rdh_roi_max_change"]))
         else:
-            table.add_row(rel, e["status"] + (f": {e['reason']}" if "reason" in e else ""), *[""] * 5)
+            table.add_row(rel, e["status"] + (f": {e['reason']}" if "reason" in e else ""), *[""] * 6)
     Console(width=160).print(table)
     counts = {s: sum(e["status"] == s for e in entries) for s in ("protected", "not protected", "failed")}
     typer.echo(f"{len(entries)} image{'s' * (len(entries) != 1)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))

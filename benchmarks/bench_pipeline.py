@@ -104,7 +104,7 @@ def main() -> None:
                                           batch("protect_paths", tmp / "in", tmp / f"n{w}", key, workers=w, transfer_steps=10), n)
             print(f"  --transfer-steps 10 / default speed, workers={w}: {speeds[('transfer', w)] / speeds[('protect', w)]:.2f}x")
         # the paper hides anywhere
-        ref = batch("protect_paths", tmp / "in", tmp / "paper", key, workers=1, method="hs", codec="rle", refine_steps=0, freeze_roi=False)
+        ref = batch("protect_paths", tmp / "in", tmp / "paper", key, workers=1, method="hs", codec="rle", refine_steps=0, max_roi_change=None)
         ref_speed = row("protect   paper config (hs + rle)", ref, n)
         print(f"  generator-only / paper config (generator, hs + rle) protect speed: {speeds[('generator', 1)] / ref_speed:.2f}x "
               f"(paper config failed {ref['totals']['failed']} of {n} on capacity)")

@@ -10,7 +10,9 @@ Layout (see docs/FORMAT.md, "RDH layer"):
   pass before it, so the decoder walks the chain backwards from the reserved LSBs alone.
 * A *frozen* region (``embed(..., frozen=mask)``: protect passes the lungs) is never changed and
   never a PEE candidate; its block map (``kernels/regionmap.py``) follows the side information in
-  the LSBs of the next border pixels, which are reserved too.
+  the LSBs of the next border pixels, which are reserved too. With ``open_first=True`` the region
+  is frozen only from the second group of passes on: the first group (PEE: both rhombus sets) may
+  use it, which moves each of its pixels by at most one level, and the rest stays outside.
 * 16-bit images embed into the high part ``x >> s`` (the low ``s`` bits are untouched): their
   prediction errors are spread too wide for any bin to hold many bits, while ``x >> s`` behaves
   like an 8-bit image. ``s`` is the smallest shift whose capacity estimate fits the payload.
@@ -38,6 +40,7 @@ SIDE_BITS = 8 + 4 + 4 + 8 + RECORD_BITS + 16  # signature, method, bit shift, pa
 MIN_SIDE = 8
 MAX_PASSES = 255
 FROZEN_FLAG = 0x80  # in the method byte: a frozen-region block map follows the side information
+OPEN_FLAG = 0x40  # in the method byte, with FROZEN_FLAG: the first group of passes may use the frozen region
 MAX_SHIFT = 8  # 16-bit images embed into x >> s, s <= MAX_SHIFT
 SHIFT_GROUPS = 2  # passes' worth of groups the shift estimate allows for
 DEFAULT_METHOD = "pee"
@@ -125,11 +128,17 @@ class _Layout(NamedTuple):
     res_idx: np.ndarray
     extra: np.ndarray
     frozen: Optional[np.ndarray] = None  # (H, W) bool: the frozen blocks' pixels (None: no region)
+    open_reserved: Optional[np.ndarray] = None  # the first group's mask when it may use the region (reserved run only)
+
+    def reserved_for(self, k: int, group: int) -> np.ndarray:
+        """The ``reserved`` mask of pass ``k``."""
+        return self.open_reserved if self.open_reserved is not None and k < group else self.reserved
 
 
-def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray]) -> _Layout:
-    """The layout for ``frozen`` (None or all False: the plain border layout). Blocks double in
-    side until the map fits in the border; ``CapacityError`` if it never does."""
+def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray], open_first: bool = False) -> _Layout:
+    """The layout for ``frozen`` (None or all False: the plain border layout; ``open_first``: the
+    first group of passes may use the region). Blocks double in side until the map fits in the
+    border; ``CapacityError`` if it never does."""
     if frozen is not None and (frozen.shape != tuple(shape) or frozen.dtype != np.bool_):
         raise ValueError(f"frozen must be a bool mask of the image's shape {tuple(shape)}, got {frozen.shape} {frozen.dtype}")
     if frozen is None or not frozen.any():
@@ -145,7 +154,7 @@ def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray]) -> _Layout:
             raise CapacityError(f"the frozen region's block map ({code.size} bits) does not fit in the image border", count, 0)
         block *= 2
     head = struct.pack(">HH", block, code.size)
-    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]))
+    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first)
 
 
 def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
@@ -154,12 +163,16 @@ def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
     return reserved is not _reserved_mask(shape)
 
 
-def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray) -> _Layout:
+def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray, open_first: bool = False) -> _Layout:
     res_idx = reserved_indices(shape, SIDE_BITS + extra.size)
     frozen = regionmap.pixel_mask(blocks, block, shape)
     reserved = frozen.ravel().astype(np.uint8)
     reserved[res_idx] = 1
-    return _Layout(reserved, res_idx, extra, frozen)
+    open_reserved = None
+    if open_first:
+        open_reserved = np.zeros(reserved.size, np.uint8)
+        open_reserved[res_idx] = 1
+    return _Layout(reserved, res_idx, extra, frozen, open_reserved)
 
 
 @lru_cache(maxsize=16)
@@ -381,9 +394,10 @@ def _side_crc(body: bytes, extra: np.ndarray) -> int:
     return binascii.crc_hqx(body + (np.packbits(extra).tobytes() if extra.size else b""), 0xFFFF)
 
 
-def _side_bits(method_id: int, shift: int, npasses: int, rec: PassRecord, extra: np.ndarray) -> np.ndarray:
-    """Side information + ``extra``: the LSBs of the reserved pixels, in their order."""
-    flag = FROZEN_FLAG if extra.size else 0
+def _side_bits(method_id: int, shift: int, npasses: int, rec: PassRecord, layout: _Layout) -> np.ndarray:
+    """Side information + the layout's extra bits: the LSBs of the reserved pixels, in their order."""
+    extra = layout.extra
+    flag = (FROZEN_FLAG | (OPEN_FLAG if layout.open_reserved is not None else 0)) if extra.size else 0
     body = struct.pack(">BBB", SIGNATURE, flag | (method_id << 4) | shift, npasses) + rec.to_bytes()
     return np.concatenate([bytes_to_bits(body + struct.pack(">H", _side_crc(body, extra))), extra])
 
@@ -408,16 +422,17 @@ def _read_layout(full: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, in
         extra = lsbs(run[SIDE_BITS : n + size])
     if _side_crc(body, extra) != crc:
         raise not_protected
-    method_id, shift, npasses = (body[1] & ~FROZEN_FLAG) >> 4, body[1] & 0xF, body[2]
-    if not RDH_METHODS.has_id(method_id) or npasses < 1 or shift > MAX_SHIFT:
-        raise NotProtectedError(f"unknown RDH method id {method_id}, shift {shift} or pass count {npasses}")
+    method_id, shift, npasses = (body[1] & 0x30) >> 4, body[1] & 0xF, body[2]
+    open_first = bool(body[1] & OPEN_FLAG)
+    if not RDH_METHODS.has_id(method_id) or npasses < 1 or shift > MAX_SHIFT or (open_first and not extra.size):
+        raise NotProtectedError(f"unknown RDH method id {method_id}, shift {shift}, pass count {npasses} or flags")
     layout = _Layout(*_reserved(shape), extra)
     if extra.size:
         try:
             blocks = regionmap.decode_blocks(extra[2 * regionmap.LENGTH_BITS :], regionmap.grid_of(shape, block))
         except ValueError:
             raise not_protected from None
-        layout = _layout_from(shape, blocks, block, extra)
+        layout = _layout_from(shape, blocks, block, extra, open_first)
     return method_id, shift, npasses, PassRecord.from_bits(bytes_to_bits(body[3:])), layout
 
 
@@ -442,12 +457,12 @@ def _shifts(image: np.ndarray, maxv: int, bits: int, method: RDHMethod, reserved
 
 
 def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: Optional[int] = None,
-               frozen: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+               frozen: Optional[np.ndarray] = None, open_first: bool = False) -> tuple[np.ndarray, int]:
     """Embed the bit array ``data``; returns ``(marked, passes)`` or raises ``CapacityError``."""
     maxv = value_ceiling(image, ceiling)
-    layout = _layout(image.shape, frozen)
+    layout = _layout(image.shape, frozen, open_first)
     error: Optional[CapacityError] = None
-    for s in _shifts(image, maxv, data.size + layout.res_idx.size, method, layout.reserved):
+    for s in _shifts(image, maxv, data.size + layout.res_idx.size, method, layout.reserved_for(0, method.group)):
         try:
             return _embed_at_shift(image, data, method, s, maxv, layout)
         except CapacityError as exc:
@@ -461,13 +476,13 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
     full = image.astype(np.int32).ravel()  # a copy: the input is never written
     work = full >> s if s else full
     maxv >>= s
-    reserved, res_idx = layout.reserved, layout.res_idx
+    res_idx = layout.res_idx
     lsbs = (full[res_idx] & 1).astype(np.uint8)
     total = data.size
     pos = 0
     head = np.empty(0, np.uint8)  # record of the previous pass
     for k in range(MAX_PASSES):
-        state = method.begin(work, reserved, shape, k, maxv)
+        state = method.begin(work, layout.reserved_for(k, method.group), shape, k, maxv)
         left_in_group = method.group - (k % method.group)
         final_bits = res_idx.size + head.size + (total - pos)
         # an even share of what is left over the rest of the group (each later pass adds a record)
@@ -477,7 +492,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
             if rec is not None:
                 if s:
                     work = (work << s) | (full & ((1 << s) - 1))
-                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, s, k + 1, rec, layout.extra)
+                work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, s, k + 1, rec, layout)
                 return work.reshape(shape).astype(image.dtype), k + 1
         target = method.capacity(state) if left_in_group == 1 else share_bits
         rec = None
@@ -502,7 +517,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
 
 
 def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None,
-          frozen: Optional[np.ndarray] = None) -> np.ndarray:
+          frozen: Optional[np.ndarray] = None, open_first: bool = False) -> np.ndarray:
     """Hide ``payload`` in ``image`` reversibly.
 
     Parameters
@@ -520,6 +535,10 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
         ``bool`` mask of the image's shape: pixels the hiding must leave bit-exact (protect
         passes the lungs). Whole blocks that touch it are left alone (their map is stored in the
         border, so :func:`extract` needs nothing); only reserved border pixels' LSBs may change.
+    open_first : bool
+        With ``frozen``: the first group of passes (PEE: both rhombus sets; HS: one pass) may use
+        the region too, changing each of its pixels by at most one level (of ``x >> s`` for 16-bit);
+        later passes keep out of it. More capacity at a bounded cost to the region.
 
     Returns
     -------
@@ -531,15 +550,15 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
     CapacityError
         The payload does not fit; nothing is returned or written.
     """
-    return embed_counted(image, payload, method, ceiling, frozen)[0]
+    return embed_counted(image, payload, method, ceiling, frozen, open_first)[0]
 
 
 def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None,
-                  frozen: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+                  frozen: Optional[np.ndarray] = None, open_first: bool = False) -> tuple[np.ndarray, int]:
     """:func:`embed`, also returning how many passes it took."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling, frozen)
+    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling, frozen, open_first)
 
 
 def extract(marked: np.ndarray, ceiling: Optional[int] = None) -> tuple[np.ndarray, bytes]:
@@ -571,7 +590,7 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
     shape = marked.shape
     full = marked.astype(np.int32).ravel()
     method_id, s, npasses, rec, layout = _read_layout(full, shape)
-    reserved, res_idx = layout.reserved, layout.res_idx
+    res_idx = layout.res_idx
     if s and maxv == 255:
         raise NotProtectedError("side information names a bit shift for an 8-bit image")
     method = RDH_METHODS.by_id(method_id)
@@ -584,7 +603,7 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
     chunks = []
     lsbs = None
     for k in range(npasses - 1, -1, -1):
-        bits = method.extract(work, reserved, shape, k, maxv, rec)
+        bits = method.extract(work, layout.reserved_for(k, method.group), shape, k, maxv, rec)
         if k == npasses - 1:
             if bits.size < res_idx.size:
                 raise PayloadError("last pass is too short to hold the reserved pixels' LSBs")
@@ -604,9 +623,11 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
 
 
 def frozen_region(marked: np.ndarray) -> Optional[np.ndarray]:
-    """The pixels the hiding left bit-exact (``embed(frozen=...)``: every block touching the mask
-    given then, e.g. the lungs; on the image border only the reserved pixels' LSBs may differ),
-    as a ``bool`` mask of the image's shape; None when the payload may have used the whole image.
+    """The pixels the hiding kept out of (``embed(frozen=...)``: every block touching the mask
+    given then, e.g. the lungs; on the image border only the reserved pixels' LSBs may differ;
+    with ``open_first`` the first group of passes moved them by at most one step,
+    :func:`hiding_bounds`), as a ``bool`` mask of the image's shape; None when the payload may
+    have used the whole image.
     Reads only the side information (no key, no extraction).
 
     Raises
@@ -618,8 +639,31 @@ def frozen_region(marked: np.ndarray) -> Optional[np.ndarray]:
     return _read_layout(marked.astype(np.int32).ravel(), marked.shape)[-1].frozen
 
 
+def hiding_bounds(marked: np.ndarray) -> dict:
+    """What the side information promises about the hiding's changes, without a key: the share of
+    pixels in the frozen region (0.0: none), and the largest change the hiding made inside that
+    region and anywhere, in native pixel units (each group of passes moves a pixel by at most one
+    step of ``x >> s``, i.e. ``2**s`` units). Inside the region: 0 when it was frozen for every
+    pass, one step when the first group could use it; ``None`` when there is no region.
+
+    Raises
+    ------
+    NotProtectedError
+        The image carries no readable RDH side information.
+    """
+    check_image(marked, "marked")
+    method_id, s, npasses, _, layout = _read_layout(marked.astype(np.int32).ravel(), marked.shape)
+    group = RDH_METHODS.by_id(method_id).group
+    step = 1 << s
+    inside = None
+    if layout.frozen is not None:
+        inside = step if layout.open_reserved is not None else 0
+    return {"frozen_fraction": float(layout.frozen.mean()) if layout.frozen is not None else 0.0,
+            "region_max_change": inside, "max_change": step * -(-npasses // group), "passes": npasses}
+
+
 def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[int] = None,
-             frozen: Optional[np.ndarray] = None) -> int:
+             frozen: Optional[np.ndarray] = None, open_first: bool = False) -> int:
     """Payload bits that fit into ``image`` (a whole number of bytes).
 
     Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits, for
@@ -632,13 +676,13 @@ def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[
     s = 0 if maxv == 255 else MAX_SHIFT
     work = image.astype(np.int32).ravel() >> s
     maxv >>= s
-    layout = _layout(image.shape, frozen)
-    reserved, side = layout.reserved, layout.res_idx.size
+    layout = _layout(image.shape, frozen, open_first)
+    side = layout.res_idx.size
     rng = np.random.default_rng(0)
     best = 0
     placed = 0
     for k in range(MAX_PASSES):
-        state = m.begin(work, reserved, image.shape, k, maxv)
+        state = m.begin(work, layout.reserved_for(k, m.group), image.shape, k, maxv)
         cap = m.capacity(state)
         head = RECORD_BITS if k > 0 else 0
         if cap < head:

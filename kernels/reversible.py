@@ -48,6 +48,7 @@ def protect_array(
     ceiling: Optional[int] = None,
     check: bool = True,
     frozen: Optional[np.ndarray] = None,
+    open_first: bool = False,
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -70,6 +71,9 @@ def protect_array(
         encoded file bytes).
     frozen : np.ndarray, optional
         ``bool`` mask of pixels the hiding must leave bit-exact (the ROI; see :func:`kernels.embed`).
+    open_first : bool
+        With ``frozen``: the first group of passes may use the region too, at most one level per
+        pixel there (:func:`kernels.embed`).
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -101,7 +105,7 @@ def protect_array(
         rdh_id=m.id,
         key=key,
     )
-    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen)
+    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen, open_first)
     if check and not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
         raise PayloadError("internal error: protected image does not restore to the original")
     return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)
@@ -140,7 +144,7 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
     """Describe the payload of a protected image without a key (for ``medrae info``)."""
     _, payload = rdh.extract(marked, ceiling)
     hdr = container.read_header(payload)
-    frozen = rdh.frozen_region(marked)
+    bounds = rdh.hiding_bounds(marked)
     return {
         "format_version": hdr.version,
         "encrypted": hdr.encrypted,
@@ -150,6 +154,10 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
         "dtype": str(hdr.dtype),
         "eps": hdr.eps,
         "payload_bits": 8 * len(payload),
-        # share of the pixels the hiding left bit-exact (protect: the blocks around the lungs)
-        "rdh_frozen_fraction": round(float(frozen.mean()), 4) if frozen is not None else 0.0,
+        "rdh_passes": bounds["passes"],
+        # share of the pixels the hiding kept out of (protect: the blocks around the lungs)
+        "rdh_frozen_fraction": round(bounds["frozen_fraction"], 4),
+        # largest change the hiding made there (native units; None: the hiding had no such region)
+        "rdh_roi_max_change": bounds["region_max_change"],
+        "rdh_max_change": bounds["max_change"],
     }

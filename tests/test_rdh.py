@@ -329,6 +329,64 @@ def test_frozen_region_numba_matches_numpy_reference(kind, region, shape, payloa
     assert np.array_equal(_reference.embed(image, payload, frozen=frozen), fast)
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    kind=st.sampled_from(KINDS),
+    region=st.sampled_from(["lungs", "speckle", "rect"]),
+    shape=st.tuples(st.integers(35, 260), st.integers(35, 260)),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    fill=st.floats(0.05, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill, seed):
+    """``open_first``: the first group of passes may use the region, later ones keep out of it, so
+    a region pixel moves by one step of ``x >> s`` at most (two for a pixel at 0 or the ceiling,
+    which PEE first moves one step in); the round trip stays exact; info states the bound."""
+    from kernels.rdh import hiding_bounds
+
+    image = make_image(kind, shape, dtype, seed)
+    frozen = make_frozen(region, shape, seed)
+    try:  # a share of the capacity, so that passes after the open group occur
+        size = int(fill * kernels.capacity(image, method, frozen=frozen, open_first=True)) // 8
+        payload = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+        marked = kernels.embed(image, payload, method, frozen=frozen, open_first=True)
+    except kernels.CapacityError:
+        event("capacity error")
+        return
+    bounds = hiding_bounds(marked)
+    event(f"{bounds['passes']} passes")
+    step = bounds["region_max_change"]
+    top = np.iinfo(dtype).max
+    inside = frozen & _outside_reserved(marked)
+    d = np.abs(marked.astype(np.int64) - image.astype(np.int64))
+    edge = ((image >> (step.bit_length() - 1)) == 0) | ((image >> (step.bit_length() - 1)) == (top >> (step.bit_length() - 1)))
+    assert d[inside & ~edge].max(initial=0) <= step and d[inside & edge].max(initial=0) <= 2 * step
+    assert d.max() <= bounds["max_change"] * (2 if edge.any() else 1)
+    restored, extracted = kernels.extract(marked)
+    assert extracted == payload and np.array_equal(restored, image)
+    assert np.array_equal(kernels.frozen_region(marked) is not None, frozen.any())
+
+
+def test_open_first_adds_capacity_and_is_recorded():
+    """The lungs are the X-ray's smoothest part: one pass group there holds a lot. A closed region
+    reports a zero bound, an open one a one-step bound; no region reports None."""
+    from kernels.rdh import hiding_bounds
+
+    image = chest_phantom(3)[0]
+    lungs = make_frozen("lungs", image.shape, 0)
+    closed, opened = kernels.capacity(image, frozen=lungs), kernels.capacity(image, frozen=lungs, open_first=True)
+    assert closed < opened <= kernels.capacity(image) + 8
+    payload = bytes(np.random.default_rng(1).integers(0, 256, (closed + opened) // 16, dtype=np.uint8))
+    with pytest.raises(kernels.CapacityError):
+        kernels.embed(image, payload, frozen=lungs)
+    marked = kernels.embed(image, payload, frozen=lungs, open_first=True)
+    assert (marked != image)[lungs].any() and np.abs(marked.astype(int) - image)[lungs].max() <= 2
+    assert hiding_bounds(marked)["region_max_change"] == 1
+    assert hiding_bounds(kernels.embed(image, b"abc", frozen=lungs))["region_max_change"] == 0
+    assert hiding_bounds(kernels.embed(image, b"abc"))["region_max_change"] is None
+
+
 @given(grid=st.tuples(st.integers(1, 40), st.integers(1, 40)), density=st.floats(0, 1), seed=st.integers(0, 2**16))
 def test_block_map_code_round_trips(grid, density, seed):
     from kernels import regionmap

@@ -159,7 +159,7 @@ def test_batch_goes_on_past_an_image_that_does_not_fit(tiny_models, monkeypatch)
 
     def second_does_not_fit(image, adv, key, **kw):  # however it is tried (coarser grid, ROI frozen or not)
         if np.array_equal(image, images[1]):
-            tries.append(kw.get("frozen") is not None)
+            tries.append((kw.get("frozen") is not None, kw.get("open_first", False)))
             raise kernels.CapacityError("payload of 90000 bits does not fit", 90000, 40000)
         return real(image, adv, key, **kw)
 
@@ -168,7 +168,9 @@ def test_batch_goes_on_past_an_image_that_does_not_fit(tiny_models, monkeypatch)
     assert [r.marked is None for r in results] == [False, True, False]
     assert "short by 50000 bits" in results[1].error and results[1].info is None
     assert np.array_equal(kernels.restore_array(results[2].marked, None), images[2])
-    assert tries[:2] == [True, False]  # first outside the ROI, then anywhere, then on coarser grids
+    # first outside the ROI, then with the ROI open to the first group of passes, then on coarser grids;
+    # never in every pass (--rdh-in-roi only)
+    assert tries[:2] == [(True, False), (True, True)] and all(frozen for frozen, _ in tries) and len(tries) % 2 == 0
 
 
 def test_plan_perturbation_maps_grid_and_roi_exactly():
@@ -251,16 +253,22 @@ def test_write_atomic_syncs_before_the_name_appears(tmp_path, monkeypatch):
     from toolkit import imageio
 
     events = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
     monkeypatch.setattr(imageio.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(imageio.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(imageio.os, "link", lambda a, b: (events.append("link"), real_link(a, b))[1])
     out = tmp_path / "sub" / "o.png"
     imageio.write_atomic(out, b"abc")
-    assert events == ["fsync", "replace"] and out.read_bytes() == b"abc"
+    # data synced, then the name taken exclusively (link fails if it exists), then the directory synced
+    assert events == ["fsync", "link", "fsync"] and out.read_bytes() == b"abc"
     assert not any(p.name.endswith("medrae-tmp") for p in out.parent.iterdir())
-    with pytest.raises(imageio.ImageError, match="output exists"):
+    with pytest.raises(imageio.OutputExists, match="output exists"):
         imageio.write_atomic(out, b"xyz")
     assert out.read_bytes() == b"abc"
+    events.clear()
+    imageio.write_atomic(out, b"xyz", overwrite=True)
+    assert events == ["fsync", "replace", "fsync"] and out.read_bytes() == b"xyz"
+    assert not any(p.name.endswith("medrae-tmp") for p in out.parent.iterdir())
 
 
 def test_display_window_rules():

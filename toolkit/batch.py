@@ -22,8 +22,8 @@ import numpy as np
 import kernels
 
 from . import metrics, ort
-from .imageio import Image, ImageError, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
-from .protect import DEFAULT_GRADIENT, MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change
+from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
+from .protect import DEFAULT_GRADIENT, MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change, uncertain_reason
 from .refine import TransferSettings
 from .provenance import medrae_version
 
@@ -49,7 +49,10 @@ class FileResult:
     ssim: Optional[float] = None
     roi_fraction: Optional[float] = None
     coarsened: int = 0  # times the grid was subsampled 2x so that the payload fits
-    roi_frozen: Optional[bool] = None  # protect: the hiding left the ROI bit-exact (else it fell back to the whole image)
+    roi_frozen: Optional[bool] = None  # protect: the hiding left the ROI bit-exact
+    hiding: Optional[str] = None  # protect: where the payload went (toolkit.protect.HIDING_MODES)
+    roi_max_change: Optional[int] = None  # protect: largest change of any ROI pixel, levels (measured on the file)
+    roi_flags: Optional[list] = None  # protect: what segmentation quality control found (toolkit.qc; [] = nothing)
     white_box_margin: Optional[float] = None  # after refinement, on the 224x224 view; < 0: the classifier is fooled
     refine_steps: Optional[int] = None
     seconds: float = 0.0
@@ -93,6 +96,8 @@ class BatchReport:
             "mean_payload_bits": mean("payload_bits"),
             "coarsened": sum(r.coarsened > 0 for r in self.results),
             "rdh_in_roi": sum(r.roi_frozen is False for r in self.results if r.status == "protected"),
+            "roi_uncertain": sum(bool(r.roi_flags) for r in self.results),
+            "roi_max_change": max((r.roi_max_change for r in done if r.roi_max_change is not None), default=None),
             "white_box_fooled": self._fooled(done),
             "seconds": round(self.seconds, 3),
             "images_per_second": round(len(done) / self.seconds, 2) if self.seconds > 0 and done else 0.0,
@@ -182,15 +187,18 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
 
 def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
                     key: Optional[bytes], method: Optional[str], codec: Optional[str], overwrite: bool,
-                    with_ssim: bool, max_rdh_change: int = 0, freeze_roi: bool = True) -> FileResult:
+                    with_ssim: bool, max_rdh_change: int = 0, max_roi_change: Optional[int] = 1,
+                    guard: Optional[np.ndarray] = None) -> FileResult:
     """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
     stages: dict[str, float] = {}
     t = time.perf_counter()
     res = FileResult(src, dst, "failed", shape=list(image.pixels.shape))
     try:
         try:  # checked below, on the file bytes
-            marked, info, plan, res.coarsened, res.roi_frozen = protect_with_fallback(
-                image, roi, grid, eps, key, method, codec, check=False, max_rdh_change=max_rdh_change, freeze_roi=freeze_roi)
+            marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
+                image, roi, grid, eps, key, method, codec, check=False, max_rdh_change=max_rdh_change, max_roi_change=max_roi_change,
+                guard=guard)
+            res.roi_frozen = res.hiding == "frozen"
             res.roi_fraction = float(plan.roi.mean())
         except kernels.CapacityError as exc:
             res.roi_fraction = float(plan_perturbation(image, roi, grid, eps).roi.mean())
@@ -209,7 +217,10 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
         stages["write"] = time.perf_counter() - t2
         res.status, res.payload_bits, res.codec, res.rdh_passes = "protected", info.payload_bits, info.codec, info.passes
         res.rdh_max_change = rdh_change(info)
+        res.roi_max_change = roi_change(image, back.pixels, plan)
         res.psnr, res.ssim = _quality(image, marked, with_ssim)
+    except OutputExists as exc:  # a concurrent command finished it first: its file stands
+        res.status, res.reason = "skipped", exc.reason
     except (ImageError, kernels.MedraeError, ValueError) as exc:
         res.reason = getattr(exc, "reason", None) or str(exc)
     finally:
@@ -253,6 +264,8 @@ def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool) -> F
                 raise ImageError(dst, "internal error: encoded output does not read back identically; not written")
             write_atomic(Path(dst), data, overwrite)
             res.stages["write"] = time.perf_counter() - t
+        except OutputExists as exc:
+            res.status, res.reason = "skipped", exc.reason
         except ImageError as exc:
             res.status, res.reason = "failed", exc.reason
     res.seconds = sum(res.stages.values())
@@ -334,8 +347,8 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
                   device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
-                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0, freeze_roi: bool = True,
-                  refine_steps: Optional[int] = None, robust: bool = False, gradients: Optional[list[str]] = None, margin: Optional[float] = None, roi_margin: Optional[int] = None, roi_threshold: Optional[float] = None, roi_convex: bool = False, transfer_steps: Optional[int] = None, transfer_eps: Optional[int] = None, on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0, max_roi_change: Optional[int] = 1,
+                  refine_steps: Optional[int] = None, robust: bool = False, gradients: Optional[list[str]] = None, margin: Optional[float] = None, roi_margin: Optional[int] = None, roi_threshold: Optional[float] = None, roi_convex: bool = False, transfer_steps: Optional[int] = None, transfer_eps: Optional[int] = None, on_uncertain_roi: str = "widen", on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "protect") -> BatchReport:
     """Protect one file or a directory tree into ``dst``; see the module docstring."""
     from .protect import Protector
@@ -344,7 +357,7 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
     results, done, todo = _start(pair_paths(src, dst), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
         protector = Protector(models, device, eps, roi_margin, refine_steps=refine_steps, robust=robust, gradient=gradients or DEFAULT_GRADIENT, margin=margin, roi_threshold=roi_threshold, roi_convex=roi_convex, transfer_steps=transfer_steps,
-                              transfer_settings=TransferSettings(eps=transfer_eps, texture=0.0) if transfer_eps else None) if todo else None
+                              transfer_settings=TransferSettings(eps=transfer_eps, texture=0.0) if transfer_eps else None, on_uncertain_roi=on_uncertain_roi) if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
         for chunk in _chunks(todo, max(1, batch_size)):
             loaded = list(pool.map(_load, [str(s) for s, _ in chunk]))
@@ -358,11 +371,15 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[i
                 a = protector.analyse(np.stack([item[1] for _, item in ok]))
                 infer = (time.perf_counter() - t) / len(ok)
                 refined = protector.refiner is not None
-                jobs = [
-                    (item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None),
-                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec, overwrite, with_ssim, max_rdh_change, freeze_roi))
-                    for ((s, d), item), roi, grid, wb_margin, n_steps in zip(ok, a.rois, a.grids, a.margins, a.steps)
-                ]
+                jobs = []
+                for ((s, d), item), roi, grid, wb_margin, n_steps, guard, assessment, skip in zip(
+                        ok, a.rois, a.grids, a.margins, a.steps, a.guards, a.assessments, a.skip):
+                    if skip:  # --on-uncertain-roi skip: nothing is written
+                        done(FileResult(str(s), str(d), "failed", uncertain_reason(assessment), roi_flags=assessment.flags))
+                        continue
+                    jobs.append((item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
+                                 pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec,
+                                             overwrite, with_ssim, max_rdh_change, max_roi_change, guard)))
             _collect(pending, done)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
         _collect(pending, done)
@@ -433,9 +450,9 @@ def _start(pairs: list[tuple[Path, Path]], overwrite: bool, on_start: Callable[[
 
 
 def _collect(jobs: list, done: Callable[[FileResult], None]) -> None:
-    for decode, infer, (wb_margin, n_steps), fut in jobs:
+    for decode, infer, (wb_margin, n_steps), flags, fut in jobs:
         r = fut.result()
-        r.white_box_margin, r.refine_steps = wb_margin, n_steps
+        r.white_box_margin, r.refine_steps, r.roi_flags = wb_margin, n_steps, flags
         r.stages = {"decode": decode, "segment_perturb": infer, **r.stages}
         r.seconds = sum(r.stages.values())
         done(r)

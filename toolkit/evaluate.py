@@ -232,15 +232,15 @@ class Harness:
         return Output(out, bits, restored)
 
     def _ours(self, prot: Protector, x: np.ndarray, eps: int, embed: bool, region: bool = True,
-              method: Optional[str] = None, codec: Optional[str] = None, freeze_roi: bool = True) -> Output:
+              method: Optional[str] = None, codec: Optional[str] = None, max_roi_change: Optional[int] = 1) -> Output:
         a = prot.analyse(x, eps, region)
         if not embed:
             return Output(np.stack([plan_perturbation(Image(img, 255, "png"), roi, grid, eps).adversarial for img, roi, grid in zip(x, a.rois, a.grids)]))
         out, bits, restored = x.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
-        for k, (img, roi, grid) in enumerate(zip(x, a.rois, a.grids)):
+        for k, (img, roi, grid, guard) in enumerate(zip(x, a.rois, a.grids, a.guards)):
             try:  # the same fallback as medrae protect; restored and compared just below, as the measurement
                 marked, info, *_ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False,
-                                                         freeze_roi=freeze_roi)
+                                                         max_roi_change=max_roi_change, guard=guard)
             except kernels.CapacityError:
                 out[k] = img  # cannot be published reversibly: the original goes out
                 continue
@@ -274,7 +274,7 @@ class Harness:
         if method == "ours_rae_noregion":
             return self._ours(self.protector, x, eps, embed=True, region=False)
         if method == "paper_rae":
-            return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle", freeze_roi=False)  # as published
+            return self._ours(self.paper, x, eps, embed=True, method="hs", codec="rle", max_roi_change=None)  # as published
         if method in ("csm_gan", "csm_gan_rdh"):  # the CSM-GAN generator perturbs the whole image
             return self._ours(self.csm, x, eps, embed=method.endswith("_rdh"), region=False)
         base = self.base_attack(method)

@@ -8,6 +8,7 @@ with only the pixel data replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -85,12 +86,31 @@ def read_image(path: Path | str) -> Image:
     return _read_raster(path)
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """C libraries (libtiff, zlib via Pillow) print their own messages for a corrupt file; the one
+    ImageError line says it instead. Redirects fd 2 for the duration of a decode."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _read_raster(path: Path) -> Image:
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_stderr():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": a bad file gets one ImageError line, not warnings
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             with PILImage.open(path) as im:
                 fmt = (im.format or "").upper()
@@ -109,8 +129,8 @@ def _read_raster(path: Path) -> Image:
         raise ImageError(path, "not a PNG, TIFF, JPEG or DICOM image (unrecognised content)") from None
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         raise ImageError(path, f"declared size exceeds the limit ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(path, f"truncated or corrupt image data ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on garbage (TypeError, KeyError, struct.error...)
+        raise ImageError(path, f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
     kind = {"PNG": "png", "TIFF": "tiff", "JPEG": "jpeg", "MPO": "jpeg"}[fmt]
     pixels = _grayscale(path, arr, mode)
     return Image(pixels, 255 if pixels.dtype == np.uint8 else 65535, kind)
@@ -151,11 +171,22 @@ def _pixel_dtype(ds: Any, itemsize: int) -> str:
 def _read_dicom(path: Path, source: Any = None) -> Image:
     """DICOM from ``path`` (or from the file object ``source``, named ``path`` in errors)."""
     try:
+        return _parse_dicom(path, source)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing or garbled element; pydicom raises many types
+        raise ImageError(path, f"DICOM element missing or invalid ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_dicom(path: Path, source: Any = None) -> Image:
+    try:
         import pydicom
     except ModuleNotFoundError:
         raise ImageError(path, "DICOM needs pydicom (pip install pydicom)") from None
     try:
-        ds = pydicom.dcmread(path if source is None else source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid VRs and the like: reported below if they matter
+            ds = pydicom.dcmread(path if source is None else source)
     except Exception as exc:  # pydicom raises several types for bad files
         raise ImageError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
@@ -208,23 +239,99 @@ def encode_image(image: Image, pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise ImageError(path, "output exists (use --overwrite to replace it)")
-    tmp = path.with_name(f".{path.name}.medrae-tmp")
+class OutputExists(ImageError):
+    """The output is already there (another process may have finished it meanwhile)."""
+
+
+def _alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files of ``path`` left by a process that no longer runs (killed mid-write)."""
+    legacy = path.with_name(f".{path.name}.medrae-tmp")  # before temporaries carried a pid
+    stale = [legacy] if legacy.exists() else []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.medrae-tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2 :].split(".")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            stale.append(tmp)
+    return stale
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> None:
+    """Write ``data`` to a temporary name beside ``path`` (unique to this process), sync it, then
+    give it its name: never a half-written file under the final name, whatever kills the process.
+
+    Without ``overwrite`` the name is taken with ``os.link``, which fails if it exists, so two
+    commands writing one output tree never replace each other's finished files (the second gets
+    :class:`OutputExists`); with it, ``os.replace``. Temporaries of the same output left by a
+    killed process are removed."""
+    import errno
+    import secrets
+
+    if path.exists() and not overwrite:
+        raise OutputExists(path, "output exists (use --overwrite to replace it)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.medrae-tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             # on disk before the name appears: after a crash an output either is complete or is
             # absent, never an empty file that a resumed batch would skip as done
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExists(path, "output exists (another process wrote it meanwhile)") from None
+            except OSError as exc:  # a filesystem without hard links: rename (atomic, may replace a racing twin)
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.replace(tmp, path)
+        _sync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ImageError(path, f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        _remove(tmp)
+    for stale in _stale_temporaries(path):
+        _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # e.g. a read-only filesystem: nothing was written there either
+        pass
+
+
+def _sync_dir(directory: Path) -> None:
+    """The rename itself on disk (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def decode_bytes(data: bytes, like: Image, name: str = "<memory>") -> Image:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,9 +29,10 @@ from kernels.resample import grid_shape, upsample
 
 from .display import level_size, to_view
 from .imageio import Image
+from . import qc
 from .masks import postprocess
 from .ort import file_sha256, session
-from .refine import Refiner, RefineSettings, TransferSettings, TransferStage, upsample_cells
+from .refine import Refiner, RefineSettings, TransferSettings, TransferStage, spare_flat, upsample_cells
 
 NET_SIZE = 224
 log = logging.getLogger("medrae")
@@ -81,12 +82,19 @@ class Plan:
     roi: np.ndarray  # bool, the image's own resolution
     eps: int  # native units
     hints: dict
+    guard: Optional[np.ndarray] = None  # bool, the region the hiding keeps out of (or to one level in); None: ``roi``
+
+    @property
+    def hiding_region(self) -> np.ndarray:
+        return self.roi if self.guard is None else self.guard
 
 
-def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int) -> Plan:
+def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, guard: Optional[np.ndarray] = None) -> Plan:
     """Map a 224x224 ROI and the generator's integer grid (levels in ``-eps..eps``) onto ``image``.
 
-    ``grid`` is either a coarse grid (side < 224) or a dense 224x224 perturbation.
+    ``grid`` is either a coarse grid (side < 224) or a dense 224x224 perturbation. ``guard``: a
+    mask of ``roi``'s shape, the region the hiding keeps out of (or to one level in) besides the
+    ROI: where a segmenter that missed part of a lung most often missed it (:func:`toolkit.qc.guard`).
     """
     h, w = image.pixels.shape
     step = level_size(image)
@@ -105,17 +113,30 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int)
     levels = np.clip(delta // step, -(x // step), (image.ceiling - x) // step)
     adv = (x + levels * step).astype(image.pixels.dtype)
     hints = {"grid": g, "factor": factor} if side < NET_SIZE and factor > 1 else {}
-    return Plan(adv, roi_full, eps * step, hints)
+    if guard is not None:
+        guard = roi_full | (resize_nearest(guard, (h, w)) if guard.shape != (h, w) else guard)
+    return Plan(adv, roi_full, eps * step, hints, guard)
+
+
+# Where the hiding may go, most protective first (protect_with_fallback tries them in this order).
+# "frozen": outside the ROI only (the lungs stay bit-exact); "open1": the first group of passes
+# also uses the ROI (each ROI pixel moves by at most one level), the rest keeps out of it;
+# "anywhere": every pass may use the ROI (explicit opt-in, --rdh-in-roi: several levels there).
+HIDING_MODES = ("frozen", "open1", "anywhere")
 
 
 def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Optional[str] = None,
-                    codec: Optional[str] = None, check: bool = True, freeze_roi: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo]:
+                    codec: Optional[str] = None, check: bool = True, hiding: str = "frozen") -> tuple[np.ndarray, kernels.ProtectInfo]:
     """Embed the plan's exact perturbation; raises ``kernels.CapacityError`` when it does not fit.
-    ``freeze_roi``: the hiding leaves the ROI bit-exact too (``kernels.embed(frozen=...)``), so
-    the lungs of the protected image are the original's. ``check=False`` only where the caller
-    restores the encoded file itself (batch does)."""
+    ``hiding``: one of ``HIDING_MODES`` (``frozen``: the lungs of the protected image are the
+    original's, ``kernels.embed(frozen=...)``). ``check=False`` only where the caller restores
+    the encoded file itself (batch does)."""
+    if hiding not in HIDING_MODES:
+        raise ValueError(f"hiding must be one of {', '.join(HIDING_MODES)}, got {hiding!r}")
+    frozen = plan.hiding_region if hiding != "anywhere" and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
-                                 ceiling=image.kernel_ceiling, frozen=plan.roi if freeze_roi else None, **plan.hints)
+                                 ceiling=image.kernel_ceiling, frozen=frozen, open_first=hiding == "open1" and frozen is not None,
+                                 **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
@@ -131,30 +152,54 @@ def rdh_change(info: kernels.ProtectInfo) -> int:
     return -(-info.passes // group)
 
 
+def hiding_modes(max_roi_change: Optional[int]) -> tuple[str, ...]:
+    """The hiding modes to try, in order, for a bound on the change inside the ROI (levels;
+    None: no bound, the payload may use the ROI in every pass)."""
+    if max_roi_change is None:
+        return ("anywhere",)
+    if max_roi_change < 0:
+        raise ValueError(f"max_roi_change must be >= 0 or None, got {max_roi_change}")
+    return ("frozen", "open1") if max_roi_change >= 1 else ("frozen",)
+
+
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
                           method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
-                          max_rdh_change: int = 0, freeze_roi: bool = True) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, bool]:
+                          max_rdh_change: int = 0, max_roi_change: Optional[int] = 1, guard: Optional[np.ndarray] = None) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
     not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel by more than
-    ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does. With
-    ``freeze_roi`` each grid is first hidden outside the ROI, then, if it does not fit there (the
-    lungs are the X-ray's smoothest, most capacious part: about half the capacity goes with them),
-    in the whole image: ±1 changes in the lungs cost less than a coarser, weaker perturbation.
-    Returns ``(marked, info, plan, coarsening level, ROI frozen)`` or raises the last ``CapacityError``."""
+    ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does. Each grid
+    tries :func:`hiding_modes` in turn: first outside the ROI only, then (``max_roi_change >= 1``,
+    the default) with the ROI open to the first group of passes, one level at most there (the
+    lungs are the X-ray's smoothest, most capacious part: ±1 there costs less than a coarser,
+    weaker perturbation). ``max_roi_change=None``: the payload may use the ROI in every pass.
+    Returns ``(marked, info, plan, coarsening level, hiding mode)`` or raises the last ``CapacityError``."""
+    modes = hiding_modes(max_roi_change)
     level = 0
     while True:
         last = level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE
-        plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps)
-        for freeze in (True, False) if freeze_roi and plan.roi.any() else (False,):
+        plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps, guard)
+        tried = modes if plan.roi.any() else ("anywhere",)
+        for mode in tried:
             try:
-                marked, info = protect_planned(image, plan, key, method, codec, check, freeze)
+                marked, info = protect_planned(image, plan, key, method, codec, check, mode)
+                # measured, not assumed: a pixel at 0 or the ceiling can move 2 levels in one PEE group
+                if mode == "open1" and roi_change(image, marked, plan) > max_roi_change:
+                    raise kernels.CapacityError(f"hiding in the ROI would change it by more than {max_roi_change} level(s)",
+                                                info.payload_bits, 0)
             except kernels.CapacityError:
-                if last and not freeze:
+                if last and mode == tried[-1]:
                     raise
                 continue
             if last or not max_rdh_change or rdh_change(info) <= max_rdh_change:
-                return marked, info, plan, level, freeze
+                return marked, info, plan, level, mode
         level += 1
+
+
+def roi_change(image: Image, marked: np.ndarray, plan: Plan) -> int:
+    """Largest change the hiding made inside the plan's ROI, in levels (1/255 of the display window),
+    rounded up; the perturbation itself never changes the ROI."""
+    d = np.abs(marked.astype(np.int64) - plan.adversarial.astype(np.int64))[plan.hiding_region].max(initial=0)
+    return int(-(-int(d) // level_size(image)))
 
 
 @dataclass
@@ -166,11 +211,26 @@ class Protected:
     adversarial: np.ndarray
     info: Optional[kernels.ProtectInfo]
     error: Optional[str] = None
-    roi_frozen: bool = False  # the hiding left the ROI bit-exact
+    hiding: Optional[str] = None  # where the payload went (HIDING_MODES)
+
+
+def uncertain_reason(assessment: "qc.Assessment") -> str:
+    return f"uncertain lung segmentation ({assessment.reason()}); not protected (--on-uncertain-roi skip)"
 
 
 def capacity_reason(exc: kernels.CapacityError) -> str:
     return f"payload does not fit: {exc} (short by {exc.needed_bits - exc.capacity_bits} bits)"
+
+
+@dataclass
+class Segmentation:
+    """The ROIs of a batch of 224x224 views, and what quality control made of them."""
+
+    rois: np.ndarray  # (N, 224, 224) bool: what is protected (widened where QC flagged and the policy is widen)
+    plain: np.ndarray  # (N, 224, 224) bool: the ROI rule's output before QC
+    assessments: list  # toolkit.qc.Assessment per view
+    skip: np.ndarray  # (N,) bool: flagged and the policy is skip (nothing is written for these)
+    guards: np.ndarray  # (N, 224, 224) bool: the hiding's region (toolkit.qc.guard), a superset of rois
 
 
 @dataclass
@@ -181,6 +241,9 @@ class Analysis:
     grids: np.ndarray  # (N, g, g) int64 levels in -eps..eps, zero on ROI cells
     margins: np.ndarray  # (N,) white-box margin of the clean prediction after refinement (NaN: not refined)
     steps: np.ndarray  # (N,) refinement steps taken
+    assessments: list = field(default_factory=list)  # toolkit.qc.Assessment per view (empty: no segmentation)
+    skip: Optional[np.ndarray] = None  # (N,) bool: QC flagged the ROI and the policy is skip
+    guards: Optional[np.ndarray] = None  # (N, 224, 224) bool: the hiding's region (None: the ROI)
 
 
 DEFAULT_GRADIENT = "gradient_resnet18.onnx"
@@ -199,6 +262,10 @@ ROI_THRESHOLD = 0.05
 # with true-lung pixels outside the protected cells / such pixels per image / white-box ASR: plain
 # ROI 4.4 % / 23.5 / 91.4 %; hull 3.7 % / 9.9 / 86.3 %; hull + 3 px margin 5.6 % / 11.0 / 89.8 %.
 ROI_CONVEX = False
+# test-time views whose lungs join the ROI (toolkit.qc.VIEWS); all of them always shape the hiding's guard and QC
+# cxr3/test, 270 images (/tmp one-off on Protector(roi_views=...), before spare_flat): images whose perturbation reached
+# true-lung pixels / white-box ASR: own view 11 / 85.6 %, + mirror 5 / 85.2 %, + both gammas too 5 / 84.1 %
+ROI_VIEWS: tuple[str, ...] = ("mirror",)
 
 
 class Protector:
@@ -213,6 +280,9 @@ class Protector:
     transfers a little better to unseen models, at a larger, more visible perturbation).
     ``roi_threshold``: lung probability from which a pixel is ROI (default ``ROI_THRESHOLD``).
     ``roi_convex``: each lung of the ROI widened to its convex hull before the margin (see ``ROI_CONVEX``).
+    ``on_uncertain_roi``: what to do with a lung mask that quality control (:mod:`toolkit.qc`) flags:
+    ``widen`` (default) protects a conservative ROI instead, ``skip`` protects nothing (the file is
+    reported), ``proceed`` uses the mask as it is.
     """
 
     def __init__(self, models_dir: Path | str = MODELS_DIR, device: str = "auto", eps: Optional[int] = None,
@@ -220,8 +290,16 @@ class Protector:
                  refine_steps: Optional[int] = None, gradient: str | list[str] = DEFAULT_GRADIENT, robust: bool = False,
                  margin: Optional[float] = None, roi_threshold: Optional[float] = None, roi_convex: bool = ROI_CONVEX,
                  surrogates: Optional[list[str]] = None, transfer_steps: Optional[int] = None,
-                 transfer_settings: Optional[TransferSettings] = None):
+                 transfer_settings: Optional[TransferSettings] = None, on_uncertain_roi: str = qc.DEFAULT_POLICY,
+                 roi_views: tuple[str, ...] = ROI_VIEWS):
         models_dir = Path(models_dir)
+        if on_uncertain_roi not in qc.POLICIES:
+            raise ValueError(f"on_uncertain_roi must be one of {', '.join(qc.POLICIES)}, got {on_uncertain_roi!r}")
+        self.on_uncertain_roi = on_uncertain_roi
+        unknown = set(roi_views) - {name for name, _, _ in qc.VIEWS}
+        if unknown:
+            raise ValueError(f"roi_views: unknown test-time view(s) {sorted(unknown)}; known: {[v[0] for v in qc.VIEWS]}")
+        self.roi_views = tuple(roi_views)
         for name in (segmenter, generator):
             if not (models_dir / name).is_file():
                 raise FileNotFoundError(f"{models_dir / name}: model file not found (--models DIR)")
@@ -285,7 +363,36 @@ class Protector:
     @property
     def roi_rule(self) -> str:
         hull = ", each lung's convex hull" if self.roi_convex else ""
-        return f"lung probability >= {self.roi_threshold:g}{hull}, widened by {self.dilation} px (224x224 view)"
+        return (f"lung probability >= {self.roi_threshold:g}{hull}, widened by {self.dilation} px (224x224 view); "
+                f"uncertain masks: {self.on_uncertain_roi}")
+
+    def segment(self, views: np.ndarray) -> Segmentation:
+        """ROIs of (N, 224, 224) uint8 views. The segmenter also sees each view's test-time
+        variants (:data:`toolkit.qc.VIEWS`); a pixel is ROI where any of them gives the ROI rule's
+        lung probability. Quality control (:func:`toolkit.qc.assess`) checks each mask and
+        ``on_uncertain_roi`` acts on it."""
+        n = len(views)
+        batch = np.concatenate([views] + [fwd(views) for _, fwd, _ in qc.VIEWS])
+        logits = self.seg.run(None, {"image": normalize(batch)})[0][:, 0]
+        own = logits[:n]
+        back = [inv(logits[(k + 1) * n : (k + 2) * n]) for k, (_, _, inv) in enumerate(qc.VIEWS)]
+        most = np.maximum.reduce([own] + back)  # the most lung-like logit over the views
+        # each view's ROI on its own (its two lungs), then their union: one view's spurious blob
+        # cannot push a lung out of the largest components
+        joined = [own] + [b for (name, _, _), b in zip(qc.VIEWS, back) if name in self.roi_views]
+        plain = np.stack([np.logical_or.reduce([postprocess(v[k], self.dilation, threshold=self.roi_threshold, convex=self.roi_convex)
+                                                for v in joined]) for k in range(n)])
+        probs = [1.0 / (1.0 + np.exp(-np.clip(b, -30, 30))) for b in back]
+        assessments = [qc.assess(own[k], [q[k] for q in probs]) for k in range(n)]
+        p_most = 1.0 / (1.0 + np.exp(-np.clip(most, -30, 30)))
+        rois = plain.copy()
+        if self.on_uncertain_roi == "widen":
+            for k, a in enumerate(assessments):
+                if a.uncertain:
+                    rois[k] = qc.widen(plain[k], p_most[k], a)
+        guards = np.stack([qc.guard(r, q) for r, q in zip(rois, p_most)])
+        skip = np.array([a.uncertain and self.on_uncertain_roi == "skip" for a in assessments], bool)
+        return Segmentation(rois, plain, assessments, skip, guards)
 
     def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
@@ -294,11 +401,9 @@ class Protector:
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
         eps = self.eps if eps is None else eps
         x = normalize(views)
-        if region:
-            logits = self.seg.run(None, {"image": x})[0][:, 0]
-            rois = np.stack([postprocess(l, self.dilation, threshold=self.roi_threshold, convex=self.roi_convex) for l in logits])
-        else:
-            rois = np.zeros(views.shape, bool)
+        seg = self.segment(views) if region else Segmentation(*(np.zeros(views.shape, bool),) * 2, [], np.zeros(len(views), bool), np.zeros(views.shape, bool))
+        rois = seg.rois.copy()
+        rois[seg.skip] = True  # nothing to perturb on a skipped view (it is not written)
         n = len(views)
         if self.refiner:
             head = None
@@ -306,13 +411,14 @@ class Protector:
                 f = self.transfer.settings.factor
                 coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
                 head = upsample_cells(coarse, f // self.factor)
-            r = self.refiner.refine(views, ~cells_touching(rois, self.factor), eps, grids=head)
-            return Analysis(rois, r.grids, r.margins, r.steps)
+            free = spare_flat(views, ~cells_touching(rois, self.factor), self.refiner.settings.spare_flat)
+            r = self.refiner.refine(views, free, eps, grids=head)
+            return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards)
         raw = self.gen.run(None, {"image": x, "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
         if grids.shape[-1] < NET_SIZE:  # the generator zeroes ROI cells itself; this keeps it exact
             grids[cells_touching(rois, self.factor)] = 0
-        return Analysis(rois, grids, np.full(n, np.nan), np.zeros(n, np.int64))
+        return Analysis(rois, grids, np.full(n, np.nan), np.zeros(n, np.int64), seg.assessments, seg.skip, seg.guards)
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
         """Protect a batch (N, 224, 224) uint8 as ``medrae protect`` does (with its fallbacks);
@@ -320,12 +426,15 @@ class Protector:
         does not fit), and nothing was produced for it."""
         a = self.analyse(images)
         out = []
-        for image, roi, grid in zip(images, a.rois, a.grids):
+        for image, roi, grid, guard, assessment, skip in zip(images, a.rois, a.grids, a.guards, a.assessments, a.skip):
             img = Image(image, 255, "png")
+            if skip:
+                out.append(Protected(None, roi, image, None, uncertain_reason(assessment)))
+                continue
             try:
-                marked, info, plan, _, frozen = protect_with_fallback(img, roi, grid, self.eps, key, method)
+                marked, info, plan, _, hiding = protect_with_fallback(img, roi, grid, self.eps, key, method, guard=guard)
             except kernels.CapacityError as exc:
                 out.append(Protected(None, roi, plan_perturbation(img, roi, grid, self.eps).adversarial, None, capacity_reason(exc)))
                 continue
-            out.append(Protected(marked, roi, plan.adversarial, info, roi_frozen=frozen))
+            out.append(Protected(marked, roi, plan.adversarial, info, hiding=hiding))
         return out

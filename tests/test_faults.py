@@ -1,0 +1,270 @@
+"""The fault campaign: damaged protected files are refused, never restored wrong, never crash;
+parsers fed random bytes raise typed errors only; a killed batch resumes to identical outputs;
+an unwritable or full output directory and two concurrent commands leave nothing half-written.
+
+Counts over a larger campaign: ``python benchmarks/faults.py`` (README, "Fault campaign").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kernels
+from toolkit import faults
+from toolkit.imageio import read_image
+from toolkit.phantoms import chest_phantom
+
+ROOT = Path(__file__).resolve().parents[1]
+# 3 formats x 3400 damaged files: the campaign's >= 10 000 cases, every run (about a minute)
+CASES_PER_FORMAT = int(os.environ.get("MEDRAE_FAULT_CASES", "3400"))
+KEY = bytes(range(32))
+
+
+def _protect_one(src: Path, dst: Path) -> None:
+    from toolkit.batch import protect_paths
+
+    report = protect_paths(src, dst, KEY, workers=1)
+    assert report.count("protected") == 1, [r.reason for r in report.results]
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory):
+    """A protected PNG (8-bit), TIFF (16-bit) and DICOM (12-bit) file: (bytes, decoded, ROI, original, suffix)."""
+    pydicom = pytest.importorskip("pydicom")
+    from PIL import Image as PILImage
+
+    from test_pipeline_cli import _dicom
+    from toolkit.imageio import Image
+
+    base = tmp_path_factory.mktemp("faults")
+    img, _ = chest_phantom(7)
+    files = {}
+    (base / "in").mkdir()
+    PILImage.fromarray(img).save(base / "in" / "a.png")
+    PILImage.fromarray((img.astype(np.uint16) * 257)).save(base / "in" / "b.tif")
+    _dicom(base / "in" / "c.dcm", 500 + 10 * img.astype(np.uint16), "MONOCHROME2", 12, window=(1775.5, 2551))
+    for name in ("a.png", "b.tif", "c.dcm"):
+        src, dst = base / "in" / name, base / "out" / name
+        _protect_one(src, dst)
+        marked = read_image(dst)
+        region = kernels.frozen_region(marked.pixels)
+        original = read_image(src).pixels
+        files[name.split(".")[1]] = (dst.read_bytes(), marked, region if region is not None else np.zeros(original.shape, bool),
+                                     original, dst.suffix)
+    assert pydicom  # used through _dicom
+    return files
+
+
+def _campaign(protected, kind: str, damage: str, seed: int, workdir: Path) -> tuple[str, str, str]:
+    data, marked, roi, original, suffix = protected[kind]
+    case = faults.damage_file(data, marked, roi, damage, np.random.default_rng(seed))
+    outcome, what = faults.restore_outcome(case.data, suffix, KEY, original, workdir)
+    return outcome, what, case.detail
+
+
+@pytest.mark.parametrize("kind", ["png", "tif", "dcm"])
+def test_damaged_files_are_refused_never_restored_wrong(protected, kind, tmp_path):
+    """Every damage class, thousands of seeds: the outcome is a typed refusal, or (only where the
+    damage missed every pixel: DICOM elements, PNG/TIFF bytes the decoder never reads) the exact
+    original. Pixel damage in a well-formed file is always refused."""
+
+    @settings(max_examples=CASES_PER_FORMAT, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(damage=st.sampled_from(faults.DAMAGES), seed=st.integers(0, 2**32 - 1))
+    def check(damage, seed):
+        outcome, what, detail = _campaign(protected, kind, damage, seed, tmp_path)
+        assert outcome in ("refused", "intact"), f"{kind} {damage} {detail}: {outcome} {what}"
+        if damage.startswith("pixel-"):
+            assert outcome == "refused", f"{kind} {damage} {detail}: a tampered pixel restored"
+
+    check()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.binary(min_size=0, max_size=400), key=st.sampled_from([None, KEY]))
+def test_container_parser_fuzz(data, key):
+    """Random bytes as a payload: typed errors only (a valid header with a random body is too)."""
+    from kernels import container
+
+    for payload in (data, container.MAGIC + data):
+        try:
+            container.unseal(payload, key)
+        except (kernels.NotProtectedError, kernels.KeyMismatchError, kernels.PayloadError):
+            pass
+        else:  # only a genuine keyless payload opens; random bytes never do
+            pytest.fail("random bytes opened as a payload")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), signed=st.booleans())
+def test_side_information_parser_fuzz(seed, signed):
+    """Random border LSBs (with and without a valid signature byte): extraction raises typed errors only."""
+    from kernels.rdh import SIGNATURE, border_length, reserved_indices
+
+    rng = np.random.default_rng(seed)
+    image = chest_phantom(seed % 5)[0].copy()
+    run = reserved_indices(image.shape, border_length(image.shape))
+    image.ravel()[run] = (image.ravel()[run] & 0xFE) | rng.integers(0, 2, run.size, dtype=np.uint8)
+    if signed:
+        bits = np.unpackbits(np.array([SIGNATURE], np.uint8))
+        image.ravel()[run[:8]] = (image.ravel()[run[:8]] & 0xFE) | bits
+    try:
+        kernels.restore_array(image, KEY)
+    except (kernels.NotProtectedError, kernels.KeyMismatchError, kernels.PayloadError):
+        return
+    pytest.fail("random side information restored")
+
+
+# ----------------------------------------------------------------------------------------------
+# processes killed, directories unwritable, two commands at once
+# ----------------------------------------------------------------------------------------------
+
+
+def _tree(tmp_path: Path, n: int = 6) -> Path:
+    from PIL import Image as PILImage
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for s in range(n):
+        PILImage.fromarray(chest_phantom(s)[0]).save(src / ("sub" if s % 2 else "") / f"p{s}.png")
+    return src
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    code = "import sys; from cli import app; sys.argv = ['medrae', *sys.argv[1:]]; app()"
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def _restored(out: Path, key: Path, tmp: Path) -> dict[str, bytes]:
+    back = tmp / f"back{time.monotonic_ns()}"
+    p = _cli("restore", str(out), str(back), "--key", str(key))
+    assert p.wait(120) == 0, p.stdout.read().decode()
+    return {str(f.relative_to(back)): f.read_bytes() for f in sorted(back.rglob("*.png"))}
+
+
+def _final_files(out: Path) -> list[Path]:
+    return sorted(f for f in out.rglob("*") if f.is_file() and not f.name.endswith(".medrae-tmp"))
+
+
+def test_killed_batch_resumes_to_identical_outputs(tmp_path):
+    """SIGKILL a protect batch at random points, rerun it each time: every final file is a complete,
+    restorable one (never partial), the rerun writes only what is missing, and the outputs restore to
+    exactly what an uninterrupted run's do. (The nonce is random, so protected bytes differ run to run;
+    the originals they restore to, and every file's validity, do not.)"""
+    src = _tree(tmp_path)
+    key = tmp_path / "k"
+    assert _cli("keygen", str(key)).wait(60) == 0
+    ref = tmp_path / "ref"
+    assert _cli("protect", str(src), str(ref), "--key", str(key), "--workers", "1").wait(300) == 0
+    out = tmp_path / "out"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for delay in rng.uniform(2.0, 7.0, 3):
+        p = _cli("protect", str(src), str(out), "--key", str(key), "--workers", "1")
+        time.sleep(delay)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(60)
+        for f in _final_files(out):  # whatever has its final name is complete and restores
+            r = _cli("verify", str(src / f.relative_to(out)), str(f), "--key", str(key))
+            assert r.wait(120) == 0, r.stdout.read().decode()
+    before = {f: f.stat().st_mtime_ns for f in _final_files(out)}
+    p = _cli("protect", str(src), str(out), "--key", str(key), "--workers", "1")
+    assert p.wait(300) == 0, p.stdout.read().decode()
+    assert all(f.stat().st_mtime_ns == t for f, t in before.items()), "a finished output was written twice"
+    assert [f.relative_to(out) for f in _final_files(out)] == [f.relative_to(ref) for f in _final_files(ref)]
+    assert _restored(out, key, tmp_path) == _restored(ref, key, tmp_path)
+    assert not list(out.rglob("*.medrae-tmp")), "a killed run's temporary file was left behind after the rerun"
+    assert kills >= 1, "no run was killed mid-batch; lengthen the batch"
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def _run_protect(src: Path, out: Path, key: bytes):
+    from toolkit.batch import protect_paths
+
+    return protect_paths(src, out, key, workers=1)
+
+
+def test_read_only_output_directory(tmp_path):
+    """Nothing can be written: each file fails with a one-line reason naming it; nothing appears."""
+    src = _tree(tmp_path, 2)
+    out = tmp_path / "ro"
+    if os.geteuid() == 0:
+        if not _mount_tmpfs(out, "ro,size=1m"):
+            pytest.skip("running as root (permissions are not enforced) and cannot mount a read-only tmpfs")
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+    try:
+        report = _run_protect(src, out, KEY)
+        assert report.count("failed") == 2 and report.count("protected") == 0
+        for r in report.failed:
+            assert "cannot write" in r.reason and "\n" not in r.reason, r.reason
+        assert not [f for f in out.rglob("*") if f.is_file()]
+    finally:
+        if os.geteuid() == 0:
+            _umount(out)
+        else:
+            out.chmod(0o755)
+
+
+def test_full_output_directory(tmp_path):
+    """A disk that fills mid-batch: the files that fit are complete and restore; the others fail with
+    'No space left', and no partial file or temporary is left under the output tree."""
+    src = _tree(tmp_path, 6)
+    out = tmp_path / "full"
+    if not _mount_tmpfs(out, "size=120k"):
+        pytest.skip("needs root to mount a small tmpfs (a full disk cannot be simulated otherwise)")
+    try:
+        report = _run_protect(src, out, KEY)
+        failed, done = report.failed, [r for r in report.results if r.status == "protected"]
+        assert failed, "the tmpfs did not fill; make it smaller"
+        assert all("No space left" in r.reason for r in failed), [r.reason for r in failed]
+        assert sorted(Path(r.output) for r in done) == _final_files(out)
+        for r in done:
+            marked = read_image(r.output)
+            assert np.array_equal(kernels.restore_array(marked.pixels, KEY), read_image(r.input).pixels)
+        assert not list(out.rglob("*.medrae-tmp"))
+    finally:
+        _umount(out)
+
+
+def test_two_commands_on_one_output_tree(tmp_path):
+    """Two protect commands at once on the same tree: every output is written once, by one of them,
+    complete and restorable; the other reports it skipped; no temporary is left."""
+    src = _tree(tmp_path, 6)
+    key = tmp_path / "k"
+    assert _cli("keygen", str(key)).wait(60) == 0
+    out = tmp_path / "out"
+    reps = [tmp_path / f"r{i}.json" for i in range(2)]
+    procs = [_cli("protect", str(src), str(out), "--key", str(key), "--workers", "1", "--report", str(r)) for r in reps]
+    for p in procs:
+        assert p.wait(300) == 0, p.stdout.read().decode()
+    results = [json.loads(r.read_text())["files"] for r in reps]
+    protected = [f["output"] for files in results for f in files if f["status"] == "protected"]
+    assert sorted(protected) == sorted(set(protected)) and len(protected) == 6, "an output was written by both"
+    assert all(f["status"] in ("protected", "skipped") for files in results for f in files)
+    p = _cli("verify", str(src), str(out), "--key", str(key))
+    assert p.wait(120) == 0, p.stdout.read().decode()
+    assert not list(out.rglob("*.medrae-tmp"))
