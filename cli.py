@@ -82,8 +82,12 @@ def _summary(console, rep) -> None:
         console.print(f"perturbation: {rep.mode}{extra}", highlight=False)
     if rep.roi:
         spilled = t.get("rdh_in_roi") or 0
-        hidden = f"; the hidden payload also used it on {spilled} file(s), where it only fit that way" if spilled else ""
+        most = t.get("roi_max_change")
+        hidden = (f"; the hidden payload also used it on {spilled} file(s), where it only fit that way "
+                  f"(largest change there: {most} level(s))") if spilled else ""
         console.print(f"untouched region (ROI): {rep.roi}{hidden}", highlight=False)
+        if t.get("roi_uncertain"):
+            console.print(f"segmentation quality control flagged {t['roi_uncertain']} file(s) (--report: roi_flags)", highlight=False)
 
 
 @app.command()

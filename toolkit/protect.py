@@ -184,8 +184,8 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
                 marked, info = protect_planned(image, plan, key, method, codec, check, mode)
                 # measured, not assumed: a pixel at 0 or the ceiling can move 2 levels in one PEE group
                 if mode == "open1" and roi_change(image, marked, plan) > max_roi_change:
-                    raise kernels.CapacityError(f"hiding in the ROI would change it by more than {max_roi_change} level(s)",
-                                                info.payload_bits, 0)
+                    raise kernels.CapacityError(f"hiding it with one pass group in the ROI would change the ROI by more than "
+                                                f"{max_roi_change} level (pixels at black or white)", info.payload_bits, info.payload_bits)
             except kernels.CapacityError:
                 if last and mode == tried[-1]:
                     raise
@@ -219,7 +219,8 @@ def uncertain_reason(assessment: "qc.Assessment") -> str:
 
 
 def capacity_reason(exc: kernels.CapacityError) -> str:
-    return f"payload does not fit: {exc} (short by {exc.needed_bits - exc.capacity_bits} bits)"
+    short = exc.needed_bits - exc.capacity_bits
+    return f"payload does not fit: {exc}" + (f" (short by {short} bits)" if short > 0 else "")
 
 
 @dataclass
