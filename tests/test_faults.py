@@ -161,16 +161,20 @@ def test_killed_batch_resumes_to_identical_outputs(tmp_path):
     restorable one (never partial), the rerun writes only what is missing, and the outputs restore to
     exactly what an uninterrupted run's do. (The nonce is random, so protected bytes differ run to run;
     the originals they restore to, and every file's validity, do not.)"""
-    src = _tree(tmp_path)
+    src = _tree(tmp_path, 10)
     key = tmp_path / "k"
     assert _cli("keygen", str(key)).wait(60) == 0
     ref = tmp_path / "ref"
-    assert _cli("protect", str(src), str(ref), "--key", str(key), "--workers", "1").wait(300) == 0
+    assert _cli("protect", str(src), str(ref), "--key", str(key), "--workers", "1", "--batch-size", "1").wait(300) == 0
     out = tmp_path / "out"
     rng = np.random.default_rng(0)
     kills = 0
-    for delay in rng.uniform(2.0, 7.0, 3):
-        p = _cli("protect", str(src), str(out), "--key", str(key), "--workers", "1")
+    for delay in rng.uniform(0.0, 0.6, 3):
+        done = len(_final_files(out)) if out.exists() else 0
+        p = _cli("protect", str(src), str(out), "--key", str(key), "--workers", "1", "--batch-size", "1")
+        # the kill lands mid-batch: once this run has written a file, after a random delay
+        while p.poll() is None and (len(_final_files(out)) if out.exists() else 0) <= done:
+            time.sleep(0.02)
         time.sleep(delay)
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
