@@ -28,7 +28,7 @@ def _two_lungs(shape=(224, 224)) -> np.ndarray:
 
 def test_a_plausible_mask_raises_no_flag():
     lungs = _two_lungs()
-    a = qc.assess(_logits(lungs), [qc._sigmoid(_logits(lungs).astype(np.float64))] * 3)
+    a = qc.assess(_logits(lungs), [qc.probability(_logits(lungs).astype(np.float64))] * 3)
     assert a.flags == [] and not a.uncertain and 2 == a.measures["lungs"]
 
 
@@ -38,7 +38,7 @@ def test_a_plausible_mask_raises_no_flag():
 def test_each_implausible_mask_is_flagged(damage, flag):
     lungs = _two_lungs()
     logits = _logits(lungs)
-    views = [qc._sigmoid(logits.astype(np.float64))] * 3
+    views = [qc.probability(logits.astype(np.float64))] * 3
     if damage == "one lung":
         logits = _logits(lungs & (np.mgrid[0:224, 0:224][1] < 112))
     elif damage == "no lungs":
@@ -52,9 +52,9 @@ def test_each_implausible_mask_is_flagged(damage, flag):
     elif damage == "hesitant":  # probabilities near 0.5 over a wide band
         logits = np.where(lungs, 8.0, 0.0).astype(np.float32) - 0.5 * (1 - lungs)
     elif damage == "views":  # the test-time views find other lungs
-        views = [qc._sigmoid(_logits(np.roll(lungs, 30, axis=1)).astype(np.float64))] * 3
+        views = [qc.probability(_logits(np.roll(lungs, 30, axis=1)).astype(np.float64))] * 3
     if damage != "views":
-        views = [qc._sigmoid(logits.astype(np.float64))] * 3
+        views = [qc.probability(logits.astype(np.float64))] * 3
     a = qc.assess(logits, views)
     assert flag in a.flags, (damage, a.flags, a.measures)
     assert a.uncertain and a.reason()
@@ -62,7 +62,7 @@ def test_each_implausible_mask_is_flagged(damage, flag):
 
 def test_widen_and_guard_only_add_pixels():
     lungs = _two_lungs()
-    prob = qc._sigmoid(_logits(lungs).astype(np.float64))
+    prob = qc.probability(_logits(lungs).astype(np.float64))
     ok = qc.assess(_logits(lungs))
     wide = qc.widen(lungs, prob, ok)
     assert (wide >= lungs).all() and wide.sum() > lungs.sum()

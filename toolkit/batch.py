@@ -51,7 +51,7 @@ class FileResult:
     coarsened: int = 0  # times the grid was subsampled 2x so that the payload fits
     roi_frozen: Optional[bool] = None  # protect: the hiding left the ROI bit-exact
     hiding: Optional[str] = None  # protect: where the payload went (toolkit.protect.HIDING_MODES)
-    roi_max_change: Optional[int] = None  # protect: largest change of any ROI pixel, levels (measured on the file)
+    roi_max_change: Optional[int] = None  # protect: largest change the hiding made in the ROI and its guard, levels (measured on the file)
     roi_flags: Optional[list] = None  # protect: what segmentation quality control found (toolkit.qc; [] = nothing)
     white_box_margin: Optional[float] = None  # after refinement, on the 224x224 view; < 0: the classifier is fooled
     refine_steps: Optional[int] = None

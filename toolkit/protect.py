@@ -196,8 +196,9 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
 
 
 def roi_change(image: Image, marked: np.ndarray, plan: Plan) -> int:
-    """Largest change the hiding made inside the plan's ROI, in levels (1/255 of the display window),
-    rounded up; the perturbation itself never changes the ROI."""
+    """Largest change the hiding made inside the plan's hiding region (the ROI and its guard), in
+    levels (1/255 of the display window), rounded up; inside the ROI that is the whole change (the
+    perturbation never touches it)."""
     d = np.abs(marked.astype(np.int64) - plan.adversarial.astype(np.int64))[plan.hiding_region].max(initial=0)
     return int(-(-int(d) // level_size(image)))
 
@@ -383,9 +384,9 @@ class Protector:
         joined = [own] + [b for (name, _, _), b in zip(qc.VIEWS, back) if name in self.roi_views]
         plain = np.stack([np.logical_or.reduce([postprocess(v[k], self.dilation, threshold=self.roi_threshold, convex=self.roi_convex)
                                                 for v in joined]) for k in range(n)])
-        probs = [1.0 / (1.0 + np.exp(-np.clip(b, -30, 30))) for b in back]
+        probs = [qc.probability(b) for b in back]
         assessments = [qc.assess(own[k], [q[k] for q in probs]) for k in range(n)]
-        p_most = 1.0 / (1.0 + np.exp(-np.clip(most, -30, 30)))
+        p_most = qc.probability(most)
         rois = plain.copy()
         if self.on_uncertain_roi == "widen":
             for k, a in enumerate(assessments):
@@ -401,7 +402,6 @@ class Protector:
         if views.dtype != np.uint8 or views.ndim != 3 or views.shape[1:] != (NET_SIZE, NET_SIZE):
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
         eps = self.eps if eps is None else eps
-        x = normalize(views)
         seg = self.segment(views) if region else Segmentation(*(np.zeros(views.shape, bool),) * 2, [], np.zeros(len(views), bool), np.zeros(views.shape, bool))
         rois = seg.rois.copy()
         rois[seg.skip] = True  # nothing to perturb on a skipped view (it is not written)
@@ -415,7 +415,7 @@ class Protector:
             free = spare_flat(views, ~cells_touching(rois, self.factor), self.refiner.settings.spare_flat)
             r = self.refiner.refine(views, free, eps, grids=head)
             return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards)
-        raw = self.gen.run(None, {"image": x, "mask": rois[:, None].astype(np.float32)})[0][:, 0]
+        raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
         if grids.shape[-1] < NET_SIZE:  # the generator zeroes ROI cells itself; this keeps it exact
             grids[cells_touching(rois, self.factor)] = 0

@@ -56,10 +56,13 @@ LIMITS = {
     "centre_y": (0.24, 0.63),  # ... and of the height (0.260 / 0.605)
     "side": 0.05,  # each lung's centroid at least this far (fraction of the width) from the midline (0.061)
 }
-# the conservative ROI's extra margin (224x224 view) and lung field: a frontal X-ray's lungs lie
-# within this box (fractions of the height and width; cxr3/train masks' 0.5 / 99.5 % extents, widened)
-WIDEN_MARGIN = 8
+# the hiding's guard: lung probability from which, and distance (px of the 224x224 view) up to which
 GUARD_PROBABILITY, GUARD_REACH = 0.005, 24
+# the conservative ROI's extra margin (224x224 view), and the lung field an implausible mask widens to
+# (fractions of the height and width): a chosen box, not a measured one. cxr3/train's true masks lie
+# wholly inside it on 64 % of the images; their 5th / 95th percentile extents are top 0.004, bottom
+# 0.991, left 0.031, right 0.969 (lungs that leave the box reach the frame)
+WIDEN_MARGIN = 8
 LUNG_FIELD = (0.04, 0.96, 0.06, 0.94)  # top, bottom, left, right
 
 
@@ -84,7 +87,8 @@ class Assessment:
         return ", ".join(self.flags)
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
+def probability(logits: np.ndarray) -> np.ndarray:
+    """Lung probability of segmenter logits (clipped, so no overflow warning)."""
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
 
 
@@ -107,7 +111,7 @@ def assess(logits: np.ndarray, view_probs: Optional[list[np.ndarray]] = None) ->
     if logits.ndim != 2 or logits.dtype.kind != "f":
         raise ValueError(f"expected a float (H, W) logit map, got {logits.shape} {logits.dtype}")
     h, w = logits.shape
-    p = _sigmoid(logits.astype(np.float64))
+    p = probability(logits.astype(np.float64))
     raw = p >= 0.5
     labels, sizes = _label(np.ascontiguousarray(fill_holes(raw)))
     comps = sorted(range(1, len(sizes)), key=lambda c: -sizes[c])
@@ -122,10 +126,11 @@ def assess(logits: np.ndarray, view_probs: Optional[list[np.ndarray]] = None) ->
     if comps:
         yy, xx = np.nonzero(mask)
         m["centre_x"], m["centre_y"] = float(xx.mean() / w), float(yy.mean() / h)
-        m["side"] = float(min(abs(np.nonzero(l)[1].mean() / w - 0.5) for l in lungs[:2])) if len(lungs) >= 2 else 0.0
-        if len(lungs) >= 2:  # one lung each side of the midline, not one above the other
-            cx = [np.nonzero(l)[1].mean() / w for l in lungs[:2]]
-            m["side"] = m["side"] if (cx[0] - 0.5) * (cx[1] - 0.5) < 0 else 0.0
+        m["side"] = 0.0
+        if len(lungs) >= 2:  # one lung each side of the midline (not one above the other), each this far off it
+            cx = [np.nonzero(l)[1].mean() / w for l in lungs]
+            if (cx[0] - 0.5) * (cx[1] - 0.5) < 0:
+                m["side"] = float(min(abs(c - 0.5) for c in cx))
     flags = []
     lim = LIMITS
     if not lim["area"][0] <= m["area"] <= lim["area"][1]:
