@@ -20,6 +20,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reversible a
 PASS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 KEY_HELP = "key file (medrae keygen); default: $MEDRAE_KEY_FILE"
+RAY_HELP = ("run on a Ray cluster (pip install 'medrae[ray]'): local (start one on this machine for the command), auto (the "
+            "cluster this machine belongs to) or HOST:PORT; --workers is then the number of actors (0: one per CPU). "
+            "Input and output must be on a filesystem every node sees")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -76,6 +79,10 @@ def _summary(console, rep) -> None:
     console.print(table)
     if rep.providers:
         console.print(f"onnxruntime providers: {', '.join(rep.providers)}", highlight=False)
+    if rep.cluster:
+        nodes = ", ".join(f"{n} {d['files']} files ({d['images_per_second']:.1f}/s)" for n, d in t.get("per_node", {}).items())
+        console.print(f"ray {rep.cluster['address']}: {rep.cluster['actors']} actors on {len(rep.cluster['nodes'])} node(s)"
+                      + (f": {nodes}" if nodes else ""), highlight=False)
     if rep.mode:
         fooled = t.get("white_box_fooled")
         extra = f"; white-box classifier fooled on {fooled:.1%} of the protected images" if fooled is not None else ""
@@ -130,10 +137,13 @@ def protect(
     lungs_exact: bool = typer.Option(False, "--lungs-exact", help="never let the hidden payload into the ROI: coarsen the perturbation, or refuse the file, where it does not fit outside"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="with --ray: GPUs Ray reserves for each actor (e.g. 0.25: four share a GPU), so that actors land on GPU nodes; an actor uses CUDA wherever onnxruntime-gpu loads it"),
 ) -> None:
     """Protect images: adversarial outside the lungs, restorable with the key."""
     from toolkit.batch import protect_paths
     from toolkit.protect import MODELS_DIR
+    from toolkit.settings import ProtectSettings
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device must be auto, cpu or cuda, got {device!r}")
@@ -146,13 +156,18 @@ def protect(
         k = _key(key, required=True)
     if rdh_in_roi and lungs_exact:
         _fail("--rdh-in-roi and --lungs-exact exclude each other")
+    if gpus_per_actor and ray is None:
+        _fail("--gpus-per-actor needs --ray ADDRESS")
     if on_uncertain_roi not in ("widen", "skip", "proceed"):
         _fail(f"--on-uncertain-roi must be widen, skip or proceed, got {on_uncertain_roi!r}")
-    _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, eps=eps, models=models or MODELS_DIR,
-               device=device, batch_size=batch_size, workers=workers, overwrite=overwrite, method=method, codec=codec,
-               with_ssim=report is not None, max_rdh_change=max_rdh_change, max_roi_change=None if rdh_in_roi else 0 if lungs_exact else 1, refine_steps=refine_steps, robust=robust,
-               gradients=[f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()], margin=margin, roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex,
-               transfer_steps=transfer_steps, transfer_eps=transfer_eps, on_uncertain_roi=on_uncertain_roi)
+    settings = ProtectSettings(eps=eps, models=models or MODELS_DIR, device=device, batch_size=batch_size, method=method, codec=codec,
+                               with_ssim=report is not None, max_rdh_change=max_rdh_change,
+                               max_roi_change=None if rdh_in_roi else 0 if lungs_exact else 1, refine_steps=refine_steps, robust=robust,
+                               gradients=tuple(f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()), margin=margin,
+                               roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex, transfer_steps=transfer_steps,
+                               transfer_eps=transfer_eps, on_uncertain_roi=on_uncertain_roi)
+    _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, settings=settings, workers=workers, overwrite=overwrite, ray=ray,
+               gpus_per_actor=gpus_per_actor)
 
 
 @app.command()
@@ -163,11 +178,12 @@ def restore(
     workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
     report: Optional[Path] = typer.Option(None, "--report"),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
 ) -> None:
     """Restore the originals, bit for bit (no neural network involved)."""
     from toolkit.batch import restore_paths
 
-    _run_batch(restore_paths, "restore", report, src=input, dst=output, key=_key(key, required=False), workers=workers, overwrite=overwrite)
+    _run_batch(restore_paths, "restore", report, src=input, dst=output, key=_key(key, required=False), workers=workers, overwrite=overwrite, ray=ray)
 
 
 @app.command()
@@ -177,11 +193,12 @@ def verify(
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
     workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
     report: Optional[Path] = typer.Option(None, "--report"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
 ) -> None:
     """Restore in memory and compare with the originals bit for bit (exit 0 only if all identical)."""
     from toolkit.batch import verify_paths
 
-    _run_batch(verify_paths, "verify", report, original=original, protected=protected, key=_key(key, required=False), workers=workers)
+    _run_batch(verify_paths, "verify", report, original=original, protected=protected, key=_key(key, required=False), workers=workers, ray=ray)
 
 
 @app.command()

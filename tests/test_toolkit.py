@@ -124,6 +124,47 @@ def test_providers_never_request_missing_cuda():
             providers("cuda")
 
 
+
+def test_provider_choice_for_a_gpu_build_without_a_gpu():
+    """What onnxruntime-gpu reports decides the request; a CUDA provider that then fails to load
+    leaves one line naming the fallback (no GPU here: the choice is tested, not CUDA itself)."""
+    from toolkit.ort import fallback_note, providers
+
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers("auto", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers("cpu", gpu_build) == ["CPUExecutionProvider"]
+    assert providers("cuda", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="no CUDA provider"):
+        providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        providers("gpu", gpu_build)
+    note = fallback_note(["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
+    assert note is not None and "CUDAExecutionProvider did not load" in note and "\n" not in note
+    assert fallback_note(["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
+    assert fallback_note(["CPUExecutionProvider"], ["CPUExecutionProvider"]) is None
+
+
+def test_exactly_one_onnxruntime_package_is_installed():
+    """The cpu and gpu extras install one runtime each; both in one environment overwrite each other."""
+    pytest.importorskip("onnxruntime")
+    from toolkit.ort import runtime_packages
+
+    assert len(runtime_packages()) == 1, runtime_packages()
+
+
+def test_session_threads_setting():
+    from toolkit import ort
+
+    with pytest.raises(ValueError, match=">= 0"):
+        ort.set_threads(-1)
+    before = ort._threads
+    try:
+        ort.set_threads(1)
+        assert ort._threads == 1
+    finally:
+        ort.set_threads(before)
+
 def test_protect_on_onnx_models(tiny_models):
     import kernels
     from toolkit.protect import Protector

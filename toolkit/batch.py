@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -22,9 +22,10 @@ import numpy as np
 import kernels
 
 from . import metrics, ort
-from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image, is_image_path, output_name, read_image, write_atomic
-from .protect import DEFAULT_GRADIENT, MODELS_DIR, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change, uncertain_reason
-from .refine import TransferSettings
+from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image, output_name
+from .storage import STORE
+from .protect import capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change, uncertain_reason
+from .settings import ProtectSettings
 from .provenance import medrae_version
 
 
@@ -57,6 +58,7 @@ class FileResult:
     refine_steps: Optional[int] = None
     seconds: float = 0.0
     stages: dict = field(default_factory=dict)
+    node: Optional[str] = None  # --ray: the node (host/node id) whose actor did the work
 
     @property
     def ok(self) -> bool:
@@ -73,6 +75,7 @@ class BatchReport:
     roi: Optional[str] = None  # protect: the rule that made the untouched region
     eps: Optional[int] = None  # protect: perturbation bound, 1/255 units
     models: dict = field(default_factory=dict)  # protect: model file -> SHA-256, all that shaped the perturbation
+    cluster: Optional[dict] = None  # --ray: address, actors, nodes (toolkit.cluster)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -102,7 +105,22 @@ class BatchReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(len(done) / self.seconds, 2) if self.seconds > 0 and done else 0.0,
             "stage_seconds_per_image": {k: v / len(done) for k, v in stages.items()} if done else {},
+            **({"per_node": self.per_node()} if self.cluster else {}),
         }
+
+    def per_node(self) -> dict:
+        """--ray: per node, the files it finished and its throughput over the command's wall time
+        (files / s; the nodes' figures add up to the command's)."""
+        out: dict[str, dict] = {}
+        for r in self.results:
+            if r.node and r.status in ("protected", "restored", "identical"):
+                d = out.setdefault(r.node, {"files": 0, "busy_seconds": 0.0})
+                d["files"] += 1
+                d["busy_seconds"] += r.seconds
+        for d in out.values():
+            d["images_per_second"] = round(d["files"] / self.seconds, 2) if self.seconds > 0 else 0.0
+            d["busy_seconds"] = round(d["busy_seconds"], 3)
+        return out
 
     @staticmethod
     def _fooled(done: list[FileResult]) -> Optional[float]:
@@ -112,7 +130,8 @@ class BatchReport:
 
     def to_json(self) -> dict:
         return {"command": self.command, "medrae_version": medrae_version(), "mode": self.mode, "roi": self.roi, "eps": self.eps,
-                "models": self.models, "providers": self.providers, "totals": self.totals(), "files": [asdict(r) for r in self.results]}
+                "models": self.models, "providers": self.providers, **({"cluster": self.cluster} if self.cluster else {}),
+                "totals": self.totals(), "files": [asdict(r) for r in self.results]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +167,7 @@ def pair_paths(src: Path, dst: Path, map_name: bool = True) -> list[tuple[Path, 
 
 def image_files(root: Path) -> list[Path]:
     """Image files below ``root`` in sorted order (hidden files, e.g. temporaries, left out)."""
-    return [p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".") and is_image_path(p)]
+    return STORE.images(root)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +179,7 @@ def _load(src: str) -> tuple[Optional[Image], Optional[np.ndarray], Optional[str
     """Decode an input to protect; refuse one that already carries a medrae payload."""
     t = time.perf_counter()
     try:
-        image = read_image(src)
+        image = STORE.read(src)
     except ImageError as exc:
         return None, None, exc.reason, time.perf_counter() - t
     if _carries_payload(image):
@@ -185,10 +204,8 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
     return psnr, ssim
 
 
-def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
-                    key: Optional[bytes], method: Optional[str], codec: Optional[str], overwrite: bool,
-                    with_ssim: bool, max_rdh_change: int = 0, max_roi_change: Optional[int] = 1,
-                    guard: Optional[np.ndarray] = None) -> FileResult:
+def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
+                    settings: ProtectSettings, overwrite: bool, guard: Optional[np.ndarray] = None) -> FileResult:
     """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -196,8 +213,8 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
     try:
         try:  # checked below, on the file bytes
             marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
-                image, roi, grid, eps, key, method, codec, check=False, max_rdh_change=max_rdh_change, max_roi_change=max_roi_change,
-                guard=guard)
+                image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
+                max_roi_change=settings.max_roi_change, guard=guard)
             res.roi_frozen = res.hiding == "frozen"
             res.roi_fraction = float(plan.roi.mean())
         except kernels.CapacityError as exc:
@@ -213,12 +230,12 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
             return res
         stages["verify"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        write_atomic(Path(dst), data, overwrite)
+        STORE.write(dst, data, overwrite)
         stages["write"] = time.perf_counter() - t2
         res.status, res.payload_bits, res.codec, res.rdh_passes = "protected", info.payload_bits, info.codec, info.passes
         res.rdh_max_change = rdh_change(info)
         res.roi_max_change = roi_change(image, back.pixels, plan)
-        res.psnr, res.ssim = _quality(image, marked, with_ssim)
+        res.psnr, res.ssim = _quality(image, marked, settings.with_ssim)
     except OutputExists as exc:  # a concurrent command finished it first: its file stands
         res.status, res.reason = "skipped", exc.reason
     except (ImageError, kernels.MedraeError, ValueError) as exc:
@@ -233,7 +250,7 @@ def _restore_core(src: str, key: Optional[bytes]) -> tuple[FileResult, Optional[
     t = time.perf_counter()
     res = FileResult(src, None, "failed")
     try:
-        image = read_image(src)
+        image = STORE.read(src)
         res.shape = list(image.pixels.shape)
         t1 = time.perf_counter()
         original = kernels.restore_array(image.pixels, key, image.kernel_ceiling)
@@ -262,7 +279,7 @@ def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool) -> F
             data = encode_image(image, original)
             if not np.array_equal(decode_bytes(data, image, dst).pixels, original):
                 raise ImageError(dst, "internal error: encoded output does not read back identically; not written")
-            write_atomic(Path(dst), data, overwrite)
+            STORE.write(dst, data, overwrite)
             res.stages["write"] = time.perf_counter() - t
         except OutputExists as exc:
             res.status, res.reason = "skipped", exc.reason
@@ -279,7 +296,7 @@ def _verify_one(original: str, protected: str, key: Optional[bytes]) -> FileResu
     if restored is None:
         return res
     try:
-        ref = read_image(original)
+        ref = STORE.read(original)
     except ImageError as exc:
         res.status, res.reason = "failed", exc.reason
         return res
@@ -345,55 +362,96 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i : i + n]
 
 
-def protect_paths(src: Path, dst: Path, key: Optional[bytes], *, eps: Optional[int] = None, models: Path = MODELS_DIR,
-                  device: str = "auto", batch_size: int = 16, workers: int = 0, overwrite: bool = False,
-                  method: Optional[str] = None, codec: Optional[str] = None, with_ssim: bool = False, max_rdh_change: int = 0, max_roi_change: Optional[int] = 1,
-                  refine_steps: Optional[int] = None, robust: bool = False, gradients: Optional[list[str]] = None, margin: Optional[float] = None, roi_margin: Optional[int] = None, roi_threshold: Optional[float] = None, roi_convex: bool = False, transfer_steps: Optional[int] = None, transfer_eps: Optional[int] = None, on_uncertain_roi: str = "widen", on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
-                  command: str = "protect") -> BatchReport:
-    """Protect one file or a directory tree into ``dst``; see the module docstring."""
-    from .protect import Protector
+def protect_paths(src: Path, dst: Path, key: Optional[bytes], settings: Optional[ProtectSettings] = None, *, workers: int = 0,
+                  overwrite: bool = False, ray: Optional[str] = None, gpus_per_actor: float = 0.0, on_start: Callable[[int], None] = lambda n: None,
+                  on_result: Callable[[FileResult], None] = lambda r: None, command: str = "protect", **options) -> BatchReport:
+    """Protect one file or a directory tree into ``dst``; see the module docstring.
 
+    ``settings``: the protect options (``options``: field overrides of it, e.g. ``refine_steps=0``).
+    ``ray``: run on a Ray cluster (:mod:`toolkit.cluster`): ``"local"`` starts one on this machine
+    for the call, ``"auto"`` or an address joins a running one; ``workers`` is then the number of
+    actors (0: one per CPU of the cluster), ``gpus_per_actor`` the GPUs Ray reserves for each. The
+    files written are the same either way."""
+    settings = replace(settings or ProtectSettings(), **options)
+    if ray is not None:
+        from .cluster import run_on_cluster
+
+        return run_on_cluster("protect", src, dst, key, settings=settings, workers=workers, overwrite=overwrite, address=ray,
+                              gpus_per_actor=gpus_per_actor, on_start=on_start, on_result=on_result, command=command)
     t0 = time.perf_counter()
     results, done, todo = _start(pair_paths(src, dst), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
-        protector = Protector(models, device, eps, roi_margin, refine_steps=refine_steps, robust=robust, gradient=gradients or DEFAULT_GRADIENT, margin=margin, roi_threshold=roi_threshold, roi_convex=roi_convex, transfer_steps=transfer_steps,
-                              transfer_settings=TransferSettings(eps=transfer_eps, texture=0.0) if transfer_eps else None, on_uncertain_roi=on_uncertain_roi) if todo else None
+        protector = settings.protector() if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
-        for chunk in _chunks(todo, max(1, batch_size)):
-            loaded = list(pool.map(_load, [str(s) for s, _ in chunk]))
-            ok = [(pair, item) for pair, item in zip(chunk, loaded) if item[0] is not None]
-            for (s, d), (_, _, reason, _) in zip(chunk, loaded):
-                if reason is not None:
-                    done(FileResult(str(s), str(d), "failed", reason))
-            jobs = []
-            if ok:
-                t = time.perf_counter()
-                a = protector.analyse(np.stack([item[1] for _, item in ok]))
-                infer = (time.perf_counter() - t) / len(ok)
-                refined = protector.refiner is not None
-                jobs = []
-                for ((s, d), item), roi, grid, wb_margin, n_steps, guard, assessment, skip in zip(
-                        ok, a.rois, a.grids, a.margins, a.steps, a.guards, a.assessments, a.skip):
-                    if skip:  # --on-uncertain-roi skip: nothing is written
-                        done(FileResult(str(s), str(d), "failed", uncertain_reason(assessment), roi_flags=assessment.flags))
-                        continue
-                    jobs.append((item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
-                                 pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, method, codec,
-                                             overwrite, with_ssim, max_rdh_change, max_roi_change, guard)))
+        for chunk in _chunks(todo, settings.batch_size):
+            jobs = _submit_chunk(protector, pool, chunk, key, settings, overwrite, done)
             _collect(pending, done)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
         _collect(pending, done)
-        providers = list(protector.seg.get_providers()) if protector else []
-        mode = protector.mode if protector else None
-        roi = protector.roi_rule if protector else None
-    return BatchReport(command, results, time.perf_counter() - t0, providers, mode, roi,
-                       protector.eps if protector else None, dict(protector.model_files) if protector else {})
+    return _protect_report(command, results, time.perf_counter() - t0, protector)
 
 
-def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False,
+def _protect_report(command: str, results: list[FileResult], seconds: float, protector, providers: Optional[list[str]] = None) -> BatchReport:
+    if protector is None:
+        return BatchReport(command, results, seconds, providers or [])
+    return BatchReport(command, results, seconds, providers or list(protector.seg.get_providers()), protector.mode,
+                       protector.roi_rule, protector.eps, dict(protector.model_files))
+
+
+def protect_chunk(protector, chunk: list[tuple[str, str]], key: Optional[bytes], settings: ProtectSettings,
+                  overwrite: bool) -> list[FileResult]:
+    """Protect one chunk of (input, output) pairs in this process, as the single-machine batch
+    protects each of its chunks (the same code: what a Ray actor runs, so the files are equal)."""
+    results: list[FileResult] = []
+    _collect(_submit_chunk(protector, _Inline(), chunk, key, settings, overwrite, results.append), results.append)
+    return results
+
+
+def _submit_chunk(protector, pool: Executor, chunk: list, key: Optional[bytes], settings: ProtectSettings, overwrite: bool,
+                  done: Callable[[FileResult], None]) -> list:
+    """Decode a chunk in ``pool``, segment and perturb it here (one batch), submit each file's
+    coding, embedding, check and write to ``pool``; returns the jobs for :func:`_collect`. A file
+    whose output appeared since the batch was listed (a retried chunk, a concurrent command) is
+    skipped without work."""
+    fresh = []
+    for s, d in chunk:
+        if not overwrite and STORE.exists(d):
+            done(FileResult(str(s), str(d), "skipped", "output exists (written since this batch was listed: a concurrent command, "
+                                                       "or an earlier attempt at this chunk by a worker that died)"))
+        else:
+            fresh.append((s, d))
+    loaded = list(pool.map(_load, [str(s) for s, _ in fresh]))
+    ok = [(pair, item) for pair, item in zip(fresh, loaded) if item[0] is not None]
+    for (s, d), (_, _, reason, _) in zip(fresh, loaded):
+        if reason is not None:
+            done(FileResult(str(s), str(d), "failed", reason))
+    if not ok:
+        return []
+    t = time.perf_counter()
+    a = protector.analyse(np.stack([item[1] for _, item in ok]))
+    infer = (time.perf_counter() - t) / len(ok)
+    refined = protector.refiner is not None
+    jobs = []
+    for ((s, d), item), roi, grid, wb_margin, n_steps, guard, assessment, skip in zip(
+            ok, a.rois, a.grids, a.margins, a.steps, a.guards, a.assessments, a.skip):
+        if skip:  # --on-uncertain-roi skip: nothing is written
+            done(FileResult(str(s), str(d), "failed", uncertain_reason(assessment), roi_flags=assessment.flags))
+            continue
+        jobs.append((item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
+                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, settings, overwrite, guard)))
+    return jobs
+
+
+def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False, ray: Optional[str] = None,
                   on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "restore") -> BatchReport:
-    """Restore one file or a tree of protected files into ``dst`` (same names)."""
+    """Restore one file or a tree of protected files into ``dst`` (same names). ``ray``: as for
+    :func:`protect_paths`."""
+    if ray is not None:
+        from .cluster import run_on_cluster
+
+        return run_on_cluster("restore", src, dst, key, address=ray, workers=workers, overwrite=overwrite, on_start=on_start,
+                              on_result=on_result, command=command)
     t0 = time.perf_counter()
     results, done, todo = _start(pair_paths(src, dst, map_name=False), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
@@ -402,31 +460,53 @@ def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
-def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, workers: int = 0,
-                 on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
-                 command: str = "verify") -> BatchReport:
-    """Restore each protected file in memory and compare it with its original, bit for bit."""
-    t0 = time.perf_counter()
+def verify_pairs(original: Path, protected: Path) -> list[tuple[Path, Path]]:
+    """(original, protected) pairs: two files, or every image below ``original`` beside the
+    protected file its name maps to."""
     if not protected.exists():
         raise UsageError(f"{protected}: no such file or directory")
     if original.is_file() and protected.is_file():
-        pairs = [(original, protected)]
-    elif original.is_dir() and protected.is_dir():
-        pairs = [(o, protected / output_name(o.relative_to(original))) for o in image_files(original)]
-    else:
-        raise UsageError(f"{original} and {protected} must both be files or both be directories")
+        return [(original, protected)]
+    if original.is_dir() and protected.is_dir():
+        return [(o, protected / output_name(o.relative_to(original))) for o in image_files(original)]
+    raise UsageError(f"{original} and {protected} must both be files or both be directories")
+
+
+def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, workers: int = 0, ray: Optional[str] = None,
+                 on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                 command: str = "verify") -> BatchReport:
+    """Restore each protected file in memory and compare it with its original, bit for bit.
+    ``ray``: as for :func:`protect_paths`."""
+    if ray is not None:
+        from .cluster import run_on_cluster
+
+        return run_on_cluster("verify", original, protected, key, address=ray, workers=workers, on_start=on_start,
+                              on_result=on_result, command=command)
+    t0 = time.perf_counter()
+    results, done, todo = _start_verify(verify_pairs(original, protected), on_start, on_result)
+    with executor(auto_workers(workers, len(todo))) as pool:
+        for r in _ordered(pool, _verify_one, [(str(o), str(p), key) for o, p in todo]):
+            done(r)
+    return BatchReport(command, results, time.perf_counter() - t0)
+
+
+def _start_verify(pairs: list[tuple[Path, Path]], on_start: Callable[[int], None],
+                  on_result: Callable[[FileResult], None]) -> tuple[list[FileResult], Callable[[FileResult], None], list[tuple[Path, Path]]]:
+    """:func:`_start` for verify: a pair whose protected file is missing has failed already."""
     on_start(len(pairs))
-    results = []
-    missing = [(o, p) for o, p in pairs if not p.exists()]
-    for o, p in missing:
-        r = FileResult(str(o), str(p), "failed", "protected file is missing")
+    results: list[FileResult] = []
+
+    def done(r: FileResult) -> None:
         results.append(r)
         on_result(r)
-    with executor(auto_workers(workers, len(pairs))) as pool:
-        for r in _ordered(pool, _verify_one, [(str(o), str(p), key) for o, p in pairs if p.exists()]):
-            results.append(r)
-            on_result(r)
-    return BatchReport(command, results, time.perf_counter() - t0)
+
+    todo = []
+    for o, p in pairs:
+        if STORE.exists(p):
+            todo.append((o, p))
+        else:
+            done(FileResult(str(o), str(p), "failed", "protected file is missing"))
+    return results, done, todo
 
 
 def _start(pairs: list[tuple[Path, Path]], overwrite: bool, on_start: Callable[[int], None],
@@ -442,7 +522,7 @@ def _start(pairs: list[tuple[Path, Path]], overwrite: bool, on_start: Callable[[
 
     todo = []
     for s, d in pairs:
-        if d.exists() and not overwrite:
+        if not overwrite and STORE.exists(d):
             done(FileResult(str(s), str(d), "skipped", "output exists (finished earlier; --overwrite to redo)"))
         else:
             todo.append((s, d))
@@ -467,7 +547,7 @@ def _ordered(pool: Executor, fn, arglists: Iterable[tuple]) -> Iterator[FileResu
 
 def info(path: Path) -> dict:
     """What a protected file carries (no key needed); raises ImageError or kernels errors."""
-    image = read_image(path)
+    image = STORE.read(path)
     return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,16 +254,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
+STALE_ELSEWHERE_S = 3600  # a temporary written on another host (shared filesystem) counts as abandoned after this
+
+
+def _host() -> str:
+    """This machine's name as it goes into temporary names (no dots: they separate the fields)."""
+    import socket
+
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname()) or "host"
+
+
 def _stale_temporaries(path: Path) -> list[Path]:
-    """Temporary files of ``path`` left by a process that no longer runs (killed mid-write)."""
+    """Temporary files of ``path`` left by a process that no longer runs (killed mid-write). A
+    temporary names its writer's pid and host: one of this host is stale when the pid is gone, one
+    of another host (a cluster node on a shared filesystem) when it is older than an hour."""
     legacy = path.with_name(f".{path.name}.medrae-tmp")  # before temporaries carried a pid
     stale = [legacy] if legacy.exists() else []
+    here = _host()
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.medrae-tmp"):
+        fields = tmp.name[len(path.name) + 2 : -len(".medrae-tmp")].split(".")
         try:
-            pid = int(tmp.name[len(path.name) + 2 :].split(".")[0])
+            pid = int(fields[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        host = fields[1] if len(fields) == 3 else here  # pid.hex: written before temporaries named their host
+        if host != here:
+            try:
+                if time.time() - tmp.stat().st_mtime > STALE_ELSEWHERE_S:
+                    stale.append(tmp)
+            except OSError:
+                pass
+        elif pid != os.getpid() and not _alive(pid):
             stale.append(tmp)
     return stale
 
@@ -284,7 +306,7 @@ def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> None:
 
     if path.exists() and not overwrite:
         raise OutputExists(path, "output exists (use --overwrite to replace it)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.medrae-tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_host()}.{secrets.token_hex(4)}.medrae-tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:

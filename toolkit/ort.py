@@ -1,13 +1,23 @@
-"""ONNX Runtime sessions: CUDA when this onnxruntime build has it, else CPU, and say which."""
+"""ONNX Runtime sessions: CUDA when this onnxruntime build has it and it loads, else CPU, and say which.
+
+medrae runs on either ONNX Runtime package, ``onnxruntime`` (CPU, the ``cpu`` extra) or
+``onnxruntime-gpu`` (CUDA, the ``gpu`` extra). Both install the same module, ``onnxruntime``, so an
+environment must hold exactly one of them: with both, whichever was installed last silently wins.
+"""
 from __future__ import annotations
 
 import hashlib
 import logging
+from importlib import metadata
 from pathlib import Path
+from typing import Optional, Sequence
 
 log = logging.getLogger("medrae")
-_logged: set[tuple[str, ...]] = set()
+RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
+INSTALL_HINT = "pip install 'medrae[cpu]', or 'medrae[gpu]' on a machine with CUDA (one of the two, never both)"
+_logged: set[str] = set()
 _started = False  # a session (and so its thread pools) has existed in this process
+_threads = 0  # intra-op threads of new sessions (0: ONNX Runtime's choice, one per physical core)
 
 
 def sessions_started() -> bool:
@@ -15,35 +25,91 @@ def sessions_started() -> bool:
     return _started
 
 
-def providers(device: str = "auto") -> list[str]:
-    """Execution providers to ask for. Only providers this build reports are requested, so a
-    machine without CUDA gets no error spam from a failed CUDA provider."""
-    import onnxruntime as ort
+def set_threads(threads: int) -> None:
+    """Intra-op threads of the sessions this process creates from now on (0: one per core). A Ray
+    actor that owns one CPU sets 1, so that N actors on N cores do not run N x N threads."""
+    global _threads
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    _threads = int(threads)
 
-    available = ort.get_available_providers()
+
+def _once(message: str, level: int = logging.INFO) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.log(level, message)
+
+
+def runtime_packages() -> list[str]:
+    """The ONNX Runtime distributions installed in this environment (normally exactly one)."""
+    found = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def _runtime():
+    """The ``onnxruntime`` module, with a one-line error when no runtime is installed and one
+    warning when both packages are (they overwrite each other's files)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeError(f"ONNX Runtime is not installed ({exc}): {INSTALL_HINT}") from None
+    if len(runtime_packages()) > 1:
+        _once(f"both {' and '.join(RUNTIME_PACKAGES)} are installed; they share the module 'onnxruntime' and the one "
+              "installed last wins: uninstall both, then install one (README, GPU nodes)", logging.WARNING)
+    return onnxruntime
+
+
+def providers(device: str = "auto", available: Optional[Sequence[str]] = None) -> list[str]:
+    """Execution providers to ask for, given those this build reports (``available``; default: the
+    installed runtime's). Only providers the build has are requested, so a CPU-only machine gets no
+    error spam from a CUDA provider it cannot have."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if available is None:
+        available = _runtime().get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise RuntimeError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        raise RuntimeError("--device cuda: this onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu)")
     want = ["CUDAExecutionProvider"] if device in ("auto", "cuda") and "CUDAExecutionProvider" in available else []
     return want + ["CPUExecutionProvider"]
 
 
-def session(path: Path | str, device: str = "auto", threads: int = 0):
-    """An ``InferenceSession`` for ``path``; logs the providers it really got, once per set."""
-    import onnxruntime as ort
+def fallback_note(asked: Sequence[str], got: Sequence[str]) -> Optional[str]:
+    """The one line to log when a session did not get a provider it asked for (None: it got them)."""
+    lost = [p for p in asked if p not in got and p != "CPUExecutionProvider"]
+    if not lost:
+        return None
+    return (f"{', '.join(lost)} did not load on this machine (onnxruntime-gpu needs a matching CUDA and cuDNN); "
+            f"running on {', '.join(got)}")
 
+
+def session(path: Path | str, device: str = "auto", threads: Optional[int] = None):
+    """An ``InferenceSession`` for ``path``; logs the providers it really got, once per set, and one
+    line when CUDA was asked for but did not load (the session then runs on the CPU)."""
+    ort = _runtime()
     global _started
     _started = True
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
-    got = tuple(sess.get_providers())
-    if got not in _logged:
-        _logged.add(got)
-        log.info("onnxruntime providers: %s", ", ".join(got))
+    n = _threads if threads is None else threads
+    if n:
+        opts.intra_op_num_threads = n
+    asked = providers(device, ort.get_available_providers())
+    if "CUDAExecutionProvider" in asked:
+        ort.set_default_logger_severity(4)  # a CUDA library that fails to load is reported once, below, not as a log dump
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
+    got = list(sess.get_providers())
+    note = fallback_note(asked, got)
+    if note:
+        if device == "cuda":
+            raise RuntimeError(f"--device cuda: {note}")
+        _once(note, logging.WARNING)
+    _once(f"onnxruntime providers: {', '.join(got)}")
     return sess
 
 

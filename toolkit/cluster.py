@@ -1,0 +1,199 @@
+"""Protect, restore and verify on a Ray cluster (the ``ray`` extra), with the bytes of one machine.
+
+The driver lists the files (paths only: it never holds the images), cuts the work into the same
+chunks as the single-machine batch (``batch_size`` files) and hands them to long-lived actors,
+one per CPU by default. Each actor loads its ONNX Runtime sessions once and runs a chunk through
+exactly the code the single-machine command runs (:func:`toolkit.batch.protect_chunk`: decode,
+segment, perturb, code, embed, check the encoded file restores, write atomically), so a file
+protected here is the file ``medrae protect`` writes on one machine with the same key and options
+(the encryption nonce aside, which is random: the ciphertext then differs, and with it the pixels
+the payload moves, while the restored original, the decrypted payload and every pixel the RDH
+restores to are equal; ``--no-encrypt`` files are byte-identical).
+
+Input and output trees live on a filesystem every node sees (NFS-style): actors read and write
+them by path. A worker process that dies is restarted by Ray and its chunk retried (files it had
+already written are then reported ``skipped``); a file that fails for its own reason fails once,
+as on one machine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .batch import BatchReport, FileResult, _chunks, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
+from .settings import ProtectSettings
+
+RAY_HINT = "pip install 'medrae[ray]'"
+TASK_RETRIES = 3  # a chunk whose worker died is retried this often (on the restarted actor) before its files fail
+IN_FLIGHT_PER_ACTOR = 2  # chunks queued on each actor, so that none waits for the driver between chunks
+log = logging.getLogger("medrae")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError(f"--ray needs Ray, which is not installed: {RAY_HINT}") from None
+    return ray
+
+
+CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer within this is reported, not waited on
+
+
+def _check_reachable(address: str) -> None:
+    """A one-line error, at once, for a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray reports what it makes of it
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RuntimeError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def connected(address: str) -> Iterator[object]:
+    """Ray, connected for the duration: ``local`` starts a Ray on this machine and stops it after,
+    ``auto`` joins the cluster this machine belongs to, anything else is a cluster address. A
+    program already connected (``ray.init`` called before) keeps its connection."""
+    ray = _ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    if address != "local":
+        _check_reachable(address)
+    try:
+        if address == "local":
+            ray.init(num_cpus=os.cpu_count() or 1, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RuntimeError(f"--ray {address}: cannot connect to a Ray cluster: {str(exc).splitlines()[0]}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every actor of one command does: ``kind`` is protect, restore or verify."""
+
+    kind: str
+    key: Optional[bytes]
+    overwrite: bool = False
+    settings: Optional[ProtectSettings] = None
+
+
+class MedraeWorker:
+    """A Ray actor (made one by :func:`_actor`): holds the ONNX Runtime sessions of one job for its
+    life and runs chunks through the single-machine code. Its process title is ``ray::MedraeWorker``."""
+
+    def __init__(self, job: Job, threads: int):
+        from . import ort
+
+        ort.set_threads(threads)
+        self.job, self.error, self.protector = job, None, None
+        self.node = f"{socket.gethostname()}/{_ray().get_runtime_context().get_node_id()[:8]}"
+        try:
+            if job.kind == "protect":
+                self.protector = job.settings.protector()
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            self.error = str(exc)  # reported by describe(), as the command's one-line error
+
+    def describe(self) -> dict:
+        """The protector's provenance (mode, ROI rule, eps, model files) and the providers this actor got."""
+        p = self.protector
+        if self.error or p is None:
+            return {"error": self.error, "node": self.node}
+        return {"error": None, "node": self.node, "providers": list(p.seg.get_providers()), "mode": p.mode,
+                "roi": p.roi_rule, "eps": p.eps, "models": dict(p.model_files)}
+
+    def run(self, chunk: list[tuple[str, ...]]) -> list[FileResult]:
+        job = self.job
+        if job.kind == "protect":
+            results = protect_chunk(self.protector, chunk, job.key, job.settings, job.overwrite)
+        elif job.kind == "restore":
+            results = [_restore_one(s, d, job.key, job.overwrite) for s, d in chunk]
+        else:
+            results = [_verify_one(o, p, job.key) for o, p in chunk]
+        for r in results:
+            r.node = self.node
+        return results
+
+
+def _actor(ray, n_cpus: float, n_gpus: float):
+    return ray.remote(num_cpus=n_cpus, num_gpus=n_gpus, max_restarts=-1, max_task_retries=TASK_RETRIES)(MedraeWorker)
+
+
+def run_on_cluster(kind: str, src: Path, dst: Path, key: Optional[bytes], *, address: str, settings: Optional[ProtectSettings] = None,
+                   workers: int = 0, overwrite: bool = False, gpus_per_actor: float = 0.0,
+                   on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
+                   command: Optional[str] = None) -> BatchReport:
+    """The batch of ``toolkit.batch.{protect,restore,verify}_paths`` on a Ray cluster.
+
+    ``kind``: protect | restore | verify (for verify, ``src`` is the originals and ``dst`` the
+    protected tree). ``workers``: actors (0: one per CPU of the cluster). ``gpus_per_actor``: GPUs
+    Ray reserves for each actor (e.g. 0.25: four actors share one GPU); with 0 an actor still uses
+    CUDA where its node's onnxruntime-gpu has it and it loads (toolkit.ort)."""
+    if kind not in ("protect", "restore", "verify"):
+        raise ValueError(f"kind must be protect, restore or verify, got {kind!r}")
+    settings = settings or ProtectSettings()
+    t0 = time.perf_counter()
+    if kind == "verify":
+        results, done, todo = _start_verify(verify_pairs(src, dst), on_start, on_result)
+    else:
+        results, done, todo = _start(pair_paths(src, dst, map_name=kind == "protect"), overwrite, on_start, on_result)
+    described: list[dict] = []
+    if todo:
+        with connected(address) as ray:
+            n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            job = Job(kind, key, overwrite, settings if kind == "protect" else None)
+            actors = [_actor(ray, 1, gpus_per_actor).remote(job, 1) for _ in range(n)]
+            described = ray.get([a.describe.remote() for a in actors])
+            errors = [d["error"] for d in described if d["error"]]
+            if errors:
+                raise RuntimeError(errors[0])
+            _schedule(ray, actors, [[(str(s), str(d)) for s, d in c] for c in _chunks(todo, settings.batch_size)], done)
+    seconds = time.perf_counter() - t0
+    first = described[0] if described else {}
+    providers = sorted({p for d in described for p in d.get("providers", [])})
+    rep = BatchReport(command or kind, results, seconds, providers, first.get("mode"), first.get("roi"), first.get("eps"),
+                      first.get("models", {}))
+    rep.cluster = {"address": address, "actors": len(described), "nodes": sorted({d["node"] for d in described})}
+    return rep
+
+
+def _schedule(ray, actors: list, chunks: list[list[tuple[str, str]]], done: Callable[[FileResult], None]) -> None:
+    """Keep every actor busy with ``IN_FLIGHT_PER_ACTOR`` chunks; report each chunk's results as it
+    ends. A chunk that still fails after Ray's retries (its worker kept dying) fails its files."""
+    queue = list(reversed(chunks))
+    running: dict = {}  # ObjectRef -> (actor, chunk)
+
+    def submit(actor) -> None:
+        if queue:
+            chunk = queue.pop()
+            running[actor.run.remote(chunk)] = (actor, chunk)
+
+    for actor in actors:
+        for _ in range(IN_FLIGHT_PER_ACTOR):
+            submit(actor)
+    while running:
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        actor, chunk = running.pop(ref)
+        try:
+            for r in ray.get(ref):
+                done(r)
+        except ray.exceptions.RayError as exc:
+            reason = f"the worker died {TASK_RETRIES + 1} times on this file's chunk ({type(exc).__name__}); not written"
+            for s, d in chunk:
+                done(FileResult(s, d, "failed", reason))
+        submit(actor)
