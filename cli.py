@@ -125,6 +125,7 @@ def protect(
     roi_threshold: Optional[float] = typer.Option(None, "--roi-threshold", min=0.001, max=0.999, help="lung probability from which a pixel belongs to the ROI (default 0.05: where the segmenter hesitates counts as lung; 0.5: its own mask)"),
     roi_convex: bool = typer.Option(False, "--roi-convex", help="widen each lung of the ROI to its convex hull first: fewer lung pixels left outside it where the segmenter misses part of a lung (e.g. an opacity), for a lower ASR"),
     margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1); larger transfers a little better to unseen models, at a larger payload and lower PSNR"),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="transfer pattern added outside the ROI before the refinement, for models never seen (default: the shipped one; none: off, the previous default)"),
     transfer_steps: Optional[int] = typer.Option(None, "--transfer-steps", min=0, help="first N dense steps on a coarse grid against the zoo surrogates, for models never seen (10 recommended; off by default: the payload doubles and leaves the lungs less often)"),
     transfer_eps: Optional[int] = typer.Option(None, "--transfer-eps", min=1, max=16, help="with the transfer stage: its bound in levels everywhere outside the ROI (default 4, less in flat areas); 8 transfers ~2x better at SSIM ~0.85 (README)"),
     robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower); with several --white-box models, for the first one (the target), which is refined alone first"),
@@ -158,6 +159,12 @@ def protect(
         _fail("--rdh-in-roi and --lungs-exact exclude each other")
     if gpus_per_actor and ray is None:
         _fail("--gpus-per-actor needs --ray ADDRESS")
+    from kernels.patterns import pattern_id
+
+    try:
+        pattern_number = None if pattern is None else pattern_id(pattern)
+    except ValueError as exc:
+        _fail(f"--pattern: {exc}")
     if on_uncertain_roi not in ("widen", "skip", "proceed"):
         _fail(f"--on-uncertain-roi must be widen, skip or proceed, got {on_uncertain_roi!r}")
     settings = ProtectSettings(eps=eps, models=models or MODELS_DIR, device=device, batch_size=batch_size, method=method, codec=codec,
@@ -165,7 +172,7 @@ def protect(
                                max_roi_change=None if rdh_in_roi else 0 if lungs_exact else 1, refine_steps=refine_steps, robust=robust,
                                gradients=tuple(f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()), margin=margin,
                                roi_margin=roi_margin, roi_threshold=roi_threshold, roi_convex=roi_convex, transfer_steps=transfer_steps,
-                               transfer_eps=transfer_eps, on_uncertain_roi=on_uncertain_roi)
+                               transfer_eps=transfer_eps, on_uncertain_roi=on_uncertain_roi, pattern=pattern_number)
     _run_batch(protect_paths, "protect", report, src=input, dst=output, key=k, settings=settings, workers=workers, overwrite=overwrite, ray=ray,
                gpus_per_actor=gpus_per_actor)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import lzma
 import zlib
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 from numba import njit
@@ -20,8 +20,20 @@ from . import _rangecoder as rc
 from ._registry import Registry, register
 from .errors import PayloadError
 from .resample import MODES, downsample, grid_shape, upsample
+from . import patterns
 
 CODECS: Registry["Codec"] = Registry("perturbation codec")
+
+
+class PatternHint(NamedTuple):
+    """What protect tells the ``pattern`` codec: the shipped pattern it added (``kernels.patterns``),
+    the class whose pattern it was, the cells (of the coarse grid) it covers, and the native units
+    of one level (negative for an inverted image, e.g. 257 for a 16-bit image that fills its range)."""
+
+    pattern_id: int
+    cls: int
+    cover: np.ndarray  # bool, the coarse grid's shape
+    unit: int
 DEFAULT_CODEC = "auto"
 MAX_PIXELS = 1 << 28  # refuse to allocate planes larger than this from a header
 VALUE_LIMIT = 32767  # int16
@@ -155,6 +167,9 @@ def encode_perturbation(p: np.ndarray, codec: Optional[str] = None, **hints) -> 
     c = CODECS.get(DEFAULT_CODEC if codec is None else codec)
     h, w = q.shape
     scale = max(1, int(np.gcd.reduce(np.abs(q), axis=None)))
+    pat = hints.get("pattern")
+    if pat is not None and hints.get("grid") is not None:  # the grid and the pattern's unit must divide too
+        scale = max(1, int(np.gcd.reduce([scale, abs(int(pat.unit)), int(np.gcd.reduce(np.abs(np.asarray(hints["grid"], np.int64)), axis=None))])))
     if scale > 1:
         q = q // scale
         if "grid" in hints and hints["grid"] is not None:
@@ -163,6 +178,10 @@ def encode_perturbation(p: np.ndarray, codec: Optional[str] = None, **hints) -> 
             if hints["grid"] is None:
                 hints.pop("grid")
                 hints.pop("factor", None)
+        if pat is not None:
+            hints = dict(hints, pattern=pat._replace(unit=pat.unit // scale))
+    if hints.get("pattern") is not None and "grid" not in hints:
+        hints = dict(hints, pattern=None)
     return bytes([c.id]) + _varint(h) + _varint(w) + _varint(scale) + c.encode_body(q, **hints)
 
 
@@ -288,6 +307,59 @@ class CoarseGrid(Codec):
         return upsample(g, f, shape, mode) + residual
 
 
+def _zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _unzigzag(u: int) -> int:
+    return u // 2 if u % 2 == 0 else -(u + 1) // 2
+
+
+@register(CODECS)
+class Pattern(Codec):
+    """A shipped transfer pattern (``kernels.patterns``) on the cells it covers, plus what protect
+    changed beyond it: the coarse grid is ``unit * pattern[cls] * cover + residual grid``.
+
+    Body: ``pattern id u8 | class u8 | factor u8 | varint zigzag(unit)`` then, range-coded, the
+    ``cover`` plane (0/1), the grid residual and the pixel residual ``p - upsample(grid)`` (ROI
+    edges, clipping). The pattern itself is not coded: a dense pattern costs what its cover's outline
+    and the refinement's sparse changes cost.
+    """
+
+    name = "pattern"
+    id = 7
+
+    def encode_body(self, p, grid=None, factor=None, pattern=None, **hints):
+        if grid is None or factor is None or pattern is None:
+            raise ValueError("the pattern codec needs the grid, factor and pattern hints")
+        g = np.asarray(grid, dtype=np.int64)
+        if g.shape != grid_shape(p.shape, factor):
+            raise ValueError(f"grid shape {g.shape} != {grid_shape(p.shape, factor)} for {p.shape} at factor {factor}")
+        cover = np.asarray(pattern.cover, dtype=bool)
+        if cover.shape != g.shape:
+            raise ValueError(f"pattern cover shape {cover.shape} != grid shape {g.shape}")
+        base = patterns.on_grid(pattern.pattern_id, pattern.cls, g.shape) * pattern.unit * cover
+        head = bytes([pattern.pattern_id, pattern.cls, factor]) + _varint(_zigzag(int(pattern.unit)))
+        return head + _ac_encode([cover.astype(np.int64), g - base, p - upsample(g, factor, p.shape)])
+
+    def decode_body(self, body, shape):
+        if len(body) < 4 or not 1 <= body[2] <= 64:
+            raise PayloadError("pattern: bad header")
+        pid, cls, f = body[0], body[1], body[2]
+        unit_z, pos = _read_varint(body, 3)
+        unit = _unzigzag(unit_z)
+        if not 1 <= abs(unit) <= VALUE_LIMIT:
+            raise PayloadError(f"pattern: implausible unit {unit}")
+        gshape = grid_shape(shape, f)
+        cover, rgrid, rpix = _ac_decode(body[pos:], [gshape, gshape, shape], self.name)
+        if cover.min(initial=0) < 0 or cover.max(initial=0) > 1:
+            raise PayloadError("pattern: cover plane is not 0/1")
+        g = patterns.on_grid(pid, cls, gshape) * unit * cover + rgrid
+        if np.abs(g).max(initial=0) > 2 * VALUE_LIMIT:
+            raise PayloadError("pattern: decoded grid out of range")
+        return upsample(g, f, shape) + rpix
+
+
 @register(CODECS)
 class RunLength(Codec):
     """The reference paper's §2.5: |P| and the sign array Q run-length coded separately.
@@ -409,7 +481,8 @@ class Zlib(_StdlibCodec):
 
 @register(CODECS)
 class Auto(Codec):
-    """Smallest of ``ac`` and ``grid`` (the body starts with the id of the codec that won).
+    """Smallest of ``ac`` and ``grid`` (the body starts with the id of the codec that won); with a
+    grid hint, ``grid`` on it, or ``pattern`` when that is smaller and protect added a pattern.
 
     Grid factors whose block-mean fit leaves more than a quarter of the pixels as exceptions are
     not tried: such a grid codes worse than ``ac`` anyway.
@@ -422,7 +495,13 @@ class Auto(Codec):
 
     def encode_body(self, p, **hints):
         if "grid" in hints:
-            return bytes([CODECS.get("grid").id]) + CODECS.get("grid").encode_body(p, **hints)
+            pattern = hints.pop("pattern", None)
+            best = bytes([CODECS.get("grid").id]) + CODECS.get("grid").encode_body(p, **hints)
+            if pattern is not None:
+                body = bytes([CODECS.get("pattern").id]) + CODECS.get("pattern").encode_body(p, pattern=pattern, **hints)
+                best = body if len(body) < len(best) else best
+            return best
+        hints.pop("pattern", None)
         best = bytes([CODECS.get("ac").id]) + CODECS.get("ac").encode_body(p)
         grid = CODECS.get("grid")
         for f in grid.FACTORS:

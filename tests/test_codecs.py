@@ -12,7 +12,7 @@ from kernels.codecs import CODECS
 from kernels.resample import downsample, grid_shape, upsample
 from toolkit.phantoms import chest_phantom
 
-ALL = CODECS.names()
+ALL = [c for c in CODECS.names() if c != "pattern"]  # the pattern codec needs protect's hints: tested below
 
 
 def lung_mask(shape):
@@ -179,3 +179,91 @@ def test_resample_errors():
         upsample(np.zeros((2, 2), int), 2, (4, 4), "cubic")
     with pytest.raises(TypeError, match="integer"):
         upsample(np.zeros((2, 2)), 2, (4, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# the pattern codec: a shipped universal pattern referenced, not coded
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def test_pattern(tmp_path_factory):
+    """A random (3, 56, 56) int8 pattern published under id 250 in a temporary pattern folder."""
+    import hashlib
+
+    from kernels import patterns
+
+    folder = tmp_path_factory.mktemp("patterns")
+    arr = np.random.default_rng(7).integers(-8, 9, (3, 56, 56)).astype(np.int8)
+    np.save(folder / "test_v0.npy", arr)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patterns, "PATTERN_DIR", folder)
+        mp.setattr(patterns, "PATTERNS", {250: ("test_v0", hashlib.sha256(arr.tobytes()).hexdigest())})
+        patterns.load.cache_clear()
+        yield 250, arr, folder
+    patterns.load.cache_clear()
+
+
+def _patterned(arr, cls, shape, factor, unit, seed, smooth=False):
+    """A perturbation as protect makes it with a pattern: the pattern on the covered cells, a few
+    refinement moves, full-resolution exceptions (ROI edges, clipping)."""
+    from kernels.codecs import PatternHint
+
+    rng = np.random.default_rng(seed)
+    gshape = grid_shape(shape, factor)
+    rows, cols = (np.arange(gshape[0]) * 56) // gshape[0], (np.arange(gshape[1]) * 56) // gshape[1]
+    cover = ~lung_mask(gshape) if smooth else rng.random(gshape) < 0.7
+    g = arr[cls].astype(np.int64)[rows][:, cols] * cover
+    moved = rng.random(gshape) < 0.05
+    g[moved] = np.clip(g[moved] + rng.choice([-4, 4], moved.sum()), -8, 8)
+    p = upsample(g * unit, factor, shape)
+    p[lung_mask(shape) if smooth else rng.random(shape) < 0.01] = 0
+    return p.astype(np.int64), g * unit, PatternHint(250, cls, cover, unit)
+
+
+@given(shape=st.tuples(st.integers(8, 90), st.integers(8, 90)), factor=st.sampled_from([1, 2, 3, 4]), cls=st.integers(0, 2),
+       unit=st.sampled_from([1, -1, 257, -16]), seed=st.integers(0, 2**16))
+def test_pattern_round_trip(test_pattern, shape, factor, cls, unit, seed):
+    _, arr, _ = test_pattern
+    p, g, hint = _patterned(arr, cls, shape, factor, unit, seed)
+    code = kernels.encode_perturbation(p, "pattern", grid=g, factor=factor, pattern=hint)
+    assert np.array_equal(kernels.decode_perturbation(code), p)
+    auto = kernels.encode_perturbation(p, grid=g, factor=factor, pattern=hint)  # auto: pattern or grid, the smaller
+    assert np.array_equal(kernels.decode_perturbation(auto), p)
+
+
+def test_pattern_codes_a_dense_pattern_for_little(test_pattern):
+    """The point of the codec: a dense pattern plus sparse changes costs a fraction of coding it."""
+    _, arr, _ = test_pattern
+    p, g, hint = _patterned(arr, 1, (224, 224), 2, 1, 0, smooth=True)
+    with_pattern = kernels.encode_perturbation(p, grid=g, factor=2, pattern=hint)
+    without = kernels.encode_perturbation(p, grid=g, factor=2)
+    assert kernels.codecs.codec_name(with_pattern) == "auto:pattern"
+    assert len(with_pattern) * 3 < len(without)
+
+
+def test_pattern_refused_when_unknown_or_changed(test_pattern):
+    from kernels import PayloadError, patterns
+
+    _, arr, folder = test_pattern
+    p, g, hint = _patterned(arr, 0, (64, 64), 2, 1, 3)
+    code = kernels.encode_perturbation(p, "pattern", grid=g, factor=2, pattern=hint)
+    bad = bytearray(code)
+    bad[bad.index(bytes([250, 0, 2]))] = 251  # another pattern id
+    with pytest.raises(PayloadError, match="unknown transfer pattern id 251"):
+        kernels.decode_perturbation(bytes(bad))
+    changed = arr.copy()
+    changed[0, 0, 0] += 1
+    np.save(folder / "test_v0.npy", changed)
+    patterns.load.cache_clear()
+    try:
+        with pytest.raises(PayloadError, match="does not match its SHA-256"):
+            kernels.decode_perturbation(code)
+    finally:
+        np.save(folder / "test_v0.npy", arr)
+        patterns.load.cache_clear()
+
+
+def test_pattern_needs_its_hints():
+    with pytest.raises(ValueError, match="needs the grid, factor and pattern hints"):
+        kernels.encode_perturbation(np.zeros((8, 8), np.int16), "pattern")

@@ -90,7 +90,10 @@ def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
 
     assert report["medrae_version"] == version("medrae") and report["eps"] == 8
     used = ("segmenter.onnx", "gradient_resnet18.onnx", "classifier_resnet18.onnx")
-    assert report["models"] == {name: file_sha256(MODELS_DIR / name) for name in used}
+    from kernels.patterns import DEFAULT_PATTERN, PATTERNS
+
+    pattern, array_sha = PATTERNS[DEFAULT_PATTERN]  # the transfer pattern: its array's SHA-256, as restore checks it
+    assert report["models"] == {**{name: file_sha256(MODELS_DIR / name) for name in used}, f"kernels/patterns/{pattern}.npy": array_sha}
     assert (out / "b/c/p2.png").exists()  # tree mirrored
     for src in phantom_dir.rglob("*.png"):
         prot = pixels(out / src.relative_to(phantom_dir))

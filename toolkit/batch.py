@@ -205,7 +205,7 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
 
 
 def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
-                    settings: ProtectSettings, overwrite: bool, guard: Optional[np.ndarray] = None) -> FileResult:
+                    settings: ProtectSettings, overwrite: bool, guard: Optional[np.ndarray] = None, pattern=None) -> FileResult:
     """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -214,7 +214,7 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
         try:  # checked below, on the file bytes
             marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
                 image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
-                max_roi_change=settings.max_roi_change, guard=guard)
+                max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern)
             res.roi_frozen = res.hiding == "frozen"
             res.roi_fraction = float(plan.roi.mean())
         except kernels.CapacityError as exc:
@@ -432,13 +432,14 @@ def _submit_chunk(protector, pool: Executor, chunk: list, key: Optional[bytes], 
     infer = (time.perf_counter() - t) / len(ok)
     refined = protector.refiner is not None
     jobs = []
-    for ((s, d), item), roi, grid, wb_margin, n_steps, guard, assessment, skip in zip(
-            ok, a.rois, a.grids, a.margins, a.steps, a.guards, a.assessments, a.skip):
+    for k, (((s, d), item), roi, grid, wb_margin, n_steps, guard, assessment, skip) in enumerate(zip(
+            ok, a.rois, a.grids, a.margins, a.steps, a.guards, a.assessments, a.skip)):
         if skip:  # --on-uncertain-roi skip: nothing is written
             done(FileResult(str(s), str(d), "failed", uncertain_reason(assessment), roi_flags=assessment.flags))
             continue
         jobs.append((item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
-                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, settings, overwrite, guard)))
+                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, settings, overwrite, guard,
+                                 a.pattern(k))))
     return jobs
 
 

@@ -58,7 +58,7 @@ from .transfer import jpeg  # the attacker's JPEG re-save, shared with the trans
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
 AE_METHODS = ("ours_ae", "ours_gen_ae") + ATTACK_METHODS + ("csm_gan", "pgd_defended")
-RAE_METHODS = ("ours_rae", "ours_rae_transfer", "ours_rae_transfer8", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_rae_robust_defended", "ours_rae_convex", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
+RAE_METHODS = ("ours_rae", "ours_rae_nopattern", "ours_rae_transfer", "ours_rae_transfer8", "ours_rae_robust", "ours_rae_ensemble", "ours_rae_defended", "ours_rae_robust_defended", "ours_rae_convex", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "mladv_rdh", "stabilized_rdh", "csm_gan_rdh")
 # the default set (issue 5's, about 25 minutes on 2 cores for the cxr3 test split); "all" adds
 # the other published attacks and any attack made reversible
 DEFAULT_METHODS = ("ours_ae", "fgsm", "bim", "pgd", "cw", "ours_rae", "ours_gen_rae", "liu_rae", "rit_rae", "paper_rae", "ours_rae_noregion")
@@ -70,6 +70,7 @@ DEFENDED = "vgg16_small_cbam_pruned"  # the pruning + attention target
 WITH_DEFENDED = ("resnet18", DEFENDED)  # ours_rae_defended's white boxes
 # methods that run protect with other options: (configuration name, Protector keyword arguments)
 VARIANTS = {
+    "ours_rae_nopattern": ("nopattern", {"pattern": 0}),  # medrae protect --pattern none (the default before the transfer pattern)
     "ours_rae_transfer": ("transfer", {"transfer_steps": TransferSettings().steps}),  # medrae protect --transfer-steps 10
     "ours_rae_transfer8": ("transfer8", {"transfer_settings": TransferSettings(eps=8, texture=0.0)}),  # ... --transfer-eps 8
     "ours_gen_ae": ("generator", {"refine_steps": 0}),
@@ -240,7 +241,7 @@ class Harness:
         for k, (img, roi, grid, guard) in enumerate(zip(x, a.rois, a.grids, a.guards)):
             try:  # the same fallback as medrae protect; restored and compared just below, as the measurement
                 marked, info, *_ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False,
-                                                         max_roi_change=max_roi_change, guard=guard)
+                                                         max_roi_change=max_roi_change, guard=guard, pattern=a.pattern(k))
             except kernels.CapacityError:
                 out[k] = img  # cannot be published reversibly: the original goes out
                 continue

@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 
 import kernels
+from kernels import patterns as transfer_patterns
+from kernels.codecs import PatternHint
 from kernels.resample import grid_shape, upsample
 
 from .display import level_size, to_view
@@ -74,6 +76,21 @@ def network_view(image: Image) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class PatternUse:
+    """The shipped transfer pattern protect added to one image (``kernels.patterns``): its id, the
+    class whose pattern it is (the white box's clean prediction) and the cells of the perturbation
+    grid it covers (bool, the grid's shape)."""
+
+    pattern_id: int
+    cls: int
+    cover: np.ndarray
+
+    def coarser(self, level: int) -> "PatternUse":
+        """The same on the grid subsampled ``2**level`` times (as protect_with_fallback coarsens)."""
+        return PatternUse(self.pattern_id, self.cls, self.cover[:: 1 << level, :: 1 << level])
+
+
 @dataclass
 class Plan:
     """The exact perturbation for one image at its own resolution, and what the codec is told."""
@@ -89,12 +106,15 @@ class Plan:
         return self.roi if self.guard is None else self.guard
 
 
-def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, guard: Optional[np.ndarray] = None) -> Plan:
+def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, guard: Optional[np.ndarray] = None,
+                      pattern: Optional[PatternUse] = None) -> Plan:
     """Map a 224x224 ROI and the generator's integer grid (levels in ``-eps..eps``) onto ``image``.
 
     ``grid`` is either a coarse grid (side < 224) or a dense 224x224 perturbation. ``guard``: a
     mask of ``roi``'s shape, the region the hiding keeps out of (or to one level in) besides the
     ROI: where a segmenter that missed part of a lung most often missed it (:func:`toolkit.qc.guard`).
+    ``pattern``: the transfer pattern ``grid`` contains (its cover on ``grid``'s cells), told to
+    the codec so that it codes only what differs from the pattern.
     """
     h, w = image.pixels.shape
     step = level_size(image)
@@ -113,6 +133,11 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
     levels = np.clip(delta // step, -(x // step), (image.ceiling - x) // step)
     adv = (x + levels * step).astype(image.pixels.dtype)
     hints = {"grid": g, "factor": factor} if side < NET_SIZE and factor > 1 else {}
+    if hints and pattern is not None:
+        if pattern.cover.shape != grid.shape:
+            raise ValueError(f"pattern cover {pattern.cover.shape} != grid {grid.shape}")
+        cover = resize_nearest(pattern.cover, g.shape) & ~cells_touching(roi_full, factor)
+        hints["pattern"] = PatternHint(pattern.pattern_id, pattern.cls, cover, step * sign)
     if guard is not None:
         guard = roi_full | (resize_nearest(guard, (h, w)) if guard.shape != (h, w) else guard)
     return Plan(adv, roi_full, eps * step, hints, guard)
@@ -164,7 +189,8 @@ def hiding_modes(max_roi_change: Optional[int]) -> tuple[str, ...]:
 
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
                           method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
-                          max_rdh_change: int = 0, max_roi_change: Optional[int] = 1, guard: Optional[np.ndarray] = None) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
+                          max_rdh_change: int = 0, max_roi_change: Optional[int] = 1, guard: Optional[np.ndarray] = None,
+                          pattern: Optional[PatternUse] = None) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
     not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel by more than
     ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does. Each grid
@@ -177,7 +203,7 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     level = 0
     while True:
         last = level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE
-        plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps, guard)
+        plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps, guard, pattern.coarser(level) if pattern else None)
         tried = modes if plan.roi.any() else ("anywhere",)
         for mode in tried:
             try:
@@ -246,6 +272,10 @@ class Analysis:
     assessments: list = field(default_factory=list)  # toolkit.qc.Assessment per view (empty: no segmentation)
     skip: Optional[np.ndarray] = None  # (N,) bool: QC flagged the ROI and the policy is skip
     guards: Optional[np.ndarray] = None  # (N, 224, 224) bool: the hiding's region (None: the ROI)
+    patterns: Optional[list] = None  # PatternUse per view (None: no transfer pattern)
+
+    def pattern(self, k: int) -> Optional[PatternUse]:
+        return self.patterns[k] if self.patterns else None
 
 
 DEFAULT_GRADIENT = "gradient_resnet18.onnx"
@@ -268,6 +298,9 @@ ROI_CONVEX = False
 # cxr3/test, 270 images (/tmp one-off on Protector(roi_views=...), before spare_flat): images whose perturbation reached
 # true-lung pixels / white-box ASR: own view 11 / 85.6 %, + mirror 5 / 85.2 %, + both gammas too 5 / 84.1 %
 ROI_VIEWS: tuple[str, ...] = ("mirror",)
+
+
+PATTERN_SPARE_FLAT = 0.0
 
 
 class Protector:
@@ -293,7 +326,7 @@ class Protector:
                  margin: Optional[float] = None, roi_threshold: Optional[float] = None, roi_convex: bool = ROI_CONVEX,
                  surrogates: Optional[list[str]] = None, transfer_steps: Optional[int] = None,
                  transfer_settings: Optional[TransferSettings] = None, on_uncertain_roi: str = qc.DEFAULT_POLICY,
-                 roi_views: tuple[str, ...] = ROI_VIEWS):
+                 roi_views: tuple[str, ...] = ROI_VIEWS, pattern: Optional[int] = None):
         models_dir = Path(models_dir)
         if on_uncertain_roi not in qc.POLICIES:
             raise ValueError(f"on_uncertain_roi must be one of {', '.join(qc.POLICIES)}, got {on_uncertain_roi!r}")
@@ -343,10 +376,21 @@ class Protector:
             ts = transfer_settings or TransferSettings()
             ts = replace(ts, steps=transfer_steps) if transfer_steps else ts
             self.transfer = TransferStage([models_dir / g for g in chosen], device, ts)
+        # the transfer pattern (kernels.patterns), added before the refinement; off with the generator
+        # alone and with the transfer stage, which makes its own dense head
+        self.pattern_id = transfer_patterns.DEFAULT_PATTERN if pattern is None else int(pattern)
+        if self.pattern_id and (not self.refiner or self.transfer):
+            if pattern is not None:
+                raise ValueError("the transfer pattern needs the gradient refinement and excludes the transfer stage (--pattern none)")
+            self.pattern_id = 0
+        self.pattern_grid = transfer_patterns.load(self.pattern_id) if self.pattern_id else None
         self.gen = None if self.refiner else session(models_dir / generator, device)
         self.model_files.update(self.refiner.files if self.refiner else {generator: file_sha256(models_dir / generator)})
         if self.transfer:
             self.model_files.update(self.transfer.files)
+        if self.pattern_id:
+            name, sha = transfer_patterns.PATTERNS[self.pattern_id]
+            self.model_files[f"kernels/patterns/{name}.npy"] = sha
         self.factor = self.refiner.settings.factor if self.refiner else int(self.gen_card.get("grid_factor", 1))
         self.dilation = int(dilation if dilation is not None else self.gen_card.get("roi_dilation_px", 4))
         self.roi_threshold = float(ROI_THRESHOLD if roi_threshold is None else roi_threshold)
@@ -360,6 +404,8 @@ class Protector:
             return "generator"
         robust = ", robust to resizing" if self.refiner.settings.robust else ""
         stage = f"transfer stage on {' + '.join(self.transfer.architectures)}, then " if self.transfer else ""
+        if self.pattern_id:
+            stage = f"transfer pattern {transfer_patterns.PATTERNS[self.pattern_id][0]}, then "
         return f"{stage}refine (white box {' + '.join(self.refiner.architectures)}{robust})"
 
     @property
@@ -396,6 +442,17 @@ class Protector:
         skip = np.array([a.uncertain and self.on_uncertain_roi == "skip" for a in assessments], bool)
         return Segmentation(rois, plain, assessments, skip, guards)
 
+    def _pattern_cover(self, views: np.ndarray, free: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The free cells the pattern goes on: not where it would clip at black or white (each
+        clipped pixel is an exception the codec pays for) nor on the flattest ``PATTERN_SPARE_FLAT``
+        of them (where the hiding finds its capacity)."""
+        n, g = free.shape[0], free.shape[-1]
+        f = NET_SIZE // g
+        cells = views.reshape(n, g, f, g, f)
+        lo, hi = cells.min(axis=(2, 4)).astype(np.int64), cells.max(axis=(2, 4)).astype(np.int64)
+        cover = free & (lo + values >= 0) & (hi + values <= 255)
+        return spare_flat(views, cover, PATTERN_SPARE_FLAT) if PATTERN_SPARE_FLAT else cover
+
     def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
         protector's). ``region=False``: no segmentation, an empty ROI (the whole image may change)."""
@@ -407,14 +464,24 @@ class Protector:
         rois[seg.skip] = True  # nothing to perturb on a skipped view (it is not written)
         n = len(views)
         if self.refiner:
-            head = None
+            head, uses = None, None
+            free = ~cells_touching(rois, self.factor)
             if self.transfer:  # a coarse pattern that fools the surrogates; the refinement starts from it
                 f = self.transfer.settings.factor
                 coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
                 head = upsample_cells(coarse, f // self.factor)
-            free = spare_flat(views, ~cells_touching(rois, self.factor), self.refiner.settings.spare_flat)
-            r = self.refiner.refine(views, free, eps, grids=head)
-            return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards)
+            elif self.pattern_id:  # the shipped universal pattern of the white box's clean prediction
+                labels = self.refiner.margins(views, np.full((1, n), -1, np.int64), 1)[1][0]
+                per = (NET_SIZE // self.factor) // self.pattern_grid.shape[-1]
+                values = np.clip(upsample_cells(self.pattern_grid[labels], per), -eps, eps)
+                cover = self._pattern_cover(views, free, values)
+                head = values * cover
+                uses = [PatternUse(self.pattern_id, int(c), cover[k]) for k, c in enumerate(labels)]
+            spared = spare_flat(views, free, self.refiner.settings.spare_flat)
+            if uses:  # the pattern's cells stay in the grid (the refinement zeroes cells it may not move)
+                spared |= head != 0
+            r = self.refiner.refine(views, spared, eps, grids=head)
+            return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards, uses)
         raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
         if grids.shape[-1] < NET_SIZE:  # the generator zeroes ROI cells itself; this keeps it exact
@@ -427,13 +494,13 @@ class Protector:
         does not fit), and nothing was produced for it."""
         a = self.analyse(images)
         out = []
-        for image, roi, grid, guard, assessment, skip in zip(images, a.rois, a.grids, a.guards, a.assessments, a.skip):
+        for k, (image, roi, grid, guard, assessment, skip) in enumerate(zip(images, a.rois, a.grids, a.guards, a.assessments, a.skip)):
             img = Image(image, 255, "png")
             if skip:
                 out.append(Protected(None, roi, image, None, uncertain_reason(assessment)))
                 continue
             try:
-                marked, info, plan, _, hiding = protect_with_fallback(img, roi, grid, self.eps, key, method, guard=guard)
+                marked, info, plan, _, hiding = protect_with_fallback(img, roi, grid, self.eps, key, method, guard=guard, pattern=a.pattern(k))
             except kernels.CapacityError as exc:
                 out.append(Protected(None, roi, plan_perturbation(img, roi, grid, self.eps).adversarial, None, capacity_reason(exc)))
                 continue

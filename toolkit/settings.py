@@ -40,6 +40,7 @@ class ProtectSettings:
     transfer_steps: Optional[int] = None
     transfer_eps: Optional[int] = None
     on_uncertain_roi: str = DEFAULT_POLICY
+    pattern: Optional[int] = None  # transfer pattern id (kernels.patterns); None: the shipped default, 0: none
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -55,4 +56,4 @@ class ProtectSettings:
         return Protector(self.models, self.device, self.eps, self.roi_margin, refine_steps=self.refine_steps, robust=self.robust,
                          gradient=list(self.gradients), margin=self.margin, roi_threshold=self.roi_threshold,
                          roi_convex=self.roi_convex, transfer_steps=self.transfer_steps, transfer_settings=transfer,
-                         on_uncertain_roi=self.on_uncertain_roi)
+                         on_uncertain_roi=self.on_uncertain_roi, pattern=self.pattern)

@@ -1,0 +1,208 @@
+"""Train protect's transfer pattern: one universal perturbation per class, outside the lungs, made to
+fool an ensemble of surrogate classifiers (issue 16: protection that reaches models it never saw).
+
+    python -m models.train_pattern --data ../shared/data/cxr3 --zoo runs/zoo --out runs/pattern
+    python -m models.train_pattern ... --install kernels/patterns/cxr3_v1   # write the shipped pattern + card
+
+A class-conditional universal adversarial perturbation (Moosavi-Dezfooli et al. 2017; per-class, as
+in Hirano & Takemoto 2020 for medical images): ``P[c]`` is a 56x56 grid of 4x4-pixel cells on the
+224x224 view, in integer levels ``-eps..eps``. protect adds ``P[c]`` (``c``: the white-box
+classifier's prediction) on every cell outside the ROI, then its sparse refinement fools the white
+box from there. Universal patterns transfer to unseen classifiers as well as per-image attacks on
+the same surrogates do here (README "Transfer to unseen models"), and because the pattern ships
+with medrae the payload only carries which cells it covers (``kernels`` codec ``pattern``): a dense
+perturbation at the price of a sparse one.
+
+Training: Adam on the pattern (clamped to ``eps``) over the cxr3 train images with protect's own
+ROI (the shipped segmenter), a margin loss ``max(z_y - max_{j != y} z_j, -kappa)`` averaged over the
+surrogates: the four shipped classifiers and the zoo's surrogates (``models/zoo.py``; never a
+held-out target), each seeing the adversarial image through random resizing (112-256 px, input
+diversity, Xie et al. 2019) as unknown pipelines do; plus hinge penalties that keep each image's
+SSIM above ``--min-ssim`` and its MSE below ``--max-mse`` (the pattern alone; the refinement and the
+hiding cost a little more). Seeded and resumable per epoch (``<out>/last.pt``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHIPPED_SURROGATES = ("classifier_resnet18", "classifier_vgg16_small", "classifier_vgg16_small_cbam_pruned", "classifier_vgg16_small_advtrained")
+GRID = 56  # cells per side on the 224x224 view (4 px each)
+
+
+class _Pixels(nn.Module):
+    """A shipped classifier (normalised 224x224 input) on 0..255 pixels of any size."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (224, 224):
+            x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+        return self.net((x / 255.0 - 0.5) / 0.25)
+
+
+def surrogates(models_dir: Path, zoo_dir: Path | None) -> tuple[list[str], list[nn.Module]]:
+    """The shipped classifiers and every trained zoo surrogate (never a held-out target)."""
+    from . import zoo
+    from .from_onnx import load_classifier
+
+    names, nets = [], []
+    for name in SHIPPED_SURROGATES:
+        names.append(name)
+        nets.append(_Pixels(load_classifier(models_dir / f"{name}.onnx")))
+    if zoo_dir is not None:
+        for name in zoo.trained(zoo_dir, "surrogate"):
+            assert zoo.member(name).role == "surrogate"
+            names.append(name)
+            nets.append(zoo.load(zoo_dir, name))
+    for net in nets:
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+    return names, nets
+
+
+def protect_rois(images: np.ndarray, models_dir: Path) -> np.ndarray:
+    """protect's ROI for (N, 224, 224) uint8 images (the shipped segmenter, QC widening included)."""
+    from toolkit.protect import Protector
+
+    prot = Protector(models_dir, refine_steps=0)
+    return np.concatenate([prot.segment(images[i : i + 32]).rois for i in range(0, len(images), 32)])
+
+
+def free_cells(rois: np.ndarray) -> np.ndarray:
+    """(N, 224, 224) ROI -> (N, 1, 224, 224) float: 1 on every 4x4 cell the ROI does not touch."""
+    n = len(rois)
+    touched = rois.reshape(n, GRID, 4, GRID, 4).any(axis=(2, 4))
+    return np.repeat(np.repeat(~touched, 4, 1), 4, 2)[:, None].astype(np.float32)
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+    own = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).max(1).values
+    return (own - other).clamp(min=-kappa)
+
+
+def train(args: argparse.Namespace) -> dict:
+    from toolkit.datasets import load_split
+
+    from .train import seed_everything
+    from .train_generator import ssim_torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    gen = seed_everything(args.seed)
+    names, nets = surrogates(Path(args.models), Path(args.zoo) if args.zoo else None)
+    print(f"surrogates: {', '.join(names)}", flush=True)
+    tr = load_split(Path(args.data) / "train")
+    cache = out / "train_rois.npy"
+    if not cache.exists():
+        np.save(cache, protect_rois(tr.images, Path(args.models)))
+    rois = np.load(cache)
+    X = torch.from_numpy(tr.images[:, None].astype(np.float32))
+    Y = torch.from_numpy(tr.labels)
+    free = torch.from_numpy(free_cells(rois))
+    pattern = torch.zeros(len(tr.classes), 1, GRID, GRID, requires_grad=True)
+    opt = torch.optim.Adam([pattern], lr=args.lr)
+    start, history = 0, []
+    ckpt = out / "last.pt"
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        with torch.no_grad():
+            pattern.copy_(st["pattern"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start, history = st["epoch"] + 1, st["history"]
+        print(f"resuming {out} at epoch {start}", flush=True)
+    for epoch in range(start, args.epochs):
+        t0 = time.time()
+        perm = torch.randperm(len(X), generator=gen)
+        sums = {"margin": 0.0, "ssim": 0.0, "mse": 0.0}
+        for i in range(0, len(perm), args.batch):
+            b = perm[i : i + args.batch]
+            x, y = X[b], Y[b]
+            delta = F.interpolate(pattern.clamp(-args.eps, args.eps), scale_factor=4, mode="nearest")[y] * free[b]
+            adv = x + delta
+            adv = adv + (adv.clamp(0, 255) - adv).detach()  # clipping, straight-through
+            loss_adv = 0.0
+            for net in nets:
+                view = adv
+                if float(torch.rand(1, generator=gen)) < args.diversity:
+                    s = int(torch.randint(112, 257, (1,), generator=gen))
+                    view = F.interpolate(adv, size=(s, s), mode="bilinear", align_corners=False, antialias=s < 224)
+                loss_adv = loss_adv + margin_loss(net(view), y, args.kappa).mean() / len(nets)
+            s = ssim_torch(x, adv)
+            mse = ((adv - x) ** 2).mean(dim=(1, 2, 3))
+            loss = loss_adv + args.quality * (F.relu(args.min_ssim - s).mean() / (1 - args.min_ssim) + F.relu(mse - args.max_mse).mean() / args.max_mse)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                pattern.clamp_(-args.eps, args.eps)
+            for k, v in (("margin", loss_adv), ("ssim", s.mean()), ("mse", mse.mean())):
+                sums[k] += float(v) * len(b)
+        history.append({"epoch": epoch + 1, **{k: round(v / len(X), 4) for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)})
+        print(json.dumps(history[-1]), flush=True)
+        torch.save({"pattern": pattern.detach(), "opt": opt.state_dict(), "gen": gen.get_state(), "epoch": epoch, "history": history}, ckpt)
+    grid = np.round(pattern.detach().clamp(-args.eps, args.eps).numpy()[:, 0]).astype(np.int8)
+    np.save(out / "pattern.npy", grid)
+    result = {"command": "python -m models.train_pattern " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "surrogates": names,
+              "classes": list(tr.classes), "history": history, "eps": args.eps, "grid": GRID}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    if args.install:
+        install(out / "pattern.npy", Path(args.install), result)
+    return result
+
+
+def install(pattern_file: Path, dest: Path, result: dict) -> Path:
+    """Write the shipped pattern ``dest.npy`` and its card ``dest.json`` (SHA-256 of the array's bytes)."""
+    grid = np.load(pattern_file)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    np.save(dest.with_suffix(".npy"), grid)
+    card = {"file": dest.with_suffix(".npy").name, "sha256": hashlib.sha256(np.ascontiguousarray(grid).tobytes()).hexdigest(),
+            "shape": list(grid.shape), "dtype": "int8", "cell_px_on_224_view": 4, "classes": result["classes"], "eps": result["eps"],
+            "training": {"command": result["command"], "surrogates": result["surrogates"], "history": result["history"]}}
+    dest.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    return dest.with_suffix(".npy")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m models.train_pattern", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder with train/ (a dataset directory per split)")
+    p.add_argument("--zoo", default="runs/zoo", help="trained zoo (its surrogates join the ensemble); '' for the shipped classifiers only")
+    p.add_argument("--models", default=str(Path(__file__).resolve().parent))
+    p.add_argument("--out", default="runs/pattern")
+    p.add_argument("--install", default="", help="also write the pattern and its card here (e.g. kernels/patterns/cxr3_v1)")
+    p.add_argument("--eps", type=float, default=8.0)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--kappa", type=float, default=5.0, help="margin beyond which an image stops pulling the pattern")
+    p.add_argument("--diversity", type=float, default=0.7, help="probability of a random resize per surrogate and step")
+    p.add_argument("--min-ssim", type=float, default=0.93)
+    p.add_argument("--max-mse", type=float, default=25.0, help="per image, levels^2 (PSNR 34.2 dB)")
+    p.add_argument("--quality", type=float, default=1.0, help="weight of the SSIM / MSE hinge penalties")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
