@@ -97,6 +97,10 @@ def main() -> None:
             speeds[("protect", w)] = row(f"protect   workers={w}", batch("protect_paths", tmp / "in", tmp / f"p{w}", key, workers=w), n)
             rep = batch("restore_paths", tmp / f"p{w}", tmp / f"r{w}", key, workers=w)
             speeds[("restore", w)] = row(f"restore   workers={w}", rep, rep["totals"]["restored"])
+            # the default before the transfer pattern (issue 16), timed in the same run
+            speeds[("nopattern", w)] = row(f"protect   workers={w} --pattern none",
+                                           batch("protect_paths", tmp / "in", tmp / f"o{w}", key, workers=w, pattern=0), n)
+            print(f"  default / --pattern none speed, workers={w}: {speeds[('protect', w)] / speeds[('nopattern', w)]:.2f}x")
             speeds[("generator", w)] = row(f"protect   workers={w} generator only",
                                            batch("protect_paths", tmp / "in", tmp / f"g{w}", key, workers=w, refine_steps=0), n)
             # the opt-in transfer stage (issue 16) beside the default, timed in the same run

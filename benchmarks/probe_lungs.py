@@ -12,7 +12,7 @@ with the white-box ASR on the protected images (ResNet18, over images it classif
 PSNR and payload beside them. ``--root DIR`` imports medrae from another checkout (e.g. a
 ``git worktree`` of an earlier commit, for the "before" column).
 
-    python benchmarks/probe_lungs.py ../shared/data/cxr3/test [--damaged 60] [--policy widen]
+    python benchmarks/probe_lungs.py ../shared/data/cxr3/test [--damaged 60] [--policy widen] [--pattern none]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("data", type=Path)
 ap.add_argument("--damaged", type=int, default=60, help="images per damage kind (0: none)")
 ap.add_argument("--policy", default="widen", help="--on-uncertain-roi (this checkout only)")
+ap.add_argument("--pattern", default=None, help="--pattern: none for the default before the transfer pattern (this checkout only)")
 ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="medrae checkout to import")
 ap.add_argument("--json", type=Path, help="write per-condition figures here")
 args = ap.parse_args()
@@ -81,6 +82,8 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
                 rows.append(dict(written=False, flagged=True))
                 continue
             kw = {"guard": a.guards[k]} if new else {}
+            if hasattr(a, "pattern"):  # the codec codes the transfer pattern by reference, as protect does
+                kw["pattern"] = a.pattern(k)
             try:
                 marked, info, plan, level, mode = protect_with_fallback(Image(img, 255, "png"), a.rois[k], a.grids[k], prot.eps, bytes(32),
                                                                         check=False, **kw)
@@ -130,7 +133,8 @@ def main() -> None:
     if split.masks is None:
         sys.exit(f"{args.data}: needs true lung masks (<class>/masks)")
     new = "on_uncertain_roi" in inspect.signature(Protector).parameters
-    prot = Protector(on_uncertain_roi=args.policy) if new else Protector()
+    kw = {"pattern": 0 if args.pattern == "none" else args.pattern} if args.pattern else {}
+    prot = Protector(on_uncertain_roi=args.policy, **kw) if new else Protector()
     clf = session(Path(MODELS_DIR) / "classifier_resnet18.onnx")
     results = [run("as is", prot, split.images, split.masks, split.labels, clf)]
     if args.damaged:

@@ -50,8 +50,8 @@ def main() -> None:
     marked = []
     for b in range(0, len(images), 16):
         a = protector.analyse(views[b : b + 16])
-        for im, roi, grid in zip(images[b : b + 16], a.rois, a.grids):
-            marked.append(protect_with_fallback(im, roi, grid, protector.eps, key)[0])
+        for k, (im, roi, grid) in enumerate(zip(images[b : b + 16], a.rois, a.grids)):  # as protect does (guard, pattern)
+            marked.append(protect_with_fallback(im, roi, grid, protector.eps, key, guard=a.guards[k], pattern=a.pattern(k))[0])
     marked = np.stack(marked).astype(np.float64)
     window = np.clip(np.round((marked - args.low) / args.gain), 0, 255).astype(np.uint8)  # exactly x where unchanged
     full = np.clip(np.round(marked * 255 / ceiling), 0, 255).astype(np.uint8)

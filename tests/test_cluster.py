@@ -161,3 +161,45 @@ def test_cluster_unreachable_address_is_one_line_error(tmp_path, phantoms):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--ray 127.0.0.1:1" in lines[0], res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cluster_started_by_ray_start_joined_by_address(tmp_path, phantoms):
+    """A cluster as an administrator starts one (``ray start --head``, token authentication on by
+    default), joined by HOST:PORT from a fresh process: without ``RAY_AUTH_MODE=token`` a one-line
+    error that says what to set (exit 2, nothing written); with it, the single-machine files."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                             "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=plain)
+    try:
+        src = tmp_path / "in"
+        src.mkdir()
+        for k in range(2):
+            (src / f"p{k}.png").write_bytes((phantoms / f"phantom{k}.png").read_bytes())
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        cmd = [sys.executable, "-c", "from cli import app; app()", "protect", str(src), str(tmp_path / "out"),
+               "--no-encrypt", "--refine-steps", "0", "--ray", f"127.0.0.1:{port}"]
+        token = Path.home() / ".ray" / "auth_token"
+        if token.exists():  # `ray start` made one: the cluster wants it
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=plain)
+            lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("warning: --no-encrypt")]
+            assert res.returncode == 2 and len(lines) == 1 and "RAY_AUTH_MODE=token" in lines[0], res.stderr[-2000:]
+            assert not (tmp_path / "out").exists()
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**plain, "RAY_AUTH_MODE": "token"})
+        assert res.returncode == 0, res.stderr[-2000:]
+        protect_paths(src, tmp_path / "one", None, ProtectSettings(refine_steps=0), workers=1)
+        assert _files(tmp_path / "out") == _files(tmp_path / "one")
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()

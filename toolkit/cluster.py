@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from ._quiet import quiet_stderr
 from .batch import BatchReport, FileResult, _chunks, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
 from .settings import ProtectSettings
 
@@ -71,16 +72,32 @@ def connected(address: str) -> Iterator[object]:
     if address != "local":
         _check_reachable(address)
     try:
-        if address == "local":
-            ray.init(num_cpus=os.cpu_count() or 1, **quiet)
-        else:
-            ray.init(address=address, **quiet)
+        with quiet_stderr():  # Ray's C++ core logs each failed connection attempt there
+            if address == "local":
+                ray.init(num_cpus=os.cpu_count() or 1, **quiet)
+            else:
+                ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RuntimeError(f"--ray {address}: cannot connect to a Ray cluster: {str(exc).splitlines()[0]}") from None
+        # `ray start` turns token authentication on; a driver given the address (not `auto`) must
+        # be told to use a token (Ray reads RAY_AUTH_MODE once, at import: no retry here can)
+        hint = (" (the cluster wants its authentication token: export RAY_AUTH_MODE=token, with the head node's "
+                "~/.ray/auth_token here or in RAY_AUTH_TOKEN)") if _auth_refused(exc) else ""
+        raise RuntimeError(f"--ray {address}: cannot connect to a Ray cluster: {str(exc).splitlines()[0]}{hint}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _auth_refused(exc: BaseException) -> bool:
+    """Whether Ray refused the connection for a missing or wrong authentication token."""
+    seen: set = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -158,7 +175,11 @@ def run_on_cluster(kind: str, src: Path, dst: Path, key: Optional[bytes], *, add
             n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             job = Job(kind, key, overwrite, settings if kind == "protect" else None)
             actors = [_actor(ray, 1, gpus_per_actor).remote(job, 1) for _ in range(n)]
-            described = ray.get([a.describe.remote() for a in actors])
+            try:
+                described = ray.get([a.describe.remote() for a in actors])
+            except ray.exceptions.RayError as exc:  # e.g. a driver whose auth mode the cluster's workers refuse
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise RuntimeError(f"--ray {address}: the workers did not start ({type(exc).__name__}: {first})") from None
             errors = [d["error"] for d in described if d["error"]]
             if errors:
                 raise RuntimeError(errors[0])

@@ -8,7 +8,6 @@ with only the pixel data replaced.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from kernels.rdh import MIN_SIDE, SIDE_BITS
+
+from ._quiet import quiet_stderr
 
 MAX_PIXELS = 100_000_000  # declared sizes above this are refused before decoding (decompression bombs)
 RASTER_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -87,30 +88,12 @@ def read_image(path: Path | str) -> Image:
     return _read_raster(path)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """C libraries (libtiff, zlib via Pillow) print their own messages for a corrupt file; the one
-    ImageError line says it instead. Redirects fd 2 for the duration of a decode."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _read_raster(path: Path) -> Image:
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings(), _quiet_stderr():
+        with warnings.catch_warnings(), quiet_stderr():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": a bad file gets one ImageError line, not warnings
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             with PILImage.open(path) as im:
