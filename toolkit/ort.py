@@ -18,6 +18,7 @@ INSTALL_HINT = "pip install 'medrae[cpu]', or 'medrae[gpu]' on a machine with CU
 _logged: set[str] = set()
 _started = False  # a session (and so its thread pools) has existed in this process
 _threads = 0  # intra-op threads of new sessions (0: ONNX Runtime's choice, one per physical core)
+_runtimes_checked = False  # the installed runtime packages were looked up (once per process, not per session)
 
 
 def sessions_started() -> bool:
@@ -59,9 +60,12 @@ def _runtime():
         import onnxruntime
     except ImportError as exc:
         raise RuntimeError(f"ONNX Runtime is not installed ({exc}): {INSTALL_HINT}") from None
-    if len(runtime_packages()) > 1:
-        _once(f"both {' and '.join(RUNTIME_PACKAGES)} are installed; they share the module 'onnxruntime' and the one "
-              "installed last wins: uninstall both, then install one (README, GPU nodes)", logging.WARNING)
+    global _runtimes_checked
+    if not _runtimes_checked:
+        _runtimes_checked = True
+        if len(runtime_packages()) > 1:
+            _once(f"both {' and '.join(RUNTIME_PACKAGES)} are installed; they share the module 'onnxruntime' and the one "
+                  "installed last wins: uninstall both, then install one (README, GPU nodes)", logging.WARNING)
     return onnxruntime
 
 

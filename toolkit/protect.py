@@ -300,9 +300,6 @@ ROI_CONVEX = False
 ROI_VIEWS: tuple[str, ...] = ("mirror",)
 
 
-PATTERN_SPARE_FLAT = 0.0
-
-
 class Protector:
     """Holds the segmenter, generator and margin-gradient sessions and turns network views into
     ROIs and perturbation grids.
@@ -444,14 +441,13 @@ class Protector:
 
     def _pattern_cover(self, views: np.ndarray, free: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The free cells the pattern goes on: not where it would clip at black or white (each
-        clipped pixel is an exception the codec pays for) nor on the flattest ``PATTERN_SPARE_FLAT``
-        of them (where the hiding finds its capacity)."""
+        clipped pixel is an exception the codec pays for). Sparing the flattest cells too, as the
+        refinement does, transferred worse (10 or 25 % of them, val)."""
         n, g = free.shape[0], free.shape[-1]
         f = NET_SIZE // g
         cells = views.reshape(n, g, f, g, f)
         lo, hi = cells.min(axis=(2, 4)).astype(np.int64), cells.max(axis=(2, 4)).astype(np.int64)
-        cover = free & (lo + values >= 0) & (hi + values <= 255)
-        return spare_flat(views, cover, PATTERN_SPARE_FLAT) if PATTERN_SPARE_FLAT else cover
+        return free & (lo + values >= 0) & (hi + values <= 255)
 
     def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the

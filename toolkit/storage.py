@@ -3,10 +3,9 @@ small interface, so that another store (an object store, a bucket) can come late
 the pipelines.
 
 Today there is one implementation, :class:`LocalFiles`: directory trees on a filesystem (on a Ray
-cluster, one that every node mounts, NFS-style). A store must give the pipelines five things:
-list the images below a root, tell whether an output exists, read and decode an image, write an
-output atomically (complete or absent under its name, never overwritten unless asked), and say
-whether a root is a single file. Paths stay ``pathlib.Path`` objects; a remote store would map
+cluster, one that every node mounts, NFS-style). A store must give the pipelines four things:
+list the images below a root, tell whether an output exists, read and decode an image, and write an
+output atomically (complete or absent under its name, never overwritten unless asked). Paths stay ``pathlib.Path`` objects; a remote store would map
 them onto its keys.
 """
 from __future__ import annotations
@@ -25,9 +24,6 @@ class LocalFiles:
 
     def exists(self, path: Path) -> bool:
         return Path(path).exists()
-
-    def is_file(self, path: Path) -> bool:
-        return Path(path).is_file()
 
     def read(self, path: Path | str) -> Image:
         """The decoded image (``toolkit.imageio.ImageError`` with a one-line reason otherwise)."""
