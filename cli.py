@@ -93,6 +93,9 @@ def _summary(console, rep) -> None:
         hidden = (f"; the hidden payload also used it on {spilled} file(s), where it only fit that way "
                   f"(largest change there: {most} level(s))") if spilled else ""
         console.print(f"untouched region (ROI): {rep.roi}{hidden}", highlight=False)
+        if t.get("no_hiding_band"):
+            console.print(f"the hidden payload fit only without the one-level band around the ROI on {t['no_hiding_band']} file(s) "
+                          f"(--report: hiding_band 0; there it may move pixels next to the ROI by more than one level)", highlight=False)
         if t.get("roi_uncertain"):
             console.print(f"segmentation quality control flagged {t['roi_uncertain']} file(s) (--report: roi_flags)", highlight=False)
 

@@ -30,8 +30,10 @@ ap.add_argument("data", type=Path)
 ap.add_argument("--damaged", type=int, default=60, help="images per damage kind (0: none)")
 ap.add_argument("--policy", default="widen", help="--on-uncertain-roi (this checkout only)")
 ap.add_argument("--pattern", default=None, help="--pattern: none for the default before the transfer pattern (this checkout only)")
+ap.add_argument("--dilation", type=int, default=None, help="ROI margin in px of the 224x224 view (default: the generator card's)")
 ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="medrae checkout to import")
 ap.add_argument("--json", type=Path, help="write per-condition figures here")
+ap.add_argument("--list", action="store_true", help="name each image whose lungs changed (hiding > 1 level, or perturbed)")
 args = ap.parse_args()
 sys.path.insert(0, str(args.root.resolve()))
 
@@ -68,7 +70,7 @@ def damage(kind: str, x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndar
     raise ValueError(kind)
 
 
-def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np.ndarray, clf) -> dict:
+def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np.ndarray, clf, names: list[str]) -> dict:
     t = time.perf_counter()
     new = "guard" in inspect.signature(protect_with_fallback).parameters
     rows = []
@@ -95,9 +97,14 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
             mse = np.mean((marked.astype(float) - img) ** 2)
             rows.append(dict(written=True, flagged=flagged, hiding=int(hid.max(initial=0)), total=int(tot.max(initial=0)),
                              pixels_over_1=int((tot > 1).sum()), lung_pixels=int(m.sum()),
-                             perturbed=bool(((plan.adversarial != img) & m).any()), coarsened=int(level), mode=str(mode),
+                             perturbed=int(((plan.adversarial != img) & m).sum()), hidden_over_1=int((hid > 1).sum()), coarsened=int(level), mode=str(mode) + ("+band" if getattr(plan, "band", 0) else ""),
                              psnr=10 * np.log10(255**2 / mse) if mse else 99.0, bits=info.payload_bits, marked=marked))
     written = [r for r in rows if r["written"]]
+    if args.list:
+        for j, r in enumerate(rows):
+            if r["written"] and (r["hiding"] > 1 or r["perturbed"]):
+                print(f"  {name}: {names[j]}: hiding > 1 level on {r['hidden_over_1']} true-lung px (max {r['hiding']}), "
+                      f"perturbation on {r['perturbed']} true-lung px, QC {'flagged' if r['flagged'] else 'not flagged'}, mode {r['mode']}")
     out = np.stack([r["marked"] if r["written"] else x[j] for j, r in enumerate(rows)])
     logits = np.concatenate([clf.run(None, {"image": normalize(out[j : j + 32])})[0] for j in range(0, len(out), 32)])
     clean = np.concatenate([clf.run(None, {"image": normalize(x[j : j + 32])})[0] for j in range(0, len(x), 32)]).argmax(1)
@@ -108,10 +115,11 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
         "lungs_over_1": sum(r["total"] > 1 for r in written),
         "lung_pixels_over_1": sum(r["pixels_over_1"] for r in written),
         "lung_pixels": sum(r["lung_pixels"] for r in written),
-        "perturbed_lung": sum(r["perturbed"] for r in written),
-        "perturbed_lung_flagged": sum(r["perturbed"] and r["flagged"] for r in written),
+        "perturbed_lung": sum(r["perturbed"] > 0 for r in written),
+        "perturbed_lung_flagged": sum(r["perturbed"] > 0 and r["flagged"] for r in written),
         "flagged": sum(r["flagged"] for r in rows),
         "coarsened": sum(r["coarsened"] > 0 for r in written),
+        "no_band": sum(r["mode"] in ("frozen", "open1") for r in written),
         "lungs_bit_exact": sum(r["total"] == 0 for r in written),
         "white_box_asr": float(100 * ((logits.argmax(1) != labels) & ok).sum() / max(1, ok.sum())),
         "psnr": float(np.mean([r["psnr"] for r in written])) if written else None,
@@ -121,7 +129,7 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
     print(f"{name:14s} {res['images']:4d} img  written {res['written']:4d}  hiding>1 in lungs {res['hiding_over_1']:3d}  any>1 {res['lungs_over_1']:3d} "
           f"({res['lung_pixels_over_1']} px of {res['lung_pixels']})  "
           f"perturbation in lungs {res['perturbed_lung']:3d} (flagged {res['perturbed_lung_flagged']})  flagged {res['flagged']:3d}  "
-          f"coarsened {res['coarsened']:3d}  lungs bit-exact {res['lungs_bit_exact']:4d}  white-box ASR {res['white_box_asr']:.2f} %  "
+          f"coarsened {res['coarsened']:3d}  no band {res['no_band']:3d}  lungs bit-exact {res['lungs_bit_exact']:4d}  white-box ASR {res['white_box_asr']:.2f} %  "
           f"PSNR {res['psnr'] or 0:.2f}  payload {res['payload_bits'] or 0:.0f}", flush=True)
     return res
 
@@ -134,14 +142,17 @@ def main() -> None:
         sys.exit(f"{args.data}: needs true lung masks (<class>/masks)")
     new = "on_uncertain_roi" in inspect.signature(Protector).parameters
     kw = {"pattern": 0 if args.pattern == "none" else args.pattern} if args.pattern else {}
-    prot = Protector(on_uncertain_roi=args.policy, **kw) if new else Protector()
+    if args.dilation is not None:
+        kw["dilation"] = args.dilation
+    prot = Protector(on_uncertain_roi=args.policy, **kw) if new else Protector(**kw)
     clf = session(Path(MODELS_DIR) / "classifier_resnet18.onnx")
-    results = [run("as is", prot, split.images, split.masks, split.labels, clf)]
+    results = [run("as is", prot, split.images, split.masks, split.labels, clf, split.names)]
     if args.damaged:
         pick = np.random.default_rng(0).permutation(len(split.images))[: args.damaged]
         for kind in ("rotated", "cropped", "inverted", "lateral", "low-contrast"):
             pairs = [damage(kind, split.images[i], split.masks[i]) for i in pick]
-            results.append(run(kind, prot, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), split.labels[pick], clf))
+            results.append(run(kind, prot, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), split.labels[pick], clf,
+                               [split.names[i] for i in pick]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

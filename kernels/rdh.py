@@ -13,6 +13,10 @@ Layout (see docs/FORMAT.md, "RDH layer"):
   the LSBs of the next border pixels, which are reserved too. With ``open_first=True`` the region
   is frozen only from the second group of passes on: the first group (PEE: both rhombus sets) may
   use it, which moves each of its pixels by at most one level, and the rest stays outside.
+* A *band* of ``band`` blocks around the frozen region (``embed(..., band=D)``, ``D <= MAX_BAND``)
+  is open to the first group of passes only, so its pixels move by at most one level too: where
+  a segmenter that missed lung most often missed it, next to the lungs it found. It is derived
+  from the block map (stored in the top bits of the map's block-side field), so it costs no bits.
 * 16-bit images embed into the high part ``x >> s`` (the low ``s`` bits are untouched): their
   prediction errors are spread too wide for any bin to hold many bits, while ``x >> s`` behaves
   like an 8-bit image. ``s`` is the smallest shift whose capacity estimate fits the payload.
@@ -41,6 +45,8 @@ MIN_SIDE = 8
 MAX_PASSES = 255
 FROZEN_FLAG = 0x80  # in the method byte: a frozen-region block map follows the side information
 OPEN_FLAG = 0x40  # in the method byte, with FROZEN_FLAG: the first group of passes may use the frozen region
+MAX_BAND = 15  # band width in blocks: the top 4 bits of the frozen-region header's block-side field
+BLOCK_BITS = 12  # ... whose low 12 bits hold the block side
 MAX_SHIFT = 8  # 16-bit images embed into x >> s, s <= MAX_SHIFT
 SHIFT_GROUPS = 2  # passes' worth of groups the shift estimate allows for
 DEFAULT_METHOD = "pee"
@@ -129,18 +135,24 @@ class _Layout(NamedTuple):
     extra: np.ndarray
     frozen: Optional[np.ndarray] = None  # (H, W) bool: the frozen blocks' pixels (None: no region)
     open_reserved: Optional[np.ndarray] = None  # the first group's mask when it may use the region (reserved run only)
+    band: Optional[np.ndarray] = None  # (H, W) bool: the band's pixels, open to the first group only (None: no band)
+    later_reserved: Optional[np.ndarray] = None  # the mask of the passes after the first group when there is a band
 
     def reserved_for(self, k: int, group: int) -> np.ndarray:
         """The ``reserved`` mask of pass ``k``."""
-        return self.open_reserved if self.open_reserved is not None and k < group else self.reserved
+        if k < group:
+            return self.open_reserved if self.open_reserved is not None else self.reserved
+        return self.later_reserved if self.later_reserved is not None else self.reserved
 
 
-def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray], open_first: bool = False) -> _Layout:
+def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray], open_first: bool = False, band: int = 0) -> _Layout:
     """The layout for ``frozen`` (None or all False: the plain border layout; ``open_first``: the
-    first group of passes may use the region). Blocks double in side until the map fits in the
-    border; ``CapacityError`` if it never does."""
+    first group of passes may use the region; ``band``: blocks around it open to the first group
+    only). Blocks double in side until the map fits in the border; ``CapacityError`` if it never does."""
     if frozen is not None and (frozen.shape != tuple(shape) or frozen.dtype != np.bool_):
         raise ValueError(f"frozen must be a bool mask of the image's shape {tuple(shape)}, got {frozen.shape} {frozen.dtype}")
+    if not 0 <= band <= MAX_BAND:
+        raise ValueError(f"band must be 0..{MAX_BAND} blocks, got {band}")
     if frozen is None or not frozen.any():
         return _Layout(*_reserved(shape), np.empty(0, np.uint8))
     block = regionmap.block_size(shape)
@@ -150,11 +162,11 @@ def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray], open_first: bo
         count = SIDE_BITS + 2 * regionmap.LENGTH_BITS + code.size
         if count <= border_length(shape) and code.size < 1 << regionmap.LENGTH_BITS:
             break
-        if block >= max(shape):
+        if block >= max(shape) or 2 * block >= 1 << BLOCK_BITS:
             raise CapacityError(f"the frozen region's block map ({code.size} bits) does not fit in the image border", count, 0)
         block *= 2
-    head = struct.pack(">HH", block, code.size)
-    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first)
+    head = struct.pack(">HH", band << BLOCK_BITS | block, code.size)
+    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first, band)
 
 
 def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
@@ -163,7 +175,8 @@ def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
     return reserved is not _reserved_mask(shape)
 
 
-def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray, open_first: bool = False) -> _Layout:
+def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: np.ndarray, open_first: bool = False,
+                 band: int = 0) -> _Layout:
     res_idx = reserved_indices(shape, SIDE_BITS + extra.size)
     frozen = regionmap.pixel_mask(blocks, block, shape)
     reserved = frozen.ravel().astype(np.uint8)
@@ -172,7 +185,11 @@ def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: 
     if open_first:
         open_reserved = np.zeros(reserved.size, np.uint8)
         open_reserved[res_idx] = 1
-    return _Layout(reserved, res_idx, extra, frozen, open_reserved)
+    band_pixels = later = None
+    if band:
+        band_pixels = regionmap.pixel_mask(regionmap.dilate_blocks(blocks, band) & ~blocks, block, shape)
+        later = reserved | band_pixels.ravel().astype(np.uint8)
+    return _Layout(reserved, res_idx, extra, frozen, open_reserved, band_pixels, later)
 
 
 @lru_cache(maxsize=16)
@@ -416,7 +433,8 @@ def _read_layout(full: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, in
         n = SIDE_BITS + 2 * regionmap.LENGTH_BITS
         if n > run.size:
             raise not_protected
-        block, size = struct.unpack(">HH", bits_to_bytes(lsbs(run[SIDE_BITS:n])))
+        field, size = struct.unpack(">HH", bits_to_bytes(lsbs(run[SIDE_BITS:n])))
+        block, band = field & ((1 << BLOCK_BITS) - 1), field >> BLOCK_BITS
         if block < 1 or n + size > run.size:
             raise NotProtectedError("no medrae RDH side information in this image (bad frozen-region header)")
         extra = lsbs(run[SIDE_BITS : n + size])
@@ -432,7 +450,7 @@ def _read_layout(full: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, in
             blocks = regionmap.decode_blocks(extra[2 * regionmap.LENGTH_BITS :], regionmap.grid_of(shape, block))
         except ValueError:
             raise not_protected from None
-        layout = _layout_from(shape, blocks, block, extra, open_first)
+        layout = _layout_from(shape, blocks, block, extra, open_first, band)
     return method_id, shift, npasses, PassRecord.from_bits(bytes_to_bits(body[3:])), layout
 
 
@@ -457,10 +475,10 @@ def _shifts(image: np.ndarray, maxv: int, bits: int, method: RDHMethod, reserved
 
 
 def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: Optional[int] = None,
-               frozen: Optional[np.ndarray] = None, open_first: bool = False) -> tuple[np.ndarray, int]:
+               frozen: Optional[np.ndarray] = None, open_first: bool = False, band: int = 0) -> tuple[np.ndarray, int]:
     """Embed the bit array ``data``; returns ``(marked, passes)`` or raises ``CapacityError``."""
     maxv = value_ceiling(image, ceiling)
-    layout = _layout(image.shape, frozen, open_first)
+    layout = _layout(image.shape, frozen, open_first, band)
     error: Optional[CapacityError] = None
     for s in _shifts(image, maxv, data.size + layout.res_idx.size, method, layout.reserved_for(0, method.group)):
         try:
@@ -517,7 +535,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
 
 
 def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None,
-          frozen: Optional[np.ndarray] = None, open_first: bool = False) -> np.ndarray:
+          frozen: Optional[np.ndarray] = None, open_first: bool = False, band: int = 0) -> np.ndarray:
     """Hide ``payload`` in ``image`` reversibly.
 
     Parameters
@@ -539,6 +557,11 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
         With ``frozen``: the first group of passes (PEE: both rhombus sets; HS: one pass) may use
         the region too, changing each of its pixels by at most one level (of ``x >> s`` for 16-bit);
         later passes keep out of it. More capacity at a bounded cost to the region.
+    band : int
+        With ``frozen``: the blocks within ``band`` blocks of the region (0..``MAX_BAND``) are open
+        to the first group of passes only, so they too move by at most one level (a margin for a
+        region drawn too tight, e.g. lungs the segmenter partly missed). Derived from the stored
+        block map: it costs capacity, not bits.
 
     Returns
     -------
@@ -550,15 +573,15 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
     CapacityError
         The payload does not fit; nothing is returned or written.
     """
-    return embed_counted(image, payload, method, ceiling, frozen, open_first)[0]
+    return embed_counted(image, payload, method, ceiling, frozen, open_first, band)[0]
 
 
 def embed_counted(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceiling: Optional[int] = None,
-                  frozen: Optional[np.ndarray] = None, open_first: bool = False) -> tuple[np.ndarray, int]:
+                  frozen: Optional[np.ndarray] = None, open_first: bool = False, band: int = 0) -> tuple[np.ndarray, int]:
     """:func:`embed`, also returning how many passes it took."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling, frozen, open_first)
+    return _run_embed(image, bytes_to_bits(bytes(payload)), _method(method), ceiling, frozen, open_first, band)
 
 
 def extract(marked: np.ndarray, ceiling: Optional[int] = None) -> tuple[np.ndarray, bytes]:
@@ -639,12 +662,27 @@ def frozen_region(marked: np.ndarray) -> Optional[np.ndarray]:
     return _read_layout(marked.astype(np.int32).ravel(), marked.shape)[-1].frozen
 
 
+def band_region(marked: np.ndarray) -> Optional[np.ndarray]:
+    """The band around the frozen region (``embed(band=...)``): pixels only the first group of
+    passes could use, so moved by one step at most; ``bool`` of the image's shape, None without a
+    band. Reads only the side information.
+
+    Raises
+    ------
+    NotProtectedError
+        The image carries no readable RDH side information.
+    """
+    check_image(marked, "marked")
+    return _read_layout(marked.astype(np.int32).ravel(), marked.shape)[-1].band
+
+
 def hiding_bounds(marked: np.ndarray) -> dict:
     """What the side information promises about the hiding's changes, without a key: the share of
-    pixels in the frozen region (0.0: none), and the largest change the hiding made inside that
-    region and anywhere, in native pixel units (each group of passes moves a pixel by at most one
-    step of ``x >> s``, i.e. ``2**s`` units). Inside the region: 0 when it was frozen for every
-    pass, one step when the first group could use it; ``None`` when there is no region.
+    pixels in the frozen region (0.0: none) and in its band, and the largest change the hiding made
+    inside that region, in its band and anywhere, in native pixel units (each group of passes moves
+    a pixel by at most one step of ``x >> s``, i.e. ``2**s`` units). Inside the region: 0 when it
+    was frozen for every pass, one step when the first group could use it; ``None`` when there is
+    no region. In the band: one step (``None``: no band).
 
     Raises
     ------
@@ -658,12 +696,15 @@ def hiding_bounds(marked: np.ndarray) -> dict:
     inside = None
     if layout.frozen is not None:
         inside = step if layout.open_reserved is not None else 0
+    most = step * -(-npasses // group)
     return {"frozen_fraction": float(layout.frozen.mean()) if layout.frozen is not None else 0.0,
-            "region_max_change": inside, "max_change": step * -(-npasses // group), "passes": npasses}
+            "band_fraction": float(layout.band.mean()) if layout.band is not None else 0.0,
+            "region_max_change": inside, "band_max_change": min(step, most) if layout.band is not None else None,
+            "max_change": most, "passes": npasses}
 
 
 def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[int] = None,
-             frozen: Optional[np.ndarray] = None, open_first: bool = False) -> int:
+             frozen: Optional[np.ndarray] = None, open_first: bool = False, band: int = 0) -> int:
     """Payload bits that fit into ``image`` (a whole number of bytes).
 
     Computed by filling every pass to its capacity with pseudo-random (encrypted-like) bits, for
@@ -676,7 +717,7 @@ def capacity(image: np.ndarray, method: Optional[str] = None, ceiling: Optional[
     s = 0 if maxv == 255 else MAX_SHIFT
     work = image.astype(np.int32).ravel() >> s
     maxv >>= s
-    layout = _layout(image.shape, frozen, open_first)
+    layout = _layout(image.shape, frozen, open_first, band)
     side = layout.res_idx.size
     rng = np.random.default_rng(0)
     best = 0

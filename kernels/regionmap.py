@@ -38,6 +38,17 @@ def pixel_mask(blocks: np.ndarray, block: int, shape: tuple[int, int]) -> np.nda
     return np.repeat(np.repeat(blocks, block, axis=0), block, axis=1)[: shape[0], : shape[1]]
 
 
+def dilate_blocks(blocks: np.ndarray, reach: int) -> np.ndarray:
+    """``blocks`` grown by ``reach`` blocks in every direction (diagonals included): the band
+    around a frozen region (``kernels.rdh``), computed the same way by embed and extract."""
+    out = blocks.copy()
+    h, w = blocks.shape
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            out[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] |= blocks[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
+    return out
+
+
 def _gamma(n: int) -> str:
     b = bin(n)[2:]
     return "0" * (len(b) - 1) + b

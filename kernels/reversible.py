@@ -49,6 +49,7 @@ def protect_array(
     check: bool = True,
     frozen: Optional[np.ndarray] = None,
     open_first: bool = False,
+    band: int = 0,
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -74,6 +75,9 @@ def protect_array(
     open_first : bool
         With ``frozen``: the first group of passes may use the region too, at most one level per
         pixel there (:func:`kernels.embed`).
+    band : int
+        With ``frozen``: blocks around it that only the first group of passes may use, one level
+        at most there (:func:`kernels.embed`).
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -105,7 +109,7 @@ def protect_array(
         rdh_id=m.id,
         key=key,
     )
-    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen, open_first)
+    marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen, open_first, band)
     if check and not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
         raise PayloadError("internal error: protected image does not restore to the original")
     return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)
@@ -159,5 +163,8 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
         "rdh_frozen_fraction": round(bounds["frozen_fraction"], 4),
         # largest change the hiding made there (native units; None: the hiding had no such region)
         "rdh_roi_max_change": bounds["region_max_change"],
+        # the band around that region (protect: where a segmenter's misses lie) and the largest change there
+        "rdh_band_fraction": round(bounds["band_fraction"], 4),
+        "rdh_band_max_change": bounds["band_max_change"],
         "rdh_max_change": bounds["max_change"],
     }

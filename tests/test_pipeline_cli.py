@@ -461,6 +461,15 @@ def test_the_roi_stays_within_one_level_unless_asked(tmp_path, phantom_dir, key)
             roi.ravel()[reserved_indices(roi.shape, border_length(roi.shape))] = False  # side information's LSBs
             change = int(np.abs(pixels(Path(f["output"])).astype(int) - image.pixels)[roi].max())
             assert f["roi_frozen"] == (f["hiding"] == "frozen") and change <= f["roi_max_change"]
+            # the band around the hiding's region: one level at most, read from the file (extract gives the
+            # image before the hiding)
+            marked = pixels(Path(f["output"]))
+            band = kernels.band_region(marked)
+            assert (band is not None) == bool(f["hiding_band"]) and (f["hiding_band"] is None) == (f["hiding"] == "anywhere")
+            if band is not None:
+                before = kernels.extract(marked)[0]
+                band.ravel()[reserved_indices(band.shape, border_length(band.shape))] = False
+                assert band.any() and int(np.abs(marked.astype(int) - before)[band].max()) <= 1
             if flags == ("--rdh-in-roi",):
                 assert f["hiding"] == "anywhere"
             else:

@@ -368,6 +368,76 @@ def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape
     assert np.array_equal(kernels.frozen_region(marked) is not None, frozen.any())
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    kind=st.sampled_from(KINDS),
+    region=st.sampled_from(["lungs", "speckle", "rect"]),
+    shape=st.tuples(st.integers(35, 260), st.integers(35, 260)),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    fill=st.floats(0.05, 0.8),
+    band=st.integers(1, 3),
+    open_first=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_band_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill, band, open_first, seed):
+    """``band``: the blocks within ``band`` blocks of the frozen region are open to the first group
+    of passes only: a band pixel moves by one step at most (two at 0 or the ceiling), the region as
+    without a band, the round trip stays exact, and the band is read back from the file alone."""
+    from kernels import regionmap  # dilate_blocks on a pixel mask: a ring of ``band`` pixels
+    from kernels.rdh import hiding_bounds
+
+    image = make_image(kind, shape, dtype, seed)
+    frozen = make_frozen(region, shape, seed)
+    try:  # a share of the capacity, so that passes after the first group occur
+        size = int(fill * kernels.capacity(image, method, frozen=frozen, open_first=open_first, band=band)) // 8
+        payload = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+        marked = kernels.embed(image, payload, method, frozen=frozen, open_first=open_first, band=band)
+    except kernels.CapacityError:
+        event("capacity error")
+        return
+    bounds = hiding_bounds(marked)
+    event(f"{bounds['passes']} passes")
+    restored, extracted = kernels.extract(marked)
+    assert extracted == payload and np.array_equal(restored, image)
+    region_px, ring_px = kernels.frozen_region(marked), kernels.band_region(marked)
+    assert not (region_px & ring_px).any() and bounds["band_fraction"] == pytest.approx(ring_px.mean())
+    # at least ``band`` pixels (one per block) all round the region, clipped by the frame
+    near = regionmap.dilate_blocks(region_px, band) & ~region_px
+    assert (ring_px | ~near).all()
+    ring = ring_px & _outside_reserved(marked)
+    step = bounds["band_max_change"]
+    assert step == 1 << (step.bit_length() - 1)  # one step of x >> s
+    top = np.iinfo(dtype).max
+    s = step.bit_length() - 1
+    edge = ((image >> s) == 0) | ((image >> s) == (top >> s))
+    d = np.abs(marked.astype(np.int64) - image.astype(np.int64))
+    assert d[ring & ~edge].max(initial=0) <= step and d[ring & edge].max(initial=0) <= 2 * step
+    inside = region_px & _outside_reserved(marked)
+    assert d[inside].max(initial=0) <= (2 * step if open_first else 0)
+
+
+def test_band_costs_capacity_not_bits():
+    """A band lowers the capacity (the band's pixels serve one pass group only) and is stored in
+    the map's header, so the side information is as long as without one."""
+    from kernels.rdh import hiding_bounds
+
+    image = chest_phantom(3)[0]
+    lungs = make_frozen("lungs", image.shape, 0)
+    caps = [kernels.capacity(image, frozen=lungs, band=b) for b in (0, 1, 2)]
+    assert caps[0] > caps[1] > caps[2] > 0
+    payload = bytes(np.random.default_rng(2).integers(0, 256, (caps[1] + caps[0]) // 16, dtype=np.uint8))
+    with pytest.raises(kernels.CapacityError):
+        kernels.embed(image, payload, frozen=lungs, band=1)
+    plain = kernels.embed(image, payload, frozen=lungs)
+    assert hiding_bounds(plain)["band_max_change"] is None and hiding_bounds(plain)["band_fraction"] == 0.0
+    small = kernels.embed(image, b"abc", frozen=lungs, band=2)
+    assert hiding_bounds(small)["band_max_change"] == 1 and hiding_bounds(small)["band_fraction"] > 0
+    assert np.array_equal(kernels.frozen_region(small), kernels.frozen_region(kernels.embed(image, b"abc", frozen=lungs)))
+    with pytest.raises(ValueError, match="band must be"):
+        kernels.embed(image, b"abc", frozen=lungs, band=16)
+
+
 def test_open_first_adds_capacity_and_is_recorded():
     """The lungs are the X-ray's smoothest part: one pass group there holds a lot. A closed region
     reports a zero bound, an open one a one-step bound; no region reports None."""

@@ -53,6 +53,7 @@ class FileResult:
     roi_frozen: Optional[bool] = None  # protect: the hiding left the ROI bit-exact
     hiding: Optional[str] = None  # protect: where the payload went (toolkit.protect.HIDING_MODES)
     roi_max_change: Optional[int] = None  # protect: largest change the hiding made in the ROI and its guard, levels (measured on the file)
+    hiding_band: Optional[int] = None  # protect: blocks around them that the hiding moved by one level at most (0: no band, it did not fit)
     roi_flags: Optional[list] = None  # protect: what segmentation quality control found (toolkit.qc; [] = nothing)
     white_box_margin: Optional[float] = None  # after refinement, on the 224x224 view; < 0: the classifier is fooled
     refine_steps: Optional[int] = None
@@ -99,6 +100,7 @@ class BatchReport:
             "mean_payload_bits": mean("payload_bits"),
             "coarsened": sum(r.coarsened > 0 for r in self.results),
             "rdh_in_roi": sum(r.roi_frozen is False for r in self.results if r.status == "protected"),
+            "no_hiding_band": sum(r.hiding_band == 0 for r in self.results if r.status == "protected"),
             "roi_uncertain": sum(bool(r.roi_flags) for r in self.results),
             "roi_max_change": max((r.roi_max_change for r in done if r.roi_max_change is not None), default=None),
             "white_box_fooled": self._fooled(done),
@@ -216,6 +218,7 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
                 image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
                 max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern)
             res.roi_frozen = res.hiding == "frozen"
+            res.hiding_band = plan.band if res.hiding != "anywhere" else None
             res.roi_fraction = float(plan.roi.mean())
         except kernels.CapacityError as exc:
             res.roi_fraction = float(plan_perturbation(image, roi, grid, eps).roi.mean())

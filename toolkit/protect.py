@@ -91,6 +91,12 @@ class PatternUse:
         return PatternUse(self.pattern_id, self.cls, self.cover[:: 1 << level, :: 1 << level])
 
 
+# Blocks (8 px of the 224x224 view each) around the hiding's region that only the first group of
+# passes may use (kernels.embed(band=...)): a lung the segmenter and every test-time view missed
+# lies next to the lungs it found, so the hiding changes it by one level at most, never two.
+HIDING_BAND = 1
+
+
 @dataclass
 class Plan:
     """The exact perturbation for one image at its own resolution, and what the codec is told."""
@@ -100,6 +106,7 @@ class Plan:
     eps: int  # native units
     hints: dict
     guard: Optional[np.ndarray] = None  # bool, the region the hiding keeps out of (or to one level in); None: ``roi``
+    band: int = HIDING_BAND  # blocks around the hiding region that the hiding moves by one level at most (0: none)
 
     @property
     def hiding_region(self) -> np.ndarray:
@@ -161,7 +168,7 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
     frozen = plan.hiding_region if hiding != "anywhere" and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
                                  ceiling=image.kernel_ceiling, frozen=frozen, open_first=hiding == "open1" and frozen is not None,
-                                 **plan.hints)
+                                 band=plan.band if frozen is not None else 0, **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
@@ -197,15 +204,21 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     tries :func:`hiding_modes` in turn: first outside the ROI only, then (``max_roi_change >= 1``,
     the default) with the ROI open to the first group of passes, one level at most there (the
     lungs are the X-ray's smoothest, most capacious part: ±1 there costs less than a coarser,
-    weaker perturbation). ``max_roi_change=None``: the payload may use the ROI in every pass.
+    weaker perturbation); each mode first with a band of ``HIDING_BAND`` blocks around the hiding
+    region moved by one level at most (``plan.band``), then without. ``max_roi_change=None``: the
+    payload may use the ROI in every pass.
     Returns ``(marked, info, plan, coarsening level, hiding mode)`` or raises the last ``CapacityError``."""
     modes = hiding_modes(max_roi_change)
     level = 0
+    # the band first, both modes; then without it, before a coarser (weaker) perturbation: on cxr3/test
+    # coarsening instead cost 6.6 points of white-box ASR (81.2 -> 74.6 %); without it 19 of 268 images
+    steps = [(mode, band) for band in (HIDING_BAND, 0) for mode in modes] if HIDING_BAND else [(mode, 0) for mode in modes]
     while True:
         last = level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE
         plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps, guard, pattern.coarser(level) if pattern else None)
-        tried = modes if plan.roi.any() else ("anywhere",)
-        for mode in tried:
+        tried = steps if plan.roi.any() else [("anywhere", 0)]
+        for mode, band in tried:
+            plan.band = band
             try:
                 marked, info = protect_planned(image, plan, key, method, codec, check, mode)
                 # measured, not assumed: a pixel at 0 or the ceiling can move 2 levels in one PEE group
@@ -213,7 +226,7 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
                     raise kernels.CapacityError(f"hiding it with one pass group in the ROI would change the ROI by more than "
                                                 f"{max_roi_change} level (pixels at black or white)", info.payload_bits, info.payload_bits)
             except kernels.CapacityError:
-                if last and mode == tried[-1]:
+                if last and (mode, band) == tried[-1]:
                     raise
                 continue
             if last or not max_rdh_change or rdh_change(info) <= max_rdh_change:
