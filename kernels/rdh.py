@@ -645,12 +645,18 @@ def extract_with_method(marked: np.ndarray, impl: Optional[RDHMethod] = None, ce
     return work.reshape(shape).astype(marked.dtype), bits_to_bytes(data), method.name
 
 
+def _side_information(marked: np.ndarray) -> tuple[int, int, int, PassRecord, _Layout]:
+    """:func:`_read_layout` of a marked image, after checking it (no key, no extraction)."""
+    check_image(marked, "marked")
+    return _read_layout(marked.astype(np.int32).ravel(), marked.shape)
+
+
 def frozen_region(marked: np.ndarray) -> Optional[np.ndarray]:
     """The pixels the hiding kept out of (``embed(frozen=...)``: every block touching the mask
     given then, e.g. the lungs; on the image border only the reserved pixels' LSBs may differ;
     with ``open_first`` the first group of passes moved them by at most one step,
     :func:`hiding_bounds`), as a ``bool`` mask of the image's shape; None when the payload may
-    have used the whole image.
+    have used the whole image. :func:`band_region`: the band around it.
     Reads only the side information (no key, no extraction).
 
     Raises
@@ -658,22 +664,13 @@ def frozen_region(marked: np.ndarray) -> Optional[np.ndarray]:
     NotProtectedError
         The image carries no readable RDH side information.
     """
-    check_image(marked, "marked")
-    return _read_layout(marked.astype(np.int32).ravel(), marked.shape)[-1].frozen
+    return _side_information(marked)[-1].frozen
 
 
 def band_region(marked: np.ndarray) -> Optional[np.ndarray]:
-    """The band around the frozen region (``embed(band=...)``): pixels only the first group of
-    passes could use, so moved by one step at most; ``bool`` of the image's shape, None without a
-    band. Reads only the side information.
-
-    Raises
-    ------
-    NotProtectedError
-        The image carries no readable RDH side information.
-    """
-    check_image(marked, "marked")
-    return _read_layout(marked.astype(np.int32).ravel(), marked.shape)[-1].band
+    """The band around the frozen region (``embed(band=...)``), pixels only the first group of
+    passes could use, so moved by one step at most; as :func:`frozen_region` (None: no band)."""
+    return _side_information(marked)[-1].band
 
 
 def hiding_bounds(marked: np.ndarray) -> dict:
@@ -689,8 +686,7 @@ def hiding_bounds(marked: np.ndarray) -> dict:
     NotProtectedError
         The image carries no readable RDH side information.
     """
-    check_image(marked, "marked")
-    method_id, s, npasses, _, layout = _read_layout(marked.astype(np.int32).ravel(), marked.shape)
+    method_id, s, npasses, _, layout = _side_information(marked)
     group = RDH_METHODS.by_id(method_id).group
     step = 1 << s
     inside = None

@@ -121,7 +121,7 @@ def test_refine_is_sparse_bounded_and_reports_true_margins(refine_models, eps):
 
     import onnxruntime as ort
 
-    settings = RefineSettings(steps=12, step=4, fraction=0.02, margin=0.5)
+    settings = RefineSettings(steps=12, step=4, fraction=0.02, margin=0.5, give_up=())
     refiner = Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", settings)
     views = np.stack([chest_phantom(s)[0] for s in range(4)])
     rng = np.random.default_rng(eps)
@@ -313,7 +313,7 @@ def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):
     for f in ("classifier_resnet18.onnx", "classifier_resnet18.json", "gradient_resnet18.onnx", "gradient_resnet18.json"):
         shutil.copy(MODELS / f, refine_models)
     names = ["resnet18", "vgg16_small"]
-    settings = RefineSettings(steps=20, margin=1.0)
+    settings = RefineSettings(steps=20, margin=1.0, give_up=())
     refiner = Refiner([refine_models / f"gradient_{n}.onnx" for n in names], "cpu", settings)
     assert refiner.architectures == names
     views = np.stack([chest_phantom(s)[0] for s in range(3)])
@@ -330,3 +330,29 @@ def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):
     assert np.allclose(worst, r.margins, atol=1e-4)  # the reported margin is the least-fooled classifier's
     done = r.steps < settings.steps
     assert (r.margins[done] <= -settings.margin + 1e-6).all()
+
+
+def test_refinement_gives_up_on_images_out_of_reach(refine_models):
+    """``give_up=((step, margin),)``: an image whose margin is still above ``margin`` after ``step``
+    steps stops there with the grid it had (the same grid a ``step``-step run gives); one that is
+    within reach goes on; a bound nothing exceeds changes nothing."""
+    from dataclasses import replace
+
+    from toolkit.refine import Refiner, RefineSettings
+
+    base = RefineSettings(steps=12, step=4, fraction=0.01, margin=4.0, give_up=())  # a margin far enough to take steps
+    views = np.stack([chest_phantom(s)[0] for s in range(4)])
+    free = np.random.default_rng(3).random((4, 112, 112)) < 0.6
+    run = lambda st: Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", st).refine(views, free, 8)  # noqa: E731
+    full, short = run(base), run(replace(base, steps=3))
+    at3 = short.margins  # the margins after 3 steps (or when fooled earlier)
+    going = (short.steps == 3) & (at3 > -base.margin)
+    assert going.sum() >= 2, short  # the bound below splits them
+    bound = float(at3[going].max()) - 1e-6  # the least-fooled image gives up, the others go on
+    cut = run(replace(base, give_up=((3, bound),)))
+    stopped = going & (at3 > bound)
+    assert 1 <= stopped.sum() < going.sum()
+    assert np.array_equal(cut.steps[stopped], np.full(stopped.sum(), 3)) and np.array_equal(cut.grids[stopped], short.grids[stopped])
+    assert np.array_equal(cut.steps[~stopped], full.steps[~stopped]) and np.array_equal(cut.grids[~stopped], full.grids[~stopped])
+    same = run(replace(base, give_up=((3, 1e9),)))
+    assert np.array_equal(same.grids, full.grids) and np.array_equal(same.steps, full.steps)
