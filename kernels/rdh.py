@@ -187,7 +187,7 @@ def _layout_from(shape: tuple[int, int], blocks: np.ndarray, block: int, extra: 
         open_reserved[res_idx] = 1
     band_pixels = later = None
     if band:
-        band_pixels = regionmap.pixel_mask(regionmap.dilate_blocks(blocks, band) & ~blocks, block, shape)
+        band_pixels = regionmap.pixel_mask(regionmap.dilate(blocks, band) & ~blocks, block, shape)
         later = reserved | band_pixels.ravel().astype(np.uint8)
     return _Layout(reserved, res_idx, extra, frozen, open_reserved, band_pixels, later)
 

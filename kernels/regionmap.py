@@ -38,14 +38,18 @@ def pixel_mask(blocks: np.ndarray, block: int, shape: tuple[int, int]) -> np.nda
     return np.repeat(np.repeat(blocks, block, axis=0), block, axis=1)[: shape[0], : shape[1]]
 
 
-def dilate_blocks(blocks: np.ndarray, reach: int) -> np.ndarray:
-    """``blocks`` grown by ``reach`` blocks in every direction (diagonals included): the band
-    around a frozen region (``kernels.rdh``), computed the same way by embed and extract."""
-    out = blocks.copy()
-    h, w = blocks.shape
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            out[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] |= blocks[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation of a bool (H, W) mask by a (2r+1)-square, as r rounds of a 3x3 max (exact and cheap
+    for small r). Grows a block map into the band around a frozen region (``kernels.rdh``, the same
+    in embed and extract) and pixel masks (``toolkit.masks``)."""
+    if radius < 0:
+        raise ValueError(f"dilation radius must be >= 0, got {radius}")
+    out = mask.copy()
+    for _ in range(radius):  # a 3x3 max is separable: along rows, then along columns
+        p = np.pad(out, ((0, 0), (1, 1)))
+        out = p[:, :-2] | p[:, 1:-1] | p[:, 2:]
+        p = np.pad(out, ((1, 1), (0, 0)))
+        out = p[:-2] | p[1:-1] | p[2:]
     return out
 
 

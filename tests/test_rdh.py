@@ -329,16 +329,19 @@ def test_frozen_region_numba_matches_numpy_reference(kind, region, shape, payloa
     assert np.array_equal(_reference.embed(image, payload, frozen=frozen), fast)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(
+# an image, a non-empty region and a seed: what the region tests below draw (each adds how full the payload is)
+REGION_CASES = dict(
     method=st.sampled_from(METHODS),
     kind=st.sampled_from(KINDS),
     region=st.sampled_from(["lungs", "speckle", "rect"]),
     shape=st.tuples(st.integers(35, 260), st.integers(35, 260)),
     dtype=st.sampled_from([np.uint8, np.uint16]),
-    fill=st.floats(0.05, 1.0),
     seed=st.integers(0, 2**16),
 )
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(**REGION_CASES, fill=st.floats(0.05, 1.0))
 def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill, seed):
     """``open_first``: the first group of passes may use the region, later ones keep out of it, so
     a region pixel moves by one step of ``x >> s`` at most (two for a pixel at 0 or the ceiling,
@@ -369,22 +372,12 @@ def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(
-    method=st.sampled_from(METHODS),
-    kind=st.sampled_from(KINDS),
-    region=st.sampled_from(["lungs", "speckle", "rect"]),
-    shape=st.tuples(st.integers(35, 260), st.integers(35, 260)),
-    dtype=st.sampled_from([np.uint8, np.uint16]),
-    fill=st.floats(0.05, 0.8),
-    band=st.integers(1, 3),
-    open_first=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
+@given(**REGION_CASES, fill=st.floats(0.05, 0.8), band=st.integers(1, 3), open_first=st.booleans())
 def test_band_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill, band, open_first, seed):
     """``band``: the blocks within ``band`` blocks of the frozen region are open to the first group
     of passes only: a band pixel moves by one step at most (two at 0 or the ceiling), the region as
     without a band, the round trip stays exact, and the band is read back from the file alone."""
-    from kernels import regionmap  # dilate_blocks on a pixel mask: a ring of ``band`` pixels
+    from kernels import regionmap
     from kernels.rdh import hiding_bounds
 
     image = make_image(kind, shape, dtype, seed)
@@ -403,7 +396,7 @@ def test_band_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill
     region_px, ring_px = kernels.frozen_region(marked), kernels.band_region(marked)
     assert not (region_px & ring_px).any() and bounds["band_fraction"] == pytest.approx(ring_px.mean())
     # at least ``band`` pixels (one per block) all round the region, clipped by the frame
-    near = regionmap.dilate_blocks(region_px, band) & ~region_px
+    near = regionmap.dilate(region_px, band) & ~region_px
     assert (ring_px | ~near).all()
     ring = ring_px & _outside_reserved(marked)
     step = bounds["band_max_change"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kernels.regionmap import dilate  # one square dilation for pixel masks and the RDH's block maps
+
 
 @njit(cache=True, nogil=True)
 def _label(mask):
@@ -108,19 +110,6 @@ def convex_components(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     for c in range(1, len(sizes)):
         out |= convex_fill(labels == c)
-    return out
-
-
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Dilation by a (2r+1)-square, as r rounds of a 3x3 max (exact and cheap for small r)."""
-    if radius < 0:
-        raise ValueError(f"dilation radius must be >= 0, got {radius}")
-    out = mask.copy()
-    for _ in range(radius):  # a 3x3 max is separable: along rows, then along columns
-        p = np.pad(out, ((0, 0), (1, 1)))
-        out = p[:, :-2] | p[:, 1:-1] | p[:, 2:]
-        p = np.pad(out, ((1, 1), (0, 0)))
-        out = p[:-2] | p[1:-1] | p[2:]
     return out
 
 

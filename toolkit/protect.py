@@ -168,7 +168,7 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
     frozen = plan.hiding_region if hiding != "anywhere" and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
                                  ceiling=image.kernel_ceiling, frozen=frozen, open_first=hiding == "open1" and frozen is not None,
-                                 band=plan.band if frozen is not None else 0, **plan.hints)
+                                 band=plan.band, **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
