@@ -120,6 +120,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=90)
     p.add_argument("--variant", action="append", default=[])
     p.add_argument("--conditions", default="file")
+    p.add_argument("--pattern", default="", help="variant default with this candidate transfer pattern (.npy from models.train_pattern) "
+                                                   "instead of the shipped one; 'none' for no pattern")
     args = p.parse_args(argv)
     import torch
 
@@ -137,7 +139,18 @@ def main(argv=None):
     x, y = split.images[idx], split.labels[idx]
     lab = TransferLab(args.zoo, x, y, args.conditions.split(","))
     print("targets:", ", ".join(f"{n} {lab.accuracy(n):.3f}" for n in lab.names))
-    prot = Protector(args.models)
+    pattern = None
+    if args.pattern == "none":
+        pattern = 0
+    elif args.pattern:  # registered for this process only, under an id no release uses (the path is absolute)
+        import hashlib
+
+        from kernels import patterns
+
+        cand = Path(args.pattern).resolve()
+        pattern = 255
+        patterns.register_pattern(pattern, str(cand.with_suffix("")), hashlib.sha256(np.ascontiguousarray(np.load(cand)).tobytes()).hexdigest())
+    prot = Protector(args.models, pattern=pattern)
     t0 = time.time()
     a = prot.analyse(x)
     t_default = time.time() - t0
@@ -169,7 +182,8 @@ def main(argv=None):
             out, bits = x.copy(), np.full(len(x), np.nan)
             for k in range(len(x)):
                 try:
-                    marked, info, *_ = protect_with_fallback(Image(x[k], 255, "png"), a.rois[k], grids[k], 8, key, check=False)
+                    marked, info, *_ = protect_with_fallback(Image(x[k], 255, "png"), a.rois[k], grids[k], 8, key, check=False, guard=a.guards[k],
+                                                             pattern=a.pattern(k) if v == "default" else None)
                 except kernels.CapacityError:
                     continue
                 out[k], bits[k] = marked, info.payload_bits

@@ -53,8 +53,25 @@ class _Pixels(nn.Module):
         return self.net((x / 255.0 - 0.5) / 0.25)
 
 
-def surrogates(models_dir: Path, zoo_dir: Path | None) -> tuple[list[str], list[nn.Module]]:
-    """The shipped classifiers and every trained zoo surrogate (never a held-out target)."""
+class _LGV(nn.Module):
+    """A zoo surrogate that answers with one of its LGV weights (``models.zoo.collect_lgv``), drawn
+    anew by :meth:`draw` before each step: the ensemble in time of Gubri et al. 2022."""
+
+    def __init__(self, model: nn.Module, weights: list[dict]):
+        super().__init__()
+        self.model, self.weights = model, weights
+
+    def draw(self, gen: torch.Generator) -> None:
+        self.model.load_state_dict(self.weights[int(torch.randint(len(self.weights), (1,), generator=gen))])
+        self.model.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def surrogates(models_dir: Path, zoo_dir: Path | None, lgv: bool = False) -> tuple[list[str], list[nn.Module]]:
+    """The shipped classifiers and every trained zoo surrogate (never a held-out target); with
+    ``lgv``, each zoo surrogate that has LGV weights stands for them (:class:`_LGV`)."""
     from . import zoo
     from .from_onnx import load_classifier
 
@@ -65,8 +82,10 @@ def surrogates(models_dir: Path, zoo_dir: Path | None) -> tuple[list[str], list[
     if zoo_dir is not None:
         for name in zoo.trained(zoo_dir, "surrogate"):
             assert zoo.member(name).role == "surrogate"
-            names.append(name)
-            nets.append(zoo.load(zoo_dir, name))
+            model = zoo.load(zoo_dir, name)
+            weights = [torch.load(f, weights_only=False)["model"] for f in zoo.lgv_checkpoints(zoo_dir, name)] if lgv else []
+            names.append(f"{name}+lgv{len(weights)}" if weights else name)
+            nets.append(_LGV(model, weights) if weights else model)
     for net in nets:
         net.eval()
         for p in net.parameters():
@@ -105,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     gen = seed_everything(args.seed)
-    names, nets = surrogates(Path(args.models), Path(args.zoo) if args.zoo else None)
+    names, nets = surrogates(Path(args.models), Path(args.zoo) if args.zoo else None, args.lgv)
     print(f"surrogates: {', '.join(names)}", flush=True)
     tr = load_split(Path(args.data) / "train")
     cache = out / "train_rois.npy"
@@ -139,6 +158,8 @@ def train(args: argparse.Namespace) -> dict:
             adv = adv + (adv.clamp(0, 255) - adv).detach()  # clipping, straight-through
             loss_adv = 0.0
             for net in nets:
+                if isinstance(net, _LGV):
+                    net.draw(gen)
                 view = adv
                 if float(torch.rand(1, generator=gen)) < args.diversity:
                     s = int(torch.randint(112, 257, (1,), generator=gen))
@@ -153,7 +174,7 @@ def train(args: argparse.Namespace) -> dict:
             with torch.no_grad():
                 pattern.clamp_(-args.eps, args.eps)
             for k, v in (("margin", loss_adv), ("ssim", s.mean()), ("mse", mse.mean())):
-                sums[k] += float(v) * len(b)
+                sums[k] += float(v.detach()) * len(b)
         history.append({"epoch": epoch + 1, **{k: round(v / len(X), 4) for k, v in sums.items()}, "seconds": round(time.time() - t0, 1)})
         print(json.dumps(history[-1]), flush=True)
         torch.save({"pattern": pattern.detach(), "opt": opt.state_dict(), "gen": gen.get_state(), "epoch": epoch, "history": history}, ckpt)
@@ -195,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-ssim", type=float, default=0.93)
     p.add_argument("--max-mse", type=float, default=25.0, help="per image, levels^2 (PSNR 34.2 dB)")
     p.add_argument("--quality", type=float, default=1.0, help="weight of the SSIM / MSE hinge penalties")
+    p.add_argument("--lgv", action="store_true", help="zoo surrogates with LGV weights (python -m models.zoo lgv) attack through a random one per step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p

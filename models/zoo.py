@@ -69,6 +69,10 @@ ZOO: tuple[ZooMember, ...] = (
     ZooMember("s_resnet14_160_imnet", "zoo_resnet14", "resnet", "surrogate", 160, "imagenet", 102),
     ZooMember("s_vgg11_150", "zoo_vgg11", "vgg", "surrogate", 150, "plain", 103),
     ZooMember("s_resnet10_128_robust", "zoo_resnet10", "resnet", "surrogate", 128, "plain", 104, adv_eps=2.0, threads=1),
+    # more families and the histogram-equalised preprocessing (issue 16: a surrogate set closer to unknown pipelines)
+    ZooMember("s_squeezenet_176", "zoo_squeezenet", "squeezenet", "surrogate", 176, "plain", 106),
+    ZooMember("s_vit_128", "zoo_vit", "vit", "surrogate", 128, "plain", 107, epochs=20),
+    ZooMember("s_resnet10_150_histeq", "zoo_resnet10", "resnet", "surrogate", 150, "histeq", 108),
     # held-out targets: families no surrogate has
     ZooMember("t_densenet_224", "zoo_densenet", "densenet", "target", 224, "plain", 201),
     ZooMember("t_mobilenetv2_128_imnet", "zoo_mobilenetv2", "mobilenet", "target", 128, "imagenet", 202),
@@ -114,7 +118,14 @@ def equalize(pixels: torch.Tensor) -> torch.Tensor:
     cdf = hist.cumsum(1)
     cdf_min = torch.where(hist > 0, cdf, torch.full_like(cdf, float("inf"))).min(1, keepdim=True).values
     lut = ((cdf - cdf_min) / (cdf[:, -1:] - cdf_min).clamp(min=1) * 255).clamp(0, 255).round()
-    return lut.gather(1, q).view_as(pixels)
+    out = lut.gather(1, q).view_as(pixels)
+    if not pixels.requires_grad:
+        return out
+    # gradient: the LUT's local slope (central difference), the LUT itself held fixed (BPDA, Athalye
+    # et al. 2018), so a histogram-equalised surrogate can steer a perturbation
+    padded = torch.cat([lut[:, :1], lut, lut[:, -1:]], 1)
+    slope = ((padded[:, 2:] - padded[:, :-2]) / 2).gather(1, q).view_as(pixels)
+    return out + slope * (pixels - pixels.detach())
 
 
 class ZooModel(nn.Module):
@@ -335,6 +346,77 @@ def train_member(spec: ZooMember, data: Path, out: Path, threads: int | None = N
     return result
 
 
+LGV_DIR = "lgv"
+
+
+def lgv_checkpoints(root: Path | str, name: str) -> list[Path]:
+    """The member's collected LGV weights (``<root>/<name>/lgv/NN.pt``), [] if it has none (finished runs only)."""
+    d = Path(root) / name / LGV_DIR
+    return sorted(d.glob("[0-9][0-9].pt")) if (d / "result.json").exists() else []
+
+
+def collect_lgv(root: Path | str, name: str, data: Path | str, epochs: int = 10, per_epoch: int = 4, lr: float = 0.05,
+                batch: int = 32, seed: int = 7, threads: int = 2, log=print) -> dict:
+    """LGV (Gubri et al. 2022): from the trained surrogate ``name``, SGD at a constant high learning
+    rate for ``epochs`` epochs, keeping ``per_epoch`` weights per epoch (``<root>/<name>/lgv/NN.pt``).
+    Attacking a random one of them per step transfers better than attacking the member itself: the
+    perturbation follows the flat vicinity of the minimum, not the minimum's accidents. Seeded; each
+    epoch checkpoints (``lgv/last.pt``), a rerun resumes."""
+    from toolkit.datasets import load_split
+
+    from .train import augment, seed_everything
+
+    spec = member(name)
+    if spec.role != "surrogate":
+        raise ValueError(f"{name} is a held-out target: never used to make a perturbation")
+    out = Path(root) / name / LGV_DIR
+    if (out / "result.json").exists():
+        return json.loads((out / "result.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    gen = seed_everything(seed)
+    tr, va = load_split(Path(data) / "train"), load_split(Path(data) / "val")
+    model = load(root, name)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    steps_per_epoch = (len(tr.images) + batch - 1) // batch
+    every = max(1, steps_per_epoch // per_epoch)
+    start, history = 0, []
+    if (out / "last.pt").exists():
+        st = torch.load(out / "last.pt", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        start, history = st["epoch"] + 1, st["history"]
+    for epoch in range(start, epochs):
+        model.train()
+        perm = torch.randperm(len(tr.images), generator=gen)
+        kept = 0
+        for step, i in enumerate(range(0, len(perm), batch)):
+            idx = perm[i : i + batch].numpy()
+            x, _ = augment(torch.from_numpy(tr.images[idx]).unsqueeze(1).float() / 255, None, gen, spec.augment)
+            loss = F.cross_entropy(model((x * 255).round()), torch.from_numpy(tr.labels[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (step + 1) % every == 0 and kept < per_epoch:
+                model.eval()
+                acc = float((logits(model, va.images).argmax(1) == va.labels).mean())
+                n = epoch * per_epoch + kept
+                torch.save({"model": model.state_dict(), "member": asdict(spec)}, out / f"{n:02d}.pt")
+                history.append({"checkpoint": n, "epoch": epoch + 1, "val_acc": acc})
+                log(f"{name} lgv: {json.dumps(history[-1])}")
+                kept += 1
+                model.train()
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch, "history": history}, out / "last.pt")
+    result = {"member": name, "epochs": epochs, "per_epoch": per_epoch, "lr": lr, "seed": seed, "history": history,
+              "command": f"python -m models.zoo lgv {name} --zoo {root} --data {data} --epochs {epochs} --per-epoch {per_epoch} --lr {lr} --seed {seed}"}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    (out / "last.pt").unlink()
+    return result
+
+
 def train_zoo(data: Path | str, out: Path | str, only: list[str] | None = None, threads: int | None = None) -> list[dict]:
     """Train every member (or ``only`` those), one after the other, each resumable."""
     check_split()
@@ -362,7 +444,21 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--zoo", default="runs/zoo")
     e.add_argument("--out", required=True)
     e.add_argument("--data", required=True, help="dataset directory for the parity check (e.g. cxr3/val)")
+    g = sub.add_parser("lgv", help="collect a surrogate's LGV weights (SGD at a high constant learning rate from its trained weights)")
+    g.add_argument("names", nargs="+")
+    g.add_argument("--zoo", default="runs/zoo")
+    g.add_argument("--data", required=True, help="folder with train/ val/ dataset directories")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--per-epoch", type=int, default=4)
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
+    if args.cmd == "lgv":
+        for name in args.names:
+            r = collect_lgv(args.zoo, name, args.data, args.epochs, args.per_epoch, args.lr, seed=args.seed, log=lambda s: print(s, flush=True))
+            print(f"{name}: {len(r['history'])} LGV weights, val accuracy {min(h['val_acc'] for h in r['history']):.3f}-"
+                  f"{max(h['val_acc'] for h in r['history']):.3f}", flush=True)
+        return
     if args.cmd == "export-gradient":
         print(json.dumps(export_gradient(args.zoo, args.name, args.out, args.data), indent=1))
         return

@@ -1,8 +1,9 @@
 """Small classifier families for the transfer lab (``models/zoo.py``), all trained from scratch.
 
 Each takes ``in_channels`` x S x S (S = the member's input size) and returns 3 logits. They are
-the families the shipped classifiers are not (DenseNet, MobileNetV2, Xception, ConvNeXt), plus
-ResNet and VGG variants at other sizes and widths; sized to train in minutes on 2 CPU cores.
+the families the shipped classifiers are not (DenseNet, MobileNetV2, Xception, ConvNeXt: the held-out
+targets; SqueezeNet and a small vision transformer: surrogates), plus ResNet and VGG variants at other
+sizes and widths; sized to train in minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -155,6 +156,51 @@ class ConvNeXt(nn.Module):
         return self.head(self.norm(self.features(x).mean(dim=(2, 3))))
 
 
+# --- SqueezeNet (Iandola et al. 2016), v1.1 layout: fire modules -----------------------------------
+class _Fire(nn.Module):
+    def __init__(self, cin: int, squeeze: int, expand: int):
+        super().__init__()
+        self.squeeze = _cbr(cin, squeeze, 1)
+        self.e1, self.e3 = _cbr(squeeze, expand, 1), _cbr(squeeze, expand, 3)
+
+    def forward(self, x):
+        s = self.squeeze(x)
+        return torch.cat([self.e1(s), self.e3(s)], 1)
+
+
+class SqueezeNet(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 3):
+        super().__init__()
+        pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+        self.features = nn.Sequential(
+            _cbr(in_channels, 48, 3, 2), pool(), _Fire(48, 16, 48), _Fire(96, 16, 48), pool(),
+            _Fire(96, 32, 96), _Fire(192, 32, 96), pool(), _Fire(192, 48, 128), _Fire(256, 64, 160),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Conv2d(320, num_classes, 1))  # SqueezeNet's conv classifier
+
+    def forward(self, x):
+        return self.head(self.features(x)).mean(dim=(2, 3))
+
+
+# --- Vision transformer (Dosovitskiy et al. 2021) with a convolutional stem (Xiao et al. 2021) ------
+class ViT(nn.Module):
+    def __init__(self, size: int = 128, dim: int = 128, depth: int = 4, heads: int = 4, in_channels: int = 1, num_classes: int = 3):
+        super().__init__()
+        # three stride-2 convolutions then 2x2 patches: 16x16 = 256 tokens at 128 px; from scratch on
+        # 1260 X-rays a patchify stem does not train
+        self.stem = nn.Sequential(_cbr(in_channels, 32, 3, 2), _cbr(32, 64, 3, 2), _cbr(64, dim, 3, 2), nn.Conv2d(dim, dim, 2, 2))
+        tokens = (size // 16) ** 2
+        self.pos = nn.Parameter(torch.zeros(1, tokens, dim).normal_(std=0.02))
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.1, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.encoder(t)).mean(1))
+
+
 # --- registry -------------------------------------------------------------------------------------
 @register
 def zoo_densenet(**kw) -> DenseNet:
@@ -195,3 +241,14 @@ class _VGG11(VGG16):
 def zoo_vgg11(**kw) -> VGG16:
     """VGG configuration A (11 layers) at a quarter of the widths."""
     return _VGG11(width=0.25, **kw)
+
+
+@register
+def zoo_squeezenet(**kw) -> SqueezeNet:
+    return SqueezeNet(**kw)
+
+
+@register
+def zoo_vit(**kw) -> ViT:
+    """ViT at 128 px (its position table fixes the size)."""
+    return ViT(**kw)

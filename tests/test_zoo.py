@@ -26,13 +26,16 @@ def test_no_held_out_target_is_a_surrogate_or_a_sibling_of_one():
         zoo.check_split(zoo.ZOO + (sibling,))
 
 
-def _equalize_reference(img: np.ndarray) -> np.ndarray:
+def _equalize_lut(img: np.ndarray) -> np.ndarray:
     """OpenCV's equalizeHist rule: lut = round((cdf - cdf_min) * 255 / (N - cdf_min))."""
     hist = np.bincount(img.ravel(), minlength=256)
     cdf = hist.cumsum()
     cdf_min = cdf[hist > 0][0]
-    lut = np.clip(np.round((cdf - cdf_min) * 255.0 / max(1, cdf[-1] - cdf_min)), 0, 255)
-    return lut[img]
+    return np.clip(np.round((cdf - cdf_min) * 255.0 / max(1, cdf[-1] - cdf_min)), 0, 255)
+
+
+def _equalize_reference(img: np.ndarray) -> np.ndarray:
+    return _equalize_lut(img)[img]
 
 
 def test_equalize_matches_the_cdf_reference():
@@ -42,6 +45,18 @@ def test_equalize_matches_the_cdf_reference():
     for g, x in zip(got, imgs):
         np.testing.assert_array_equal(g, _equalize_reference(x))
     assert got[0].max() == 255 and got[0].min() == 0  # a narrow histogram is spread
+
+
+def test_equalize_passes_gradients_through_the_luts_local_slope():
+    img = np.random.default_rng(4).integers(40, 90, (16, 16)).astype(np.uint8)
+    x = torch.from_numpy(img[None, None].astype(np.float32)).requires_grad_(True)
+    out = zoo.equalize(x)
+    np.testing.assert_array_equal(out.detach()[0, 0].numpy(), _equalize_reference(img))  # the values do not change
+    out.sum().backward()
+    lut = _equalize_lut(img)
+    padded = np.concatenate([lut[:1], lut, lut[-1:]])
+    np.testing.assert_allclose(x.grad[0, 0].numpy(), (padded[img.astype(int) + 2] - padded[img.astype(int)]) / 2)
+    assert (x.grad > 0).float().mean() > 0.9  # a brighter pixel reads brighter after equalisation
 
 
 @pytest.mark.parametrize("name", [m.name for m in zoo.ZOO])
@@ -147,6 +162,37 @@ def test_surrogate_gradient_model_matches_autograd_through_the_pipeline(tiny_zoo
         zoo.export_gradient(tiny_zoo, "t_densenet_128_histeq", tmp_path / "t.onnx", phantom_dataset / "test")
     with pytest.raises(ValueError, match="only plain-normalised"):
         zoo.export_gradient(tiny_zoo, "s_resnet14_160_imnet", tmp_path / "i.onnx", phantom_dataset / "test")
+
+
+def test_lgv_weights_are_seeded_resumable_and_only_for_surrogates(tiny_zoo, phantom_dataset, tmp_path):
+    import shutil
+
+    for d in ("a", "b"):
+        shutil.copytree(tiny_zoo / "s_resnet10_128", tmp_path / d / "s_resnet10_128")
+    a = zoo.collect_lgv(tmp_path / "a", "s_resnet10_128", phantom_dataset, epochs=2, per_epoch=2, lr=0.01, batch=8, threads=1)
+    files = zoo.lgv_checkpoints(tmp_path / "a", "s_resnet10_128")
+    assert [f.name for f in files] == ["00.pt", "01.pt", "02.pt", "03.pt"] and len(a["history"]) == 4
+    w = [torch.load(f, weights_only=False)["model"] for f in files]
+    start = torch.load(tiny_zoo / "s_resnet10_128" / "best.pt", weights_only=False)["model"]
+    key = next(k for k in start if k.endswith("weight") and start[k].ndim == 4)
+    assert not torch.equal(w[0][key], start[key]) and not torch.equal(w[0][key], w[3][key])  # the weights move along the trajectory
+
+    class Killed(Exception):
+        pass
+
+    def die_in_second_epoch(line):
+        if '"epoch": 2' in line:
+            raise Killed
+
+    with pytest.raises(Killed):
+        zoo.collect_lgv(tmp_path / "b", "s_resnet10_128", phantom_dataset, epochs=2, per_epoch=2, lr=0.01, batch=8, threads=1, log=die_in_second_epoch)
+    assert zoo.lgv_checkpoints(tmp_path / "b", "s_resnet10_128") == []  # unfinished: not used
+    b = zoo.collect_lgv(tmp_path / "b", "s_resnet10_128", phantom_dataset, epochs=2, per_epoch=2, lr=0.01, batch=8, threads=1)
+    assert b["history"] == a["history"]
+    last = torch.load(zoo.lgv_checkpoints(tmp_path / "b", "s_resnet10_128")[-1], weights_only=False)["model"]
+    assert all(torch.equal(last[k], w[3][k]) for k in last)  # resumed = uninterrupted, to the bit
+    with pytest.raises(ValueError, match="held-out target"):
+        zoo.collect_lgv(tiny_zoo, "t_densenet_128_histeq", phantom_dataset, epochs=1)
 
 
 def test_resize_matrix_is_the_pipelines_resize():
