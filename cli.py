@@ -87,6 +87,9 @@ def _summary(console, rep) -> None:
         fooled = t.get("white_box_fooled")
         extra = f"; white-box classifier fooled on {fooled:.1%} of the protected images" if fooled is not None else ""
         console.print(f"perturbation: {rep.mode}{extra}", highlight=False)
+        if t.get("without_pattern"):
+            console.print(f"refined again without the transfer pattern on {t['without_pattern']} file(s), whose payload fit only "
+                          f"coarser with it (--report: transfer_pattern false)", highlight=False)
     if rep.roi:
         spilled = t.get("rdh_in_roi") or 0
         most = t.get("roi_max_change")

@@ -40,6 +40,7 @@ sys.path.insert(0, str(args.root.resolve()))
 import kernels  # noqa: E402
 from toolkit.datasets import load_split  # noqa: E402
 from toolkit.imageio import Image  # noqa: E402
+import toolkit.protect as protect_module  # noqa: E402
 from toolkit.protect import MODELS_DIR, Protector, normalize, protect_with_fallback  # noqa: E402
 
 
@@ -76,6 +77,8 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
     rows = []
     for i in range(0, len(x), 16):
         a = prot.analyse(x[i : i + 16])
+        # as medrae protect fits them (re-refined without the pattern where it fits only coarser); older checkouts: one by one
+        fits = protect_module.fit_analysed(prot, x[i : i + 16], a, bytes(32), check=False) if hasattr(protect_module, "fit_analysed") else None
         for k in range(len(a.rois)):
             img, m = x[i + k], masks[i + k]
             skip = bool(a.skip[k]) if new else False
@@ -87,8 +90,15 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
             if hasattr(a, "pattern"):  # the codec codes the transfer pattern by reference, as protect does
                 kw["pattern"] = a.pattern(k)
             try:
-                marked, info, plan, level, mode = protect_with_fallback(Image(img, 255, "png"), a.rois[k], a.grids[k], prot.eps, bytes(32),
-                                                                        check=False, **kw)
+                if fits is not None:
+                    if isinstance(fits[k], kernels.CapacityError):
+                        raise fits[k]
+                    marked, info, plan, level, mode = fits[k].marked, fits[k].info, fits[k].plan, fits[k].level, fits[k].hiding
+                    dropped = bool(a.pattern(k) is not None and not fits[k].pattern)
+                else:
+                    dropped = False
+                    marked, info, plan, level, mode = protect_with_fallback(Image(img, 255, "png"), a.rois[k], a.grids[k], prot.eps, bytes(32),
+                                                                            check=False, **kw)
             except kernels.CapacityError:
                 rows.append(dict(written=False, flagged=flagged))
                 continue
@@ -97,7 +107,7 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
             mse = np.mean((marked.astype(float) - img) ** 2)
             rows.append(dict(written=True, flagged=flagged, hiding=int(hid.max(initial=0)), total=int(tot.max(initial=0)),
                              pixels_over_1=int((tot > 1).sum()), lung_pixels=int(m.sum()),
-                             perturbed=int(((plan.adversarial != img) & m).sum()), hidden_over_1=int((hid > 1).sum()), coarsened=int(level), mode=str(mode) + ("+band" if getattr(plan, "band", 0) else ""),
+                             perturbed=int(((plan.adversarial != img) & m).sum()), hidden_over_1=int((hid > 1).sum()), coarsened=int(level), dropped=dropped, mode=str(mode) + ("+band" if getattr(plan, "band", 0) else ""),
                              psnr=10 * np.log10(255**2 / mse) if mse else 99.0, bits=info.payload_bits, marked=marked))
     written = [r for r in rows if r["written"]]
     if args.list:
@@ -120,6 +130,7 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
         "flagged": sum(r["flagged"] for r in rows),
         "coarsened": sum(r["coarsened"] > 0 for r in written),
         "no_band": sum(r["mode"] in ("frozen", "open1") for r in written),
+        "without_pattern": sum(r["dropped"] for r in written),
         "lungs_bit_exact": sum(r["total"] == 0 for r in written),
         "white_box_asr": float(100 * ((logits.argmax(1) != labels) & ok).sum() / max(1, ok.sum())),
         "psnr": float(np.mean([r["psnr"] for r in written])) if written else None,
@@ -129,7 +140,7 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
     print(f"{name:14s} {res['images']:4d} img  written {res['written']:4d}  hiding>1 in lungs {res['hiding_over_1']:3d}  any>1 {res['lungs_over_1']:3d} "
           f"({res['lung_pixels_over_1']} px of {res['lung_pixels']})  "
           f"perturbation in lungs {res['perturbed_lung']:3d} (flagged {res['perturbed_lung_flagged']})  flagged {res['flagged']:3d}  "
-          f"coarsened {res['coarsened']:3d}  no band {res['no_band']:3d}  lungs bit-exact {res['lungs_bit_exact']:4d}  white-box ASR {res['white_box_asr']:.2f} %  "
+          f"coarsened {res['coarsened']:3d}  without pattern {res['without_pattern']:3d}  no band {res['no_band']:3d}  lungs bit-exact {res['lungs_bit_exact']:4d}  white-box ASR {res['white_box_asr']:.2f} %  "
           f"PSNR {res['psnr'] or 0:.2f}  payload {res['payload_bits'] or 0:.0f}", flush=True)
     return res
 

@@ -118,3 +118,66 @@ def test_cli_pattern_option(tmp_path, views):
     r = runner.invoke(app, ["protect", str(tmp_path / "in"), str(tmp_path / "o2"), "--no-encrypt", "--pattern", "bogus"])
     assert r.exit_code == 2 and "--pattern: unknown transfer pattern 'bogus'" in r.output
     assert not (tmp_path / "o2").exists()
+
+
+def _pattern_never_fits(monkeypatch):
+    """Make every plan that carries the transfer pattern too big for the image (others as they are)."""
+    import toolkit.protect as protect_module
+
+    real = protect_module.protect_planned
+
+    def planned(image, plan, *args, **kwargs):
+        if "pattern" in plan.hints:
+            raise kernels.CapacityError("forced: the pattern's payload does not fit", 10**6, 1)
+        return real(image, plan, *args, **kwargs)
+
+    monkeypatch.setattr(protect_module, "protect_planned", planned)
+
+
+def test_a_pattern_payload_that_fits_only_coarser_is_refined_again_without_it(protector, views, monkeypatch):
+    from toolkit.protect import Fitted, RetryWithoutPattern, fit_analysed
+
+    a = protector.analyse(views)
+    _pattern_never_fits(monkeypatch)
+    img = Image(views[0], 255, "png")
+    with pytest.raises(RetryWithoutPattern):
+        protect_with_fallback(img, a.rois[0], a.grids[0], 8, None, guard=a.guards[0], pattern=a.pattern(0), pattern_retry=True)
+    with pytest.raises(kernels.CapacityError, match="forced"):  # without the retry: every coarser grid is tried, then refused
+        protect_with_fallback(img, a.rois[0], a.grids[0], 8, None, guard=a.guards[0], pattern=a.pattern(0))
+    with_pattern = a.grids.copy()
+    fits = fit_analysed(protector, views, a, bytes(32), check=False)
+    plain = Protector(device="cpu", on_uncertain_roi="proceed", pattern=0).analyse(views)
+    assert not np.array_equal(with_pattern, plain.grids)
+    np.testing.assert_array_equal(a.grids, plain.grids)  # the analysis now holds the grids fitted: the refinement without the pattern
+    np.testing.assert_allclose(a.margins, plain.margins, rtol=1e-5)
+    for k, fit in enumerate(fits):
+        assert isinstance(fit, Fitted) and not fit.pattern
+        # what was fitted is the grid refined without the pattern (at the level that fit: the encryption's random nonce
+        # can tip a payload at the edge of the capacity either way, so the level is not compared with a second run)
+        g = plain.grids[k][:: 1 << fit.level, :: 1 << fit.level]
+        np.testing.assert_array_equal(fit.plan.adversarial, plan_perturbation(Image(views[k], 255, "png"), a.rois[k], g, 8, a.guards[k]).adversarial)
+        assert np.array_equal(kernels.restore_array(fit.marked, bytes(32)), views[k])
+
+
+def test_batch_refines_again_without_the_pattern_and_reports_it(tmp_path, views, monkeypatch):
+    from PIL import Image as PILImage
+
+    from toolkit.batch import protect_paths, verify_paths
+
+    (tmp_path / "in").mkdir()
+    for k, v in enumerate(views):
+        PILImage.fromarray(v).save(tmp_path / "in" / f"p{k}.png")
+    key = bytes(range(32))
+    normal = protect_paths(tmp_path / "in", tmp_path / "with", key, workers=1, on_uncertain_roi="proceed")
+    # (the phantoms' payloads with the pattern may not fit at full resolution either: counted, not assumed)
+    assert all(isinstance(r.transfer_pattern, bool) for r in normal.results)
+    assert normal.totals()["without_pattern"] == sum(not r.transfer_pattern for r in normal.results)
+    _pattern_never_fits(monkeypatch)
+    rep = protect_paths(tmp_path / "in", tmp_path / "out", key, workers=1, on_uncertain_roi="proceed")
+    assert rep.count("protected") == len(views) and rep.totals()["without_pattern"] == len(views)
+    plain = Protector(device="cpu", on_uncertain_roi="proceed", pattern=0).analyse(views)
+    for r in sorted(rep.results, key=lambda r: r.input):
+        k = int(r.input[-5])
+        assert r.transfer_pattern is False
+        assert r.white_box_margin == pytest.approx(float(plain.margins[k]), rel=1e-5)  # the margin of the grid written
+    assert all(v.status == "identical" for v in verify_paths(tmp_path / "in", tmp_path / "out", key, workers=1).results)

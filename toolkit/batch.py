@@ -24,7 +24,8 @@ import kernels
 from . import metrics, ort
 from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image, output_name
 from .storage import STORE
-from .protect import capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change, uncertain_reason
+from .protect import (RetryWithoutPattern, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change,
+                      uncertain_reason)
 from .settings import ProtectSettings
 from .provenance import medrae_version
 
@@ -54,6 +55,7 @@ class FileResult:
     hiding: Optional[str] = None  # protect: where the payload went (toolkit.protect.HIDING_MODES)
     roi_max_change: Optional[int] = None  # protect: largest change the hiding made in the ROI and its guard, levels (measured on the file)
     hiding_band: Optional[int] = None  # protect: blocks around them that the hiding moved by one level at most (0: no band, it did not fit)
+    transfer_pattern: Optional[bool] = None  # protect: the transfer pattern is in the file (False: refined again without it, which fit)
     roi_flags: Optional[list] = None  # protect: what segmentation quality control found (toolkit.qc; [] = nothing)
     white_box_margin: Optional[float] = None  # after refinement, on the 224x224 view; < 0: the classifier is fooled
     refine_steps: Optional[int] = None
@@ -101,6 +103,7 @@ class BatchReport:
             "coarsened": sum(r.coarsened > 0 for r in self.results),
             "rdh_in_roi": sum(r.roi_frozen is False for r in self.results if r.status == "protected"),
             "no_hiding_band": sum(r.hiding_band == 0 for r in self.results if r.status == "protected"),
+            "without_pattern": sum(r.transfer_pattern is False for r in self.results if r.status == "protected"),
             "roi_uncertain": sum(bool(r.roi_flags) for r in self.results),
             "roi_max_change": max((r.roi_max_change for r in done if r.roi_max_change is not None), default=None),
             "white_box_fooled": self._fooled(done),
@@ -206,9 +209,15 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
     return psnr, ssim
 
 
+RETRY = "retry"  # _finish_protect's status for a payload that fits only coarser with the pattern: refine again without it
+
+
 def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
-                    settings: ProtectSettings, overwrite: bool, guard: Optional[np.ndarray] = None, pattern=None) -> FileResult:
-    """Plan, code, embed, check the encoded file restores, write. Runs in a worker."""
+                    settings: ProtectSettings, overwrite: bool, guard: Optional[np.ndarray] = None, pattern=None,
+                    refined_again: bool = False) -> FileResult:
+    """Plan, code, embed, check the encoded file restores, write. Runs in a worker. With a
+    ``pattern`` whose payload fits only on a coarser grid, nothing is written and the status is
+    :data:`RETRY` (the main process refines the view again without the pattern)."""
     stages: dict[str, float] = {}
     t = time.perf_counter()
     res = FileResult(src, dst, "failed", shape=list(image.pixels.shape))
@@ -216,10 +225,14 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
         try:  # checked below, on the file bytes
             marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
                 image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
-                max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern)
+                max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern, pattern_retry=True)
+            res.transfer_pattern = True if pattern is not None else False if refined_again else None
             res.roi_frozen = res.hiding == "frozen"
             res.hiding_band = plan.band if res.hiding != "anywhere" else None
             res.roi_fraction = float(plan.roi.mean())
+        except RetryWithoutPattern:
+            res.status = RETRY
+            return res
         except kernels.CapacityError as exc:
             res.roi_fraction = float(plan_perturbation(image, roi, grid, eps).roi.mean())
             res.reason = capacity_reason(exc)
@@ -386,11 +399,18 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], settings: Optional
     with executor(auto_workers(workers, len(todo))) as pool:
         protector = settings.protector() if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
+        retry: list = []  # files to refine again without the pattern, batched as the chunks are
         for chunk in _chunks(todo, settings.batch_size):
             jobs = _submit_chunk(protector, pool, chunk, key, settings, overwrite, done)
-            _collect(pending, done)  # workers ran these while this chunk was decoded and inferred
+            _collect(pending, done, retry)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
-        _collect(pending, done)
+            if len(retry) >= settings.batch_size:
+                pending += _refine_again(retry)
+                retry = []
+        _collect(pending, done, retry)
+        while retry:
+            jobs, retry = _refine_again(retry), []
+            _collect(jobs, done, retry)
     return _protect_report(command, results, time.perf_counter() - t0, protector)
 
 
@@ -406,7 +426,11 @@ def protect_chunk(protector, chunk: list[tuple[str, str]], key: Optional[bytes],
     """Protect one chunk of (input, output) pairs in this process, as the single-machine batch
     protects each of its chunks (the same code: what a Ray actor runs, so the files are equal)."""
     results: list[FileResult] = []
-    _collect(_submit_chunk(protector, _Inline(), chunk, key, settings, overwrite, results.append), results.append)
+    retry: list = []
+    _collect(_submit_chunk(protector, _Inline(), chunk, key, settings, overwrite, results.append), results.append, retry)
+    while retry:
+        jobs, retry = _refine_again(retry), []
+        _collect(jobs, results.append, retry)
     return results
 
 
@@ -440,9 +464,9 @@ def _submit_chunk(protector, pool: Executor, chunk: list, key: Optional[bytes], 
         if skip:  # --on-uncertain-roi skip: nothing is written
             done(FileResult(str(s), str(d), "failed", uncertain_reason(assessment), roi_flags=assessment.flags))
             continue
-        jobs.append((item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
-                     pool.submit(_finish_protect, str(s), str(d), item[0], roi, grid, protector.eps, key, settings, overwrite, guard,
-                                 a.pattern(k))))
+        args = (str(s), str(d), item[0], roi, grid, protector.eps, key, settings, overwrite, guard)
+        jobs.append(_Job(item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
+                         pool.submit(_finish_protect, *args, a.pattern(k)), item[1], args, pool, protector))
     return jobs
 
 
@@ -533,13 +557,50 @@ def _start(pairs: list[tuple[Path, Path]], overwrite: bool, on_start: Callable[[
     return results, done, todo
 
 
-def _collect(jobs: list, done: Callable[[FileResult], None]) -> None:
-    for decode, infer, (wb_margin, n_steps), flags, fut in jobs:
-        r = fut.result()
-        r.white_box_margin, r.refine_steps, r.roi_flags = wb_margin, n_steps, flags
-        r.stages = {"decode": decode, "segment_perturb": infer, **r.stages}
-        r.seconds = sum(r.stages.values())
-        done(r)
+@dataclass
+class _Job:
+    """One file's work in flight: its timings so far, and what refining it again needs."""
+
+    decode: float
+    infer: float
+    white_box: tuple  # (margin, steps) after refinement, or (None, None)
+    flags: list
+    future: object
+    view: np.ndarray
+    args: tuple  # _finish_protect's arguments, the pattern aside
+    pool: Executor
+    protector: object
+
+
+def _collect(jobs: list, done: Callable[[FileResult], None], retry: list) -> None:
+    """Wait for ``jobs``; report each result, or append the job to ``retry`` (:data:`RETRY`)."""
+    for job in jobs:
+        r = job.future.result()
+        if r.status == RETRY:
+            retry.append(job)
+        else:
+            _done(job, r, done)
+
+
+def _refine_again(retry: list) -> list:
+    """Refine the views of ``retry`` again without the pattern, here (the networks run in this
+    process; one batch: refining them a chunk's one or two at a time cost protect 10 % of its
+    speed), and submit the fitting of that grid; returns the jobs."""
+    t = time.perf_counter()
+    r = retry[0].protector.refine_without_pattern(np.stack([job.view for job in retry]), np.stack([job.args[3] for job in retry]))
+    infer = (time.perf_counter() - t) / len(retry)
+    for j, job in enumerate(retry):
+        job.infer += infer
+        job.white_box = (float(r.margins[j]), int(job.white_box[1] or 0) + int(r.steps[j]))
+        job.future = job.pool.submit(_finish_protect, *job.args[:4], r.grids[j], *job.args[5:], None, True)
+    return retry
+
+
+def _done(job: _Job, r: FileResult, done: Callable[[FileResult], None]) -> None:
+    r.white_box_margin, r.refine_steps, r.roi_flags = job.white_box[0], job.white_box[1], job.flags
+    r.stages = {"decode": job.decode, "segment_perturb": job.infer, **r.stages}
+    r.seconds = sum(r.stages.values())
+    done(r)
 
 
 def _ordered(pool: Executor, fn, arglists: Iterable[tuple]) -> Iterator[FileResult]:

@@ -51,7 +51,7 @@ from .datasets import load_split
 from .imageio import Image
 from .metrics import psnr, ssim
 from .ort import file_sha256, session
-from .protect import MODELS_DIR, Protector, normalize, plan_perturbation, protect_with_fallback
+from .protect import MODELS_DIR, Fitted, Protector, fit_analysed, normalize, plan_perturbation
 from .provenance import medrae_version
 from .refine import TransferSettings
 from .transfer import jpeg  # the attacker's JPEG re-save, shared with the transfer matrix
@@ -238,15 +238,12 @@ class Harness:
         if not embed:
             return Output(np.stack([plan_perturbation(Image(img, 255, "png"), roi, grid, eps).adversarial for img, roi, grid in zip(x, a.rois, a.grids)]))
         out, bits, restored = x.copy(), np.full(len(x), np.nan), np.zeros(len(x), bool)
-        for k, (img, roi, grid, guard) in enumerate(zip(x, a.rois, a.grids, a.guards)):
-            try:  # the same fallback as medrae protect; restored and compared just below, as the measurement
-                marked, info, *_ = protect_with_fallback(Image(img, 255, "png"), roi, grid, eps, self.key, method, codec, check=False,
-                                                         max_roi_change=max_roi_change, guard=guard, pattern=a.pattern(k))
-            except kernels.CapacityError:
-                out[k] = img  # cannot be published reversibly: the original goes out
-                continue
-            out[k], bits[k] = marked, info.payload_bits
-            restored[k] = np.array_equal(kernels.restore_array(marked, self.key), img)
+        # the same fallbacks as medrae protect; restored and compared just below, as the measurement
+        for k, fit in enumerate(fit_analysed(prot, x, a, self.key, eps, method=method, codec=codec, check=False, max_roi_change=max_roi_change)):
+            if not isinstance(fit, Fitted):
+                continue  # cannot be published reversibly (or QC skipped it): the original goes out
+            out[k], bits[k] = fit.marked, fit.info.payload_bits
+            restored[k] = np.array_equal(kernels.restore_array(fit.marked, self.key), x[k])
         return Output(out, bits, restored)
 
     @staticmethod

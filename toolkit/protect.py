@@ -194,10 +194,16 @@ def hiding_modes(max_roi_change: Optional[int]) -> tuple[str, ...]:
     return ("frozen", "open1") if max_roi_change >= 1 else ("frozen",)
 
 
+class RetryWithoutPattern(Exception):
+    """The payload of a grid with the transfer pattern fits only on a coarser grid
+    (:func:`protect_with_fallback` with ``pattern_retry``): the caller refines the image again without
+    the pattern (:meth:`Protector.refine_without_pattern`) and fits that grid instead."""
+
+
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
                           method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
                           max_rdh_change: int = 0, max_roi_change: Optional[int] = 1, guard: Optional[np.ndarray] = None,
-                          pattern: Optional[PatternUse] = None) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
+                          pattern: Optional[PatternUse] = None, pattern_retry: bool = False) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
     not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel by more than
     ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does. Each grid
@@ -206,7 +212,8 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     lungs are the X-ray's smoothest, most capacious part: ±1 there costs less than a coarser,
     weaker perturbation); each mode first with a band of ``HIDING_BAND`` blocks around the hiding
     region moved by one level at most (``plan.band``), then without. ``max_roi_change=None``: the
-    payload may use the ROI in every pass.
+    payload may use the ROI in every pass. ``pattern_retry`` (with a ``pattern``): raise
+    :class:`RetryWithoutPattern` where the full grid does not fit, instead of coarsening it.
     Returns ``(marked, info, plan, coarsening level, hiding mode)`` or raises the last ``CapacityError``."""
     modes = hiding_modes(max_roi_change)
     level = 0
@@ -226,7 +233,13 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
                     raise kernels.CapacityError(f"hiding it with one pass group in the ROI would change the ROI by more than "
                                                 f"{max_roi_change} level (pixels at black or white)", info.payload_bits, info.payload_bits)
             except kernels.CapacityError:
-                if last and (mode, band) == tried[-1]:
+                if (mode, band) != tried[-1]:
+                    continue
+                if pattern_retry and pattern is not None and level == 0:
+                    # a coarsened refined grid fooled the white box on 0 of 11 cxr3/test images; the
+                    # same image refined without the pattern fit at full resolution on 10 of 17
+                    raise RetryWithoutPattern() from None
+                if last:
                     raise
                 continue
             if last or not max_rdh_change or rdh_change(info) <= max_rdh_change:
@@ -240,6 +253,53 @@ def roi_change(image: Image, marked: np.ndarray, plan: Plan) -> int:
     perturbation never touches it)."""
     d = np.abs(marked.astype(np.int64) - plan.adversarial.astype(np.int64))[plan.hiding_region].max(initial=0)
     return int(-(-int(d) // level_size(image)))
+
+
+@dataclass
+class Fitted:
+    """One view's fitted protection (:func:`fit_analysed`)."""
+
+    marked: np.ndarray
+    info: kernels.ProtectInfo
+    plan: Plan
+    level: int  # coarsening level
+    hiding: str  # HIDING_MODES
+    pattern: bool  # the transfer pattern is in it (False: refined again without it, or none was used)
+
+
+def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optional[bytes], eps: Optional[int] = None,
+                 **fallback) -> list:
+    """:func:`protect_with_fallback` for each 224x224 view of an analysed batch, as ``medrae protect``
+    does: a view whose payload with the transfer pattern fits only coarser is refined again without
+    the pattern and fitted from that grid (its ``a.grids``/``a.margins``/``a.steps`` entries are
+    replaced). Returns per view a :class:`Fitted`, the ``kernels.CapacityError`` that refused it,
+    or None where QC skips it. ``fallback``: protect_with_fallback's keyword options."""
+    eps = prot.eps if eps is None else eps
+    out: list = []
+    retry: list[int] = []
+    for k, view in enumerate(views):
+        if a.skip is not None and a.skip[k]:
+            out.append(None)
+            continue
+        guard = a.guards[k] if a.guards is not None else None
+        try:
+            out.append(Fitted(*protect_with_fallback(Image(view, 255, "png"), a.rois[k], a.grids[k], eps, key, guard=guard,
+                                                     pattern=a.pattern(k), pattern_retry=True, **fallback), a.pattern(k) is not None))
+        except RetryWithoutPattern:
+            out.append(None)
+            retry.append(k)
+        except kernels.CapacityError as exc:
+            out.append(exc)
+    if retry:
+        r = prot.refine_without_pattern(views[retry], a.rois[retry], eps)
+        for j, k in enumerate(retry):
+            a.grids[k], a.margins[k], a.steps[k] = r.grids[j], r.margins[j], r.steps[j]
+            guard = a.guards[k] if a.guards is not None else None
+            try:
+                out[k] = Fitted(*protect_with_fallback(Image(views[k], 255, "png"), a.rois[k], r.grids[j], eps, key, guard=guard, **fallback), False)
+            except kernels.CapacityError as exc:
+                out[k] = exc
+    return out
 
 
 @dataclass
@@ -473,23 +533,7 @@ class Protector:
         rois[seg.skip] = True  # nothing to perturb on a skipped view (it is not written)
         n = len(views)
         if self.refiner:
-            head, uses = None, None
-            free = ~cells_touching(rois, self.factor)
-            if self.transfer:  # a coarse pattern that fools the surrogates; the refinement starts from it
-                f = self.transfer.settings.factor
-                coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
-                head = upsample_cells(coarse, f // self.factor)
-            elif self.pattern_id:  # the shipped universal pattern of the white box's clean prediction
-                labels = self.refiner.margins(views, np.full((1, n), -1, np.int64), 1)[1][0]
-                per = (NET_SIZE // self.factor) // self.pattern_grid.shape[-1]
-                values = np.clip(upsample_cells(self.pattern_grid[labels], per), -eps, eps)
-                cover = self._pattern_cover(views, free, values)
-                head = values * cover
-                uses = [PatternUse(self.pattern_id, int(c), cover[k]) for k, c in enumerate(labels)]
-            spared = spare_flat(views, free, self.refiner.settings.spare_flat)
-            if uses:  # the pattern's cells stay in the grid (the refinement zeroes cells it may not move)
-                spared |= head != 0
-            r = self.refiner.refine(views, spared, eps, grids=head)
+            r, uses = self._refine(views, rois, eps, pattern=True)
             return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards, uses)
         raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
@@ -497,21 +541,47 @@ class Protector:
             grids[cells_touching(rois, self.factor)] = 0
         return Analysis(rois, grids, np.full(n, np.nan), np.zeros(n, np.int64), seg.assessments, seg.skip, seg.guards)
 
+    def refine_without_pattern(self, views: np.ndarray, rois: np.ndarray, eps: Optional[int] = None):
+        """The refinement of (N, 224, 224) ``views`` outside ``rois`` from a zero grid, without the
+        transfer pattern (:func:`fit_analysed`: where the pattern's payload fits only coarser);
+        returns the refiner's result (``grids``, ``margins``, ``steps``)."""
+        if not self.refiner:
+            raise ValueError("refine_without_pattern needs the gradient refinement")
+        return self._refine(views, rois, self.eps if eps is None else eps, pattern=False)[0]
+
+    def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, pattern: bool):
+        n = len(views)
+        head, uses = None, None
+        free = ~cells_touching(rois, self.factor)
+        if self.transfer:  # a coarse pattern that fools the surrogates; the refinement starts from it
+            f = self.transfer.settings.factor
+            coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
+            head = upsample_cells(coarse, f // self.factor)
+        elif self.pattern_id and pattern:  # the shipped universal pattern of the white box's clean prediction
+            labels = self.refiner.margins(views, np.full((1, n), -1, np.int64), 1)[1][0]
+            per = (NET_SIZE // self.factor) // self.pattern_grid.shape[-1]
+            values = np.clip(upsample_cells(self.pattern_grid[labels], per), -eps, eps)
+            cover = self._pattern_cover(views, free, values)
+            head = values * cover
+            uses = [PatternUse(self.pattern_id, int(c), cover[k]) for k, c in enumerate(labels)]
+        spared = spare_flat(views, free, self.refiner.settings.spare_flat)
+        if uses:  # the pattern's cells stay in the grid (the refinement zeroes cells it may not move)
+            spared |= head != 0
+        return self.refiner.refine(views, spared, eps, grids=head), uses
+
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
         """Protect a batch (N, 224, 224) uint8 as ``medrae protect`` does (with its fallbacks);
         each result has been checked to restore, or carries the reason it was refused (payload
         does not fit), and nothing was produced for it."""
         a = self.analyse(images)
         out = []
-        for k, (image, roi, grid, guard, assessment, skip) in enumerate(zip(images, a.rois, a.grids, a.guards, a.assessments, a.skip)):
-            img = Image(image, 255, "png")
-            if skip:
-                out.append(Protected(None, roi, image, None, uncertain_reason(assessment)))
-                continue
-            try:
-                marked, info, plan, _, hiding = protect_with_fallback(img, roi, grid, self.eps, key, method, guard=guard, pattern=a.pattern(k))
-            except kernels.CapacityError as exc:
-                out.append(Protected(None, roi, plan_perturbation(img, roi, grid, self.eps).adversarial, None, capacity_reason(exc)))
-                continue
-            out.append(Protected(marked, roi, plan.adversarial, info, hiding=hiding))
+        for k, fit in enumerate(fit_analysed(self, images, a, key, method=method)):
+            roi = a.rois[k]
+            if fit is None:
+                out.append(Protected(None, roi, images[k], None, uncertain_reason(a.assessments[k])))
+            elif isinstance(fit, kernels.CapacityError):
+                out.append(Protected(None, roi, plan_perturbation(Image(images[k], 255, "png"), roi, a.grids[k], self.eps).adversarial, None,
+                                     capacity_reason(fit)))
+            else:
+                out.append(Protected(fit.marked, roi, fit.plan.adversarial, fit.info, hiding=fit.hiding))
         return out
