@@ -194,6 +194,22 @@ def test_lgv_weights_are_seeded_resumable_and_only_for_surrogates(tiny_zoo, phan
     with pytest.raises(ValueError, match="held-out target"):
         zoo.collect_lgv(tiny_zoo, "t_densenet_128_histeq", phantom_dataset, epochs=1)
 
+    # the pattern's trainer attacks through them: a random LGV weight per draw, never a target
+    from models import train_pattern
+
+    shutil.copytree(tiny_zoo / "t_densenet_128_histeq", tmp_path / "a" / "t_densenet_128_histeq")
+    names, nets = train_pattern.surrogates(train_pattern.Path(train_pattern.__file__).resolve().parent, tmp_path / "a", lgv=True)
+    assert names[-1] == "s_resnet10_128+lgv4" and not any(n.startswith("t_") for n in names)
+    lgv = nets[-1]
+    x = torch.rand(2, 1, 224, 224) * 255
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        lgv.draw(gen)
+        seen.add(tuple(lgv(x).detach().numpy().round(5).ravel()))
+    assert len(seen) > 1  # different weights answer
+    assert all(not p.requires_grad for p in lgv.parameters())  # a surrogate: the pattern, not it, learns
+
 
 def test_resize_matrix_is_the_pipelines_resize():
     import torch.nn.functional as F
