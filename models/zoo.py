@@ -364,7 +364,7 @@ def collect_lgv(root: Path | str, name: str, data: Path | str, epochs: int = 10,
     epoch checkpoints (``lgv/last.pt``), a rerun resumes."""
     from toolkit.datasets import load_split
 
-    from .train import augment, seed_everything
+    from .train import augment, checkpoint, resume, seed_everything
 
     spec = member(name)
     if spec.role != "surrogate":
@@ -378,16 +378,10 @@ def collect_lgv(root: Path | str, name: str, data: Path | str, epochs: int = 10,
     tr, va = load_split(Path(data) / "train"), load_split(Path(data) / "val")
     model = load(root, name)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant: LGV's high learning rate throughout
     steps_per_epoch = (len(tr.images) + batch - 1) // batch
     every = max(1, steps_per_epoch // per_epoch)
-    start, history = 0, []
-    if (out / "last.pt").exists():
-        st = torch.load(out / "last.pt", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
-        start, history = st["epoch"] + 1, st["history"]
+    start, _, history = resume(out / "last.pt", model, opt, sched, gen)
     for epoch in range(start, epochs):
         model.train()
         perm = torch.randperm(len(tr.images), generator=gen)
@@ -408,8 +402,7 @@ def collect_lgv(root: Path | str, name: str, data: Path | str, epochs: int = 10,
                 log(f"{name} lgv: {json.dumps(history[-1])}")
                 kept += 1
                 model.train()
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch, "history": history}, out / "last.pt")
+        checkpoint(out / "last.pt", model, opt, sched, gen, epoch, -1.0, history)
     result = {"member": name, "epochs": epochs, "per_epoch": per_epoch, "lr": lr, "seed": seed, "history": history,
               "command": f"python -m models.zoo lgv {name} --zoo {root} --data {data} --epochs {epochs} --per-epoch {per_epoch} --lr {lr} --seed {seed}"}
     (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -405,11 +405,11 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], settings: Optional
             _collect(pending, done, retry)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
             if len(retry) >= settings.batch_size:
-                pending += _refine_again(retry)
+                pending += _refine_again(protector, pool, retry)
                 retry = []
         _collect(pending, done, retry)
         while retry:
-            jobs, retry = _refine_again(retry), []
+            jobs, retry = _refine_again(protector, pool, retry), []
             _collect(jobs, done, retry)
     return _protect_report(command, results, time.perf_counter() - t0, protector)
 
@@ -427,9 +427,10 @@ def protect_chunk(protector, chunk: list[tuple[str, str]], key: Optional[bytes],
     protects each of its chunks (the same code: what a Ray actor runs, so the files are equal)."""
     results: list[FileResult] = []
     retry: list = []
-    _collect(_submit_chunk(protector, _Inline(), chunk, key, settings, overwrite, results.append), results.append, retry)
+    pool = _Inline()
+    _collect(_submit_chunk(protector, pool, chunk, key, settings, overwrite, results.append), results.append, retry)
     while retry:
-        jobs, retry = _refine_again(retry), []
+        jobs, retry = _refine_again(protector, pool, retry), []
         _collect(jobs, results.append, retry)
     return results
 
@@ -466,7 +467,7 @@ def _submit_chunk(protector, pool: Executor, chunk: list, key: Optional[bytes], 
             continue
         args = (str(s), str(d), item[0], roi, grid, protector.eps, key, settings, overwrite, guard)
         jobs.append(_Job(item[3], infer, (float(wb_margin), int(n_steps)) if refined else (None, None), assessment.flags,
-                         pool.submit(_finish_protect, *args, a.pattern(k)), item[1], args, pool, protector))
+                         pool.submit(_finish_protect, *args, a.pattern(k)), item[1], args))
     return jobs
 
 
@@ -568,8 +569,6 @@ class _Job:
     future: object
     view: np.ndarray
     args: tuple  # _finish_protect's arguments, the pattern aside
-    pool: Executor
-    protector: object
 
 
 def _collect(jobs: list, done: Callable[[FileResult], None], retry: list) -> None:
@@ -582,17 +581,17 @@ def _collect(jobs: list, done: Callable[[FileResult], None], retry: list) -> Non
             _done(job, r, done)
 
 
-def _refine_again(retry: list) -> list:
+def _refine_again(protector, pool: Executor, retry: list) -> list:
     """Refine the views of ``retry`` again without the pattern, here (the networks run in this
     process; one batch: refining them a chunk's one or two at a time cost protect 10 % of its
     speed), and submit the fitting of that grid; returns the jobs."""
     t = time.perf_counter()
-    r = retry[0].protector.refine_without_pattern(np.stack([job.view for job in retry]), np.stack([job.args[3] for job in retry]))
+    r = protector.refine_without_pattern(np.stack([job.view for job in retry]), np.stack([job.args[3] for job in retry]))
     infer = (time.perf_counter() - t) / len(retry)
     for j, job in enumerate(retry):
         job.infer += infer
         job.white_box = (float(r.margins[j]), int(job.white_box[1] or 0) + int(r.steps[j]))
-        job.future = job.pool.submit(_finish_protect, *job.args[:4], r.grids[j], *job.args[5:], None, True)
+        job.future = pool.submit(_finish_protect, *job.args[:4], r.grids[j], *job.args[5:], None, True)
     return retry
 
 

@@ -275,30 +275,28 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
     replaced). Returns per view a :class:`Fitted`, the ``kernels.CapacityError`` that refused it,
     or None where QC skips it. ``fallback``: protect_with_fallback's keyword options."""
     eps = prot.eps if eps is None else eps
-    out: list = []
-    retry: list[int] = []
-    for k, view in enumerate(views):
-        if a.skip is not None and a.skip[k]:
-            out.append(None)
-            continue
+
+    def fit(k: int, grid: np.ndarray, pattern: Optional[PatternUse]):
         guard = a.guards[k] if a.guards is not None else None
         try:
-            out.append(Fitted(*protect_with_fallback(Image(view, 255, "png"), a.rois[k], a.grids[k], eps, key, guard=guard,
-                                                     pattern=a.pattern(k), pattern_retry=True, **fallback), a.pattern(k) is not None))
+            return Fitted(*protect_with_fallback(Image(views[k], 255, "png"), a.rois[k], grid, eps, key, guard=guard, pattern=pattern,
+                                                 pattern_retry=pattern is not None, **fallback), pattern is not None)
+        except kernels.CapacityError as exc:
+            return exc
+
+    out: list = []
+    retry: list[int] = []
+    for k in range(len(views)):
+        try:
+            out.append(None if a.skip is not None and a.skip[k] else fit(k, a.grids[k], a.pattern(k)))
         except RetryWithoutPattern:
             out.append(None)
             retry.append(k)
-        except kernels.CapacityError as exc:
-            out.append(exc)
     if retry:
         r = prot.refine_without_pattern(views[retry], a.rois[retry], eps)
         for j, k in enumerate(retry):
             a.grids[k], a.margins[k], a.steps[k] = r.grids[j], r.margins[j], r.steps[j]
-            guard = a.guards[k] if a.guards is not None else None
-            try:
-                out[k] = Fitted(*protect_with_fallback(Image(views[k], 255, "png"), a.rois[k], r.grids[j], eps, key, guard=guard, **fallback), False)
-            except kernels.CapacityError as exc:
-                out[k] = exc
+            out[k] = fit(k, r.grids[j], None)
     return out
 
 
