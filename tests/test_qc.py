@@ -60,6 +60,26 @@ def test_each_implausible_mask_is_flagged(damage, flag):
     assert a.uncertain and a.reason()
 
 
+def test_an_roi_far_from_its_hulls_is_flagged_even_when_the_mask_is_plausible():
+    """The ROI protect keeps (the union of the views' masks, dilated) can be concave where the
+    mask at 50 % is not: a view that found a blob reaching out of one lung (covid_00421 of
+    cxr3/test: an L-shaped ROI, 370 true-lung pixels perturbed beside it before this measure)."""
+    from toolkit.masks import dilate
+
+    lungs = _two_lungs()
+    logits = _logits(lungs)
+    views = [qc.probability(logits.astype(np.float64))] * 3
+    roi = dilate(lungs, 4)
+    assert qc.assess(logits, views, roi).flags == []
+    y, x = np.mgrid[0:224, 0:224]
+    arm = (np.abs(y - 45) < 5) & (x < 75) | (np.abs(x - 8) < 5) & (y > 40) & (y < 215)  # an L out of the top of a lung and down
+    a = qc.assess(logits, views, roi | arm)
+    assert a.measures["roi_solidity"] < qc.LIMITS["roi_solidity"] <= qc.assess(logits, views, roi).measures["roi_solidity"]
+    assert "concave" in a.flags and not a.implausible
+    with pytest.raises(ValueError, match="roi"):
+        qc.assess(logits, views, roi[:100])
+
+
 def test_widen_and_guard_only_add_pixels():
     lungs = _two_lungs()
     prob = qc.probability(_logits(lungs).astype(np.float64))

@@ -499,7 +499,7 @@ class Protector:
         plain = np.stack([np.logical_or.reduce([postprocess(v[k], self.dilation, threshold=self.roi_threshold, convex=self.roi_convex)
                                                 for v in joined]) for k in range(n)])
         probs = [qc.probability(b) for b in back]
-        assessments = [qc.assess(own[k], [q[k] for q in probs]) for k in range(n)]
+        assessments = [qc.assess(own[k], [q[k] for q in probs], plain[k]) for k in range(n)]
         p_most = qc.probability(most)
         rois = plain.copy()
         if self.on_uncertain_roi == "widen":
