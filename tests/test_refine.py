@@ -143,8 +143,16 @@ def test_refine_is_sparse_bounded_and_reports_true_margins(refine_models, eps):
     # stopped early exactly when the target margin was reached
     assert np.array_equal(r.margins <= -settings.margin, r.steps < settings.steps) or (r.margins <= -settings.margin).all()
     # from a head start the margins are still those of the clean prediction, not of the start
-    again = Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", RefineSettings(steps=0, margin=0.5)).refine(views, free, eps, r.grids)
+    once = Refiner(refine_models / "gradient_vgg16_small.onnx", "cpu", RefineSettings(steps=0, margin=0.5))
+    again = once.refine(views, free, eps, r.grids)
     assert np.array_equal(again.labels, clean.argmax(1)) and np.allclose(again.margins, r.margins, atol=1e-4)
+    # clean labels the caller already has (protect: the pattern's class) are used as given, not recomputed
+    given = once.refine(views, free, eps, r.grids, labels=clean.argmax(1)[None])
+    assert np.array_equal(given.labels, again.labels) and np.array_equal(given.margins, again.margins)
+    other = (clean.argmax(1) + 1) % clean.shape[1]
+    assert np.array_equal(once.refine(views, free, eps, r.grids, labels=other[None]).labels, other)
+    with pytest.raises(ValueError, match="clean labels"):
+        once.refine(views, free, eps, r.grids, labels=other)
 
 
 def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
@@ -230,8 +238,8 @@ def test_robust_ensemble_is_staged_and_never_loses_the_target(monkeypatch):
     # a second stage that loses everything: the images it took from the target revert to the first grid
     real = Refiner._refine
 
-    def losing(self, views, free, eps, grids, count, max_steps):
-        r, target = real(self, views, free, eps, grids, count, max_steps)
+    def losing(self, views, free, eps, grids, count, max_steps, clean=None):
+        r, target = real(self, views, free, eps, grids, count, max_steps, clean)
         if count == 1:
             return r, target
         # everything zeroed: the others "fooled", the target not (its clean margin on every image)

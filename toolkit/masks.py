@@ -58,23 +58,45 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~np.isin(bg_labels, border[border > 0])
 
 
-def _monotone_chain(points: list) -> list:
-    """Convex hull (Andrew's monotone chain) of lexicographically sorted, unique (x, y) points."""
+@njit(cache=True, nogil=True)
+def _monotone_chain(points):
+    """Convex hull (Andrew's monotone chain), counter-clockwise, of lexicographically sorted, unique
+    (x, y) integer points (N, 2); collinear points are dropped."""
+    n = points.shape[0]
+    hull = np.empty((2 * n + 1, 2), np.int64)
+    k = 0
+    for half in range(2):  # the lower chain left to right, then the upper one back
+        floor = 2 if half == 0 else k + 1
+        for i in range(n) if half == 0 else range(n - 2, -1, -1):
+            x, y = points[i, 0], points[i, 1]
+            while k >= floor and ((hull[k - 1, 0] - hull[k - 2, 0]) * (y - hull[k - 2, 1])
+                                  - (hull[k - 1, 1] - hull[k - 2, 1]) * (x - hull[k - 2, 0])) <= 0:
+                k -= 1
+            hull[k, 0], hull[k, 1] = x, y
+            k += 1
+    return hull[: max(k - 1, 0)]
 
-    def turn(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
-    lower: list = []
-    upper: list = []
-    for p in points:
-        while len(lower) >= 2 and turn(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    for p in reversed(points):
-        while len(upper) >= 2 and turn(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return lower[:-1] + upper[:-1]
+@njit(cache=True, nogil=True)
+def _fill_hull(out, hull, r0, r1, c0, c1):
+    """Set each pixel of ``out[r0:r1, c0:c1]`` whose centre (doubled coordinates) is left of every
+    edge of the counter-clockwise ``hull``."""
+    m = hull.shape[0]
+    for r in range(r0, r1):
+        cy = 2 * r + 1
+        for c in range(c0, c1):
+            if out[r, c]:
+                continue
+            cx = 2 * c + 1
+            inside = True
+            for e in range(m):
+                ax, ay = hull[e, 0], hull[e, 1]
+                bx, by = hull[(e + 1) % m, 0], hull[(e + 1) % m, 1]
+                if (bx - ax) * (cy - ay) - (by - ay) * (cx - ax) < 0:
+                    inside = False
+                    break
+            if inside:
+                out[r, c] = True
 
 
 def convex_fill(mask: np.ndarray) -> np.ndarray:
@@ -82,7 +104,8 @@ def convex_fill(mask: np.ndarray) -> np.ndarray:
     taken as the four midpoints of its edges (scikit-image's ``convex_hull_image`` convention).
 
     A row's two end pixels decide the hull, so only their points enter the chain; coordinates are
-    doubled so that the test is exact integer arithmetic."""
+    doubled so that the test is exact integer arithmetic (both loops JIT-compiled: in Python they
+    were a third of quality control's time)."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return mask.copy()
@@ -91,16 +114,11 @@ def convex_fill(mask: np.ndarray) -> np.ndarray:
     r2, l2, e2 = 2 * rows, 2 * left, 2 * right
     xs = np.concatenate([l2 + 1, l2, l2 + 1, e2 + 1, e2 + 2, e2 + 1])
     ys = np.concatenate([r2, r2 + 1, r2 + 2, r2, r2 + 1, r2 + 2])
-    hull = _monotone_chain(np.unique(np.stack([xs, ys], axis=1), axis=0).tolist())
-    out = mask.copy()
+    hull = _monotone_chain(np.ascontiguousarray(np.unique(np.stack([xs, ys], axis=1).astype(np.int64), axis=0)))
+    out = np.array(mask, dtype=np.bool_, copy=True)
     if len(hull) < 3:
         return out
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, int(left.min()), int(right.max()) + 1
-    cy, cx = np.mgrid[r0:r1, c0:c1] * 2 + 1
-    inside = np.ones(cy.shape, dtype=bool)
-    for a, b in zip(hull, hull[1:] + hull[:1]):  # counter-clockwise: inside is left of every edge
-        inside &= (b[0] - a[0]) * (cy - a[1]) - (b[1] - a[1]) * (cx - a[0]) >= 0
-    out[r0:r1, c0:c1] |= inside
+    _fill_hull(out, hull, int(rows[0]), int(rows[-1]) + 1, int(left.min()), int(right.max()) + 1)
     return out
 
 

@@ -549,14 +549,16 @@ class Protector:
 
     def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, pattern: bool):
         n = len(views)
-        head, uses = None, None
+        head, uses, clean = None, None, None
         free = ~cells_touching(rois, self.factor)
         if self.transfer:  # a coarse pattern that fools the surrogates; the refinement starts from it
             f = self.transfer.settings.factor
             coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
             head = upsample_cells(coarse, f // self.factor)
         elif self.pattern_id and pattern:  # the shipped universal pattern of the white box's clean prediction
-            labels = self.refiner.margins(views, np.full((1, n), -1, np.int64), 1)[1][0]
+            # every classifier's clean prediction, once: the refinement of the head start needs them too
+            clean = self.refiner.margins(views, np.full((len(self.refiner.sessions), n), -1, np.int64))[1]
+            labels = clean[0]
             per = (NET_SIZE // self.factor) // self.pattern_grid.shape[-1]
             values = np.clip(upsample_cells(self.pattern_grid[labels], per), -eps, eps)
             cover = self._pattern_cover(views, free, values)
@@ -565,7 +567,7 @@ class Protector:
         spared = spare_flat(views, free, self.refiner.settings.spare_flat)
         if uses:  # the pattern's cells stay in the grid (the refinement zeroes cells it may not move)
             spared |= head != 0
-        return self.refiner.refine(views, spared, eps, grids=head), uses
+        return self.refiner.refine(views, spared, eps, grids=head, labels=clean), uses
 
     def protect(self, images: np.ndarray, key: Optional[bytes], method: Optional[str] = None) -> list[Protected]:
         """Protect a batch (N, 224, 224) uint8 as ``medrae protect`` does (with its fallbacks);

@@ -175,27 +175,32 @@ class Refiner:
             return grad[0]
         return unit(grad, m > -self.settings.margin).sum(0)
 
-    def refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None = None) -> Refined:
+    def refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> Refined:
         """Refine ``grids`` (default: zero) for the (N, 224, 224) uint8 ``views``.
 
         ``free`` (N, g, g) bool marks the cells that may change (outside the ROI); ``g`` divides 224.
+        ``labels`` (M, N): each classifier's clean prediction, where the caller already has it (the
+        refinement of a head start otherwise runs every classifier on the clean views to get it).
         """
         s = self.settings
         n, g = free.shape[0], free.shape[-1]
         if views.shape != (n, SIZE, SIZE) or views.dtype != np.uint8 or SIZE % g or free.shape != (n, g, g):
             raise ValueError(f"expected (N, {SIZE}, {SIZE}) uint8 views and (N, g, g) free cells with g dividing {SIZE}, "
                              f"got {views.shape} {views.dtype} and {free.shape}")
+        if labels is not None and labels.shape != (len(self.sessions), n):
+            raise ValueError(f"expected ({len(self.sessions)}, {n}) clean labels, got {labels.shape}")
         if not (s.robust and len(self.sessions) > 1):
-            return self._refine(views, free, eps, grids, len(self.sessions), s.steps)[0]
-        first, _ = self._refine(views, free, eps, grids, 1, s.steps)  # its margins are the target's
-        both, kept = self._refine(views, free, eps, first.grids, len(self.sessions), s.steps // 2)
+            return self._refine(views, free, eps, grids, len(self.sessions), s.steps, labels)[0]
+        first, _ = self._refine(views, free, eps, grids, 1, s.steps, labels)  # its margins are the target's
+        both, kept = self._refine(views, free, eps, first.grids, len(self.sessions), s.steps // 2, labels)
         keep = (kept < 0) | (first.margins >= 0)
         pick = lambda a, b: np.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
         # a reverted image reports the target's margin: the others' on its grid were not the goal
         return Refined(pick(both.grids, first.grids), pick(both.margins, first.margins), first.steps + both.steps, first.labels)
 
     def _refine(self, views: np.ndarray, free: np.ndarray, eps: int, grids: np.ndarray | None, count: int,
-                max_steps: int) -> tuple[Refined, np.ndarray]:
+                max_steps: int, clean: np.ndarray | None = None) -> tuple[Refined, np.ndarray]:
         """The loop, on the first ``count`` classifiers (the resized view, if ``robust``, on the first
         only); also returns the first classifier's margin (its worse view) on each final grid."""
         s = self.settings
@@ -204,7 +209,7 @@ class Refiner:
         grids = np.zeros((n, g, g), np.int64) if grids is None else np.where(free, grids, 0).astype(np.int64)
         labels = np.full((count, n), -1, np.int64)
         if grids.any():  # a head start: the margins are still those of the *clean* prediction
-            labels = self.margins(views, labels, count)[1]
+            labels = clean[:count].astype(np.int64) if clean is not None else self.margins(views, labels, count)[1]
         margins, target = np.zeros(n), np.zeros(n)
         steps = np.zeros(n, np.int64)
         active = np.arange(n)
