@@ -119,3 +119,21 @@ def test_skip_policy_writes_nothing_and_reports_the_file(tmp_path):
         assert wide["flat.png"]["roi_fraction"] >= qc.lung_field((224, 224)).mean() - 0.01
     r = runner.invoke(app, ["protect", str(src), str(tmp_path / "x"), "--no-encrypt", "--on-uncertain-roi", "maybe"])
     assert r.exit_code == 2 and "--on-uncertain-roi" in r.output
+
+
+def test_the_joined_roi_of_a_real_x_ray_is_flagged_and_widened_over_its_lung():
+    """covid_00421 of cxr3/test: the mirrored view joins the two lungs' ROIs across the mediastinum
+    and the segmenter misses the left base; before the ROI-hull measure no flag was raised and the
+    perturbation reached 370 true-lung pixels. Flagged now, and ``widen`` covers every true-lung pixel."""
+    from conftest import CXR3, load_gray
+    from toolkit.protect import Protector
+
+    image, mask = CXR3 / "test/covid/images/covid_00421.png", CXR3 / "test/covid/masks/covid_00421.png"
+    if not (image.is_file() and mask.is_file()):
+        pytest.skip(f"real chest X-ray not found at {image} (set MEDRAE_CXR3 to the cxr3 folder)")
+    lung = load_gray(mask) > 127
+    seg = Protector(refine_steps=0).segment(load_gray(image)[None])
+    a = seg.assessments[0]
+    assert (lung & ~seg.plain[0]).sum() > 300  # the miss the flag is for
+    assert a.measures["roi_solidity"] < qc.LIMITS["roi_solidity"] and "concave" in a.flags
+    assert not (lung & ~seg.rois[0]).any()
