@@ -9,7 +9,8 @@ import kernels
 from kernels.patterns import DEFAULT_PATTERN, PATTERNS, load, on_grid, pattern_id
 from toolkit.imageio import Image
 from toolkit.phantoms import chest_phantom
-from toolkit.protect import Protector, cells_touching, plan_perturbation, protect_with_fallback
+from toolkit.masks import dilate
+from toolkit.protect import PATTERN_KEEP_OUT, Protector, cells_touching, plan_perturbation, protect_with_fallback
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,9 @@ def test_pattern_goes_outside_the_roi_on_the_white_box_class(protector, views):
         use = a.pattern(k)
         assert use.pattern_id == DEFAULT_PATTERN and use.cls == clean[k]
         assert not (use.cover & cells_touching(a.rois[k], 2)).any()  # never on a cell the ROI touches
+        # nor within PATTERN_KEEP_OUT px of it, where a missed lung edge lies (the refinement may go there)
+        near = cells_touching(dilate(a.rois[k], PATTERN_KEEP_OUT), 2)
+        assert PATTERN_KEEP_OUT > 0 and not (use.cover & near).any() and (near & ~cells_touching(a.rois[k], 2)).any()
         values = on_grid(DEFAULT_PATTERN, use.cls, (112, 112))
         lo = views[k].reshape(112, 2, 112, 2).min(axis=(1, 3)).astype(int)
         hi = views[k].reshape(112, 2, 112, 2).max(axis=(1, 3)).astype(int)
