@@ -130,7 +130,7 @@ def main(argv=None):
     from toolkit.datasets import load_split
     from toolkit.imageio import Image
     from toolkit.metrics import psnr, ssim
-    from toolkit.protect import Protector, cells_touching, protect_with_fallback
+    from toolkit.protect import Protector, cells_touching, fit_analysed, protect_with_fallback
     from toolkit.transfer import TransferLab, noise_floor, summary
 
     split = load_split(args.data)
@@ -180,13 +180,17 @@ def main(argv=None):
                     grids = grid_pgd(models, x, y, free_px, factor, steps, di="di" in parts)
             secs = time.time() - t0
             out, bits = x.copy(), np.full(len(x), np.nan)
-            for k in range(len(x)):
-                try:
-                    marked, info, *_ = protect_with_fallback(Image(x[k], 255, "png"), a.rois[k], grids[k], 8, key, check=False, guard=a.guards[k],
-                                                             pattern=a.pattern(k) if v == "default" else None)
-                except kernels.CapacityError:
-                    continue
-                out[k], bits[k] = marked, info.payload_bits
+            if v == "default":  # as medrae protect fits them: refined again without the pattern where it fits only coarser
+                for k, f in enumerate(fit_analysed(prot, x, a, key, check=False)):
+                    if f is not None and not isinstance(f, kernels.CapacityError):
+                        out[k], bits[k] = f.marked, f.info.payload_bits
+            else:
+                for k in range(len(x)):
+                    try:
+                        marked, info, *_ = protect_with_fallback(Image(x[k], 255, "png"), a.rois[k], grids[k], 8, key, check=False, guard=a.guards[k])
+                    except kernels.CapacityError:
+                        continue
+                    out[k], bits[k] = marked, info.payload_bits
         res = lab.asr(out)
         wb_asr = float((predict(wb, out) != y)[wb_ok].mean())
         q = [psnr(a0, b0, data_range=255) for a0, b0 in zip(x, out)]

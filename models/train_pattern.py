@@ -19,7 +19,9 @@ surrogates: the four shipped classifiers and the zoo's surrogates (``models/zoo.
 held-out target), each seeing the adversarial image through random resizing (112-256 px, input
 diversity, Xie et al. 2019) as unknown pipelines do; plus hinge penalties that keep each image's
 SSIM above ``--min-ssim`` and its MSE below ``--max-mse`` (the pattern alone; the refinement and the
-hiding cost a little more). Seeded and resumable per epoch (``<out>/last.pt``).
+hiding cost a little more). Seeded and resumable per epoch (``<out>/last.pt``). ``--sgm`` (skip-gradient
+on the ResNet surrogates) and ``--feature`` (a feature-disruption term at each surrogate's middle
+layer) are the issue's last two candidates, measured without gain (README "Transfer to unseen models").
 """
 from __future__ import annotations
 
@@ -93,6 +95,38 @@ def surrogates(models_dir: Path, zoo_dir: Path | None, lgv: bool = False) -> tup
     return names, nets
 
 
+def skip_gradient(nets: list[nn.Module], gamma: float) -> int:
+    """Skip-gradient (SGM, Wu et al. 2020): in every ResNet basic block of ``nets`` the gradient
+    through the residual branch is scaled by ``gamma`` (the forward pass is unchanged), so more of it
+    flows through the skip connections, the low-level features other families share. Returns the
+    number of blocks changed."""
+    import types
+
+    from .classifiers import BasicBlock
+
+    def forward(self, x):
+        r = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(gamma * r + (1 - gamma) * r.detach() + self.short(x))
+
+    blocks = [m for net in nets for m in net.modules() if isinstance(m, BasicBlock)]
+    for m in blocks:
+        m.forward = types.MethodType(forward, m)
+    return len(blocks)
+
+
+def feature_layer(net: nn.Module) -> nn.Module:
+    """A middle layer of a surrogate (the output of its second ResNet stage, its middle feature
+    block, or its middle transformer layer): where the feature-level loss looks."""
+    for m in net.modules():
+        if hasattr(m, "stages"):
+            return m.stages[1]
+        if hasattr(m, "encoder") and hasattr(m.encoder, "layers"):
+            return m.encoder.layers[len(m.encoder.layers) // 2 - 1]
+        if hasattr(m, "features"):
+            return m.features[len(m.features) // 2]
+    raise ValueError(f"no feature layer found in {type(net).__name__}")
+
+
 def protect_rois(images: np.ndarray, models_dir: Path) -> np.ndarray:
     """protect's ROI for (N, 224, 224) uint8 images (the shipped segmenter, QC widening included)."""
     from toolkit.protect import Protector
@@ -126,6 +160,12 @@ def train(args: argparse.Namespace) -> dict:
     gen = seed_everything(args.seed)
     names, nets = surrogates(Path(args.models), Path(args.zoo) if args.zoo else None, args.lgv)
     print(f"surrogates: {', '.join(names)}", flush=True)
+    taps: dict[int, torch.Tensor] = {}
+    if args.feature:  # the middle layers' outputs, kept by forward hooks
+        for j, net in enumerate(nets):
+            feature_layer(net).register_forward_hook(lambda mod, inp, out, j=j: taps.__setitem__(j, out))
+    if args.sgm < 1:
+        print(f"skip-gradient {args.sgm} on {skip_gradient(nets, args.sgm)} residual blocks", flush=True)
     tr = load_split(Path(args.data) / "train")
     cache = out / "train_rois.npy"
     if not cache.exists():
@@ -157,7 +197,7 @@ def train(args: argparse.Namespace) -> dict:
             adv = x + delta
             adv = adv + (adv.clamp(0, 255) - adv).detach()  # clipping, straight-through
             loss_adv = 0.0
-            for net in nets:
+            for j, net in enumerate(nets):
                 if isinstance(net, _LGV):
                     net.draw(gen)
                 view = adv
@@ -165,6 +205,14 @@ def train(args: argparse.Namespace) -> dict:
                     s = int(torch.randint(112, 257, (1,), generator=gen))
                     view = F.interpolate(adv, size=(s, s), mode="bilinear", align_corners=False, antialias=s < 224)
                 loss_adv = loss_adv + margin_loss(net(view), y, args.kappa).mean() / len(nets)
+                if args.feature:  # push the middle features away from the clean image's (feature disruption)
+                    moved = taps[j]
+                    with torch.no_grad():
+                        net(F.interpolate(x, size=view.shape[-2:], mode="bilinear", align_corners=False, antialias=view.shape[-1] < 224)
+                            if view.shape[-1] != 224 else x)
+                        clean = taps[j]
+                    ratio = ((moved - clean) ** 2).flatten(1).sum(1) / (clean**2).flatten(1).sum(1).clamp(min=1e-6)
+                    loss_adv = loss_adv - args.feature * torch.log1p(ratio).mean() / len(nets)
             s = ssim_torch(x, adv)
             mse = ((adv - x) ** 2).mean(dim=(1, 2, 3))
             loss = loss_adv + args.quality * (F.relu(args.min_ssim - s).mean() / (1 - args.min_ssim) + F.relu(mse - args.max_mse).mean() / args.max_mse)
@@ -217,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-mse", type=float, default=25.0, help="per image, levels^2 (PSNR 34.2 dB)")
     p.add_argument("--quality", type=float, default=1.0, help="weight of the SSIM / MSE hinge penalties")
     p.add_argument("--lgv", action="store_true", help="zoo surrogates with LGV weights (python -m models.zoo lgv) attack through a random one per step")
+    p.add_argument("--feature", type=float, default=0.0, help="weight of a feature-disruption loss at each surrogate's middle layer (0: off)")
+    p.add_argument("--sgm", type=float, default=1.0, help="skip-gradient factor on the ResNet surrogates' residual branches (1: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p

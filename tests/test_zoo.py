@@ -254,3 +254,39 @@ def test_medrae_train_zoo_forwards_to_the_zoo_trainer(capsys):
     zoo.main(["list"])
     listed = capsys.readouterr().out
     assert all(m.name in listed for m in zoo.ZOO) and listed.count("target") == len(zoo.members("target"))
+
+
+def test_skip_gradient_scales_the_residual_branch_and_keeps_the_forward():
+    from models import train_pattern
+    from models.classifiers import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 4).eval()  # identity shortcut: d out / d x = shortcut + branch
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    before = block(x)
+    g_full = torch.autograd.grad(before.sum(), x)[0]
+    net = torch.nn.Sequential(block)
+    assert train_pattern.skip_gradient([net], 0.0) == 1
+    after = block(x)
+    torch.testing.assert_close(after, before)  # the forward pass is unchanged
+    g_skip = torch.autograd.grad(after.sum(), x)[0]
+    # gamma 0: only the skip connection carries gradient, gated by the output ReLU
+    torch.testing.assert_close(g_skip, (before > 0).float())
+    assert not torch.allclose(g_skip, g_full)
+
+
+def test_feature_layer_finds_a_middle_layer_in_every_surrogate_family():
+    from models import train_pattern
+
+    for m in zoo.members("surrogate"):
+        net = zoo.ZooModel(m).eval()
+        layer = train_pattern.feature_layer(net)
+        seen = []
+        handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out))
+        with torch.no_grad():
+            net(torch.rand(1, 1, 224, 224) * 255)
+        handle.remove()
+        assert len(seen) == 1 and seen[0].ndim >= 3, m.name  # a feature map (or tokens), not the logits
+        assert seen[0].shape[1:] != (3,), m.name
+    with pytest.raises(ValueError, match="no feature layer"):
+        train_pattern.feature_layer(torch.nn.Linear(2, 3))
