@@ -100,17 +100,11 @@ def skip_gradient(nets: list[nn.Module], gamma: float) -> int:
     through the residual branch is scaled by ``gamma`` (the forward pass is unchanged), so more of it
     flows through the skip connections, the low-level features other families share. Returns the
     number of blocks changed."""
-    import types
-
     from .classifiers import BasicBlock
 
-    def forward(self, x):
-        r = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(gamma * r + (1 - gamma) * r.detach() + self.short(x))
-
     blocks = [m for net in nets for m in net.modules() if isinstance(m, BasicBlock)]
-    for m in blocks:
-        m.forward = types.MethodType(forward, m)
+    for m in blocks:  # bn2's output is the residual branch, just before the skip connection is added
+        m.bn2.register_forward_hook(lambda mod, inp, out: gamma * out + (1 - gamma) * out.detach())
     return len(blocks)
 
 
@@ -140,6 +134,11 @@ def free_cells(rois: np.ndarray) -> np.ndarray:
     n = len(rois)
     touched = rois.reshape(n, GRID, 4, GRID, 4).any(axis=(2, 4))
     return np.repeat(np.repeat(~touched, 4, 1), 4, 2)[:, None].astype(np.float32)
+
+
+def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """``x`` as an unknown pipeline sees it: resized to ``size`` px (input diversity), or as it is."""
+    return x if size is None else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 224)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -200,16 +199,12 @@ def train(args: argparse.Namespace) -> dict:
             for j, net in enumerate(nets):
                 if isinstance(net, _LGV):
                     net.draw(gen)
-                view = adv
-                if float(torch.rand(1, generator=gen)) < args.diversity:
-                    s = int(torch.randint(112, 257, (1,), generator=gen))
-                    view = F.interpolate(adv, size=(s, s), mode="bilinear", align_corners=False, antialias=s < 224)
-                loss_adv = loss_adv + margin_loss(net(view), y, args.kappa).mean() / len(nets)
+                size = int(torch.randint(112, 257, (1,), generator=gen)) if float(torch.rand(1, generator=gen)) < args.diversity else None
+                loss_adv = loss_adv + margin_loss(net(_resized(adv, size)), y, args.kappa).mean() / len(nets)
                 if args.feature:  # push the middle features away from the clean image's (feature disruption)
                     moved = taps[j]
                     with torch.no_grad():
-                        net(F.interpolate(x, size=view.shape[-2:], mode="bilinear", align_corners=False, antialias=view.shape[-1] < 224)
-                            if view.shape[-1] != 224 else x)
+                        net(_resized(x, size))  # the clean image, seen the same way
                         clean = taps[j]
                     ratio = ((moved - clean) ** 2).flatten(1).sum(1) / (clean**2).flatten(1).sum(1).clamp(min=1e-6)
                     loss_adv = loss_adv - args.feature * torch.log1p(ratio).mean() / len(nets)
