@@ -31,6 +31,7 @@ ap.add_argument("--damaged", type=int, default=60, help="images per damage kind 
 ap.add_argument("--policy", default="widen", help="--on-uncertain-roi (this checkout only)")
 ap.add_argument("--pattern", default=None, help="--pattern: none for the default before the transfer pattern (this checkout only)")
 ap.add_argument("--dilation", type=int, default=None, help="ROI margin in px of the 224x224 view (default: the generator card's)")
+ap.add_argument("--models", type=Path, default=None, help="models directory (default: the checkout's models/; e.g. a candidate segmenter beside the shipped rest)")
 ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="medrae checkout to import")
 ap.add_argument("--json", type=Path, help="write per-condition figures here")
 ap.add_argument("--list", action="store_true", help="name each image whose lungs changed (hiding > 1 level, or perturbed)")
@@ -155,6 +156,8 @@ def main() -> None:
     kw = {"pattern": 0 if args.pattern == "none" else args.pattern} if args.pattern else {}
     if args.dilation is not None:
         kw["dilation"] = args.dilation
+    if args.models is not None:
+        kw["models_dir"] = args.models
     prot = Protector(on_uncertain_roi=args.policy, **kw) if new else Protector(**kw)
     clf = session(Path(MODELS_DIR) / "classifier_resnet18.onnx")
     results = [run("as is", prot, split.images, split.masks, split.labels, clf, split.names)]

@@ -7,6 +7,7 @@ perturbation and the multi-pass hiding may go) before and after the ``widen`` po
 
     python benchmarks/probe_qc.py ../shared/data/cxr3/train --calibrate
     python benchmarks/probe_qc.py ../shared/data/cxr3/test
+    python benchmarks/probe_qc.py ../shared/data/cxr3/val --models DIR   # a candidate segmenter.onnx beside the rest
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--policy", default="widen", choices=qc.POLICIES)
+    ap.add_argument("--models", type=Path, default=None, help="models directory (default: the shipped models/)")
     args = ap.parse_args()
     split = load_split(args.data)
-    prot = Protector(refine_steps=0, on_uncertain_roi=args.policy)
+    prot = Protector(refine_steps=0, on_uncertain_roi=args.policy, **({"models_dir": args.models} if args.models else {}))
     segs = [prot.segment(split.images[i : i + 64]) for i in range(0, len(split.images), 64)]
     rois, plain = np.concatenate([s.rois for s in segs]), np.concatenate([s.plain for s in segs])
     assessments = [a for s in segs for a in s.assessments]
