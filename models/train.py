@@ -159,6 +159,13 @@ def evaluate(task: str, model: nn.Module, split: Split, device: str) -> dict:
     return {"acc": (out.argmax(1).numpy() == split.labels).mean().item()}
 
 
+def segmenter_loss(logits: torch.Tensor, masks: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+    """The paper's BCE (eq. 6); ``pos_weight > 1`` makes a missed lung pixel that much dearer than a
+    false one (``--pos-weight``: measured, not adopted; README "The lungs' promise")."""
+    weight = None if pos_weight == 1 else torch.tensor(float(pos_weight), device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=weight)
+
+
 def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
     """PGD examples of normalised inputs ``x`` (eps in pixel levels, random start), for adversarial
     training; the model is put in eval mode while attacking so batch-norm statistics stay clean."""
@@ -256,7 +263,7 @@ def train(args: argparse.Namespace) -> dict:
                     x = torch.cat([x[:half_n], pgd_examples(model, x[half_n:], torch.from_numpy(tr.labels[idx[half_n:]]).to(args.device), args.adv_train, args.adv_steps)])
                 y = model(x)
                 if args.task == "segmenter":
-                    loss = F.binary_cross_entropy_with_logits(y, m.to(args.device))  # eq. 6
+                    loss = segmenter_loss(y, m.to(args.device), args.pos_weight)
                 else:
                     loss = F.cross_entropy(y, torch.from_numpy(tr.labels[idx]).to(args.device), label_smoothing=0.05)
                 opt.zero_grad(set_to_none=True)
@@ -310,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-epochs", type=int, default=3)
     p.add_argument("--adv-train", type=float, default=0.0, help="classifier: PGD adversarial training at this eps (pixel levels); half of each batch")
     p.add_argument("--adv-steps", type=int, default=3)
+    p.add_argument("--pos-weight", type=float, default=1.0, help="segmenter: weight of the lung pixels in the BCE (1: the paper's plain BCE)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p
 

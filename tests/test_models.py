@@ -83,6 +83,19 @@ def test_training_resumes_exactly(phantom_dataset, tmp_path, capsys, monkeypatch
     assert 0 <= result["test"]["dsc"] <= 1 and result["command"].startswith("python -m models.train ")
 
 
+def test_segmenter_pos_weight_makes_a_missed_lung_pixel_dearer():
+    """--pos-weight W: a lung pixel called background costs W times a background pixel called lung
+    at the same confidence; W = 1 is the paper's plain BCE."""
+    from models.train import segmenter_loss
+
+    sure = torch.tensor([3.0])
+    missed = segmenter_loss(-sure, torch.ones(1), 4.0)  # lung, called background
+    false = segmenter_loss(sure, torch.zeros(1), 4.0)  # background, called lung
+    assert missed.item() == pytest.approx(4 * false.item())
+    x, m = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    assert segmenter_loss(x, m).item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(x, m).item())
+
+
 @pytest.mark.parametrize("kind", ["segmenter", "classifier", "generator"])
 def test_export_parity(kind, phantom_dataset, tmp_path):
     from export import onnx_export as ex
