@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toolkit import qc  # noqa: E402
 from toolkit.datasets import load_split  # noqa: E402
-from toolkit.protect import Protector  # noqa: E402
+from toolkit.protect import MODELS_DIR, Protector  # noqa: E402
 
 
 def main() -> None:
@@ -29,10 +29,10 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--policy", default="widen", choices=qc.POLICIES)
-    ap.add_argument("--models", type=Path, default=None, help="models directory (default: the shipped models/)")
+    ap.add_argument("--models", type=Path, default=MODELS_DIR, help="models directory (default: the shipped models/)")
     args = ap.parse_args()
     split = load_split(args.data)
-    prot = Protector(refine_steps=0, on_uncertain_roi=args.policy, **({"models_dir": args.models} if args.models else {}))
+    prot = Protector(args.models, refine_steps=0, on_uncertain_roi=args.policy)
     segs = [prot.segment(split.images[i : i + 64]) for i in range(0, len(split.images), 64)]
     rois, plain = np.concatenate([s.rois for s in segs]), np.concatenate([s.plain for s in segs])
     assessments = [a for s in segs for a in s.assessments]
