@@ -101,6 +101,10 @@ def main() -> None:
             speeds[("nopattern", w)] = row(f"protect   workers={w} --pattern none",
                                            batch("protect_paths", tmp / "in", tmp / f"o{w}", key, workers=w, pattern=0), n)
             print(f"  default / --pattern none speed, workers={w}: {speeds[('protect', w)] / speeds[('nopattern', w)]:.2f}x")
+            # the default before the ROI threshold went from 5 % to 1 % lung probability (issue 17), same run
+            speeds[("threshold5", w)] = row(f"protect   workers={w} --roi-threshold 0.05",
+                                            batch("protect_paths", tmp / "in", tmp / f"t{w}", key, workers=w, roi_threshold=0.05), n)
+            print(f"  default / --roi-threshold 0.05 speed, workers={w}: {speeds[('protect', w)] / speeds[('threshold5', w)]:.2f}x")
             speeds[("generator", w)] = row(f"protect   workers={w} generator only",
                                            batch("protect_paths", tmp / "in", tmp / f"g{w}", key, workers=w, refine_steps=0), n)
             # the opt-in transfer stage (issue 16) beside the default, timed in the same run

@@ -497,3 +497,23 @@ def test_worker_pool_is_spawned_once_onnx_runtime_has_run(tmp_path, phantom_dir,
     rep = batch.protect_paths(phantom_dir, tmp_path / "out", load_key(key), workers=2)
     assert used == ["fork", "spawn"] and rep.count("protected") == 3
     assert invoke("verify", phantom_dir, tmp_path / "out", "--key", key).exit_code == 0
+
+
+def test_chunks_in_workers_write_the_files_one_process_writes(tmp_path, phantom_dir):
+    """With several CPU workers each worker runs whole chunks on its own networks: the --no-encrypt
+    files are byte for byte those of the single-process batch, the report names the same
+    provenance, and a bad models directory is the one-line error it is without workers."""
+    from toolkit import batch
+    from toolkit.settings import ProtectSettings
+
+    settings = ProtectSettings(batch_size=1)
+    one = batch.protect_paths(phantom_dir, tmp_path / "one", None, settings, workers=1)
+    two = batch.protect_paths(phantom_dir, tmp_path / "two", None, settings, workers=2)
+    assert one.count("protected") == two.count("protected") == 3
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.png"))}  # noqa: E731
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+    assert (two.mode, two.roi, two.eps, two.models, two.providers) == (one.mode, one.roi, one.eps, one.models, one.providers)
+    assert sorted(r.input for r in two.results) == sorted(r.input for r in one.results)
+    r = invoke("protect", phantom_dir, tmp_path / "bad", "--no-encrypt", "--models", tmp_path / "nowhere", "--workers", "2")
+    assert r.exit_code != 0 and "nowhere" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("*.png"))

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from toolkit.phantoms import chest_phantom  # noqa: E402
-from toolkit.protect import MODELS_DIR as MODELS  # noqa: E402
+from toolkit.protect import MODELS_DIR as MODELS, ROI_THRESHOLD  # noqa: E402
 
 
 def _folded(arch: str, seed: int):
@@ -293,14 +293,14 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     wide, narrow = (_json.loads((tmp_path / f"r{n}.json").read_text())["files"] for n in (6, 2))
     # a wider ROI margin leaves less of the image free to change
     assert all(w["roi_fraction"] > n["roi_fraction"] for w, n in zip(wide, narrow))
-    # the segmenter's own mask (probability 0.5) is inside the default ROI (probability 0.05)
+    # the segmenter's own mask (probability 0.5) is inside the default ROI (probability 0.01)
     rep = tmp_path / "own_mask.json"
     r = runner.invoke(app, ["protect", str(src), str(tmp_path / "own_mask"), "--no-encrypt", "--report", str(rep),
                             "--workers", "1", "--refine-steps", "0", "--roi-threshold", "0.5", "--on-uncertain-roi", "proceed"])
     assert r.exit_code == 0, r.output
     own = _json.loads(rep.read_text())
     assert "probability >= 0.5," in own["roi"] and "probability >= 0.5," in r.output
-    assert "probability >= 0.05," in _json.loads((tmp_path / "r2.json").read_text())["roi"]
+    assert f"probability >= {ROI_THRESHOLD:g}," in _json.loads((tmp_path / "r2.json").read_text())["roi"]
     assert all(o["roi_fraction"] <= d["roi_fraction"] for o, d in zip(own["files"], narrow))
     # each lung's convex hull contains the lung: never less ROI, and the rule says so
     rep = tmp_path / "convex.json"

@@ -77,15 +77,15 @@ def test_convex_roi_fills_a_missed_bite_but_not_the_gap_between_lungs():
 
 def test_roi_threshold_is_a_lung_probability():
     """Logits of a blob with a soft edge: a lower probability threshold widens the ROI to where the
-    segmenter hesitates (protect's default 0.05), never narrows it; 0.5 is the sign of the logit."""
+    segmenter hesitates (protect's default, 0.01), never narrows it; 0.5 is the sign of the logit."""
     from toolkit.masks import postprocess
 
     yy, xx = np.mgrid[:64, :64]
     logits = (6.0 - 0.5 * np.hypot(yy - 32, xx - 32)).astype(np.float32)  # p = 0.5 at radius 12
-    areas = [postprocess(logits, dilation=0, threshold=t).sum() for t in (0.5, 0.2, 0.05)]
+    areas = [postprocess(logits, dilation=0, threshold=t).sum() for t in (0.5, 0.2, 0.05, 0.01)]
     assert postprocess(logits, dilation=0, threshold=0.5).sum() == (logits > 0).sum()
-    assert areas[0] < areas[1] < areas[2]
-    assert (postprocess(logits, 0, threshold=0.05) >= postprocess(logits, 0, threshold=0.5)).all()
+    assert areas[0] < areas[1] < areas[2] < areas[3]
+    assert (postprocess(logits, 0, threshold=0.01) >= postprocess(logits, 0, threshold=0.5)).all()
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="probability"):
             postprocess(logits, threshold=bad)

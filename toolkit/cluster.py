@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ._quiet import quiet_stderr
-from .batch import BatchReport, FileResult, _chunks, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
+from .batch import BatchReport, FileResult, _chunks, describe, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
 from .settings import ProtectSettings
 
 RAY_HINT = "pip install 'medrae[ray]'"
@@ -131,8 +131,7 @@ class MedraeWorker:
         p = self.protector
         if self.error or p is None:
             return {"error": self.error, "node": self.node}
-        return {"error": None, "node": self.node, "providers": list(p.seg.get_providers()), "mode": p.mode,
-                "roi": p.roi_rule, "eps": p.eps, "models": dict(p.model_files)}
+        return {"error": None, "node": self.node, **describe(p)}
 
     def run(self, chunk: list[tuple[str, ...]]) -> list[FileResult]:
         job = self.job

@@ -113,8 +113,14 @@ def session(path: Path | str, device: str = "auto", threads: Optional[int] = Non
         if device == "cuda":
             raise RuntimeError(f"--device cuda: {note}")
         _once(note, logging.WARNING)
-    _once(f"onnxruntime providers: {', '.join(got)}")
+    log_providers(got)
     return sess
+
+
+def log_providers(got: Sequence[str]) -> None:
+    """Log the providers a session got, once per set and process (worker processes that build
+    their own sessions leave it to the main process: :func:`toolkit.batch.protect_paths`)."""
+    _once(f"onnxruntime providers: {', '.join(got)}")
 
 
 def file_sha256(path: Path | str) -> str:

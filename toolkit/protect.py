@@ -357,8 +357,11 @@ DEFAULT_SURROGATES = ("gradient_s_resnet10_128.onnx", "gradient_s_vgg11_150.onnx
 # is where it misses lung. On cxr3 val (benchmarks/probe_refine.py --all, ROI margin 4 px) true-lung pixels
 # fell outside the protected cells on 24.1 % of images at 50 % and 4.4 % at 5 %, for 3 points more
 # protected area (36.3 % of the image instead of 33.1 %); a 8 px margin at 50 % leaked on 6.3 %
-# with 41.1 % protected.
-ROI_THRESHOLD = 0.05
+# with 41.1 % protected. Since 2026-12-06 (eighth session) 1 %: the 5 % contour left the perturbation
+# 1-3 px into true lung on 2 cxr3/test X-rays that QC could not flag, and on 6 of val; at 1 % none on
+# test and 4 on val (benchmarks/probe_lungs.py), for ~1.5 points of white-box ASR (README, "The
+# lungs' promise"). Below 0.5 % the segmenter's output is its floor (at 0.1 % the ROI is 97 % of the image).
+ROI_THRESHOLD = 0.01
 # Each lung's convex hull (--roi-convex) covers most of what the segmenter misses (the leaks sit at
 # the cardiac border and the bases), but that is where the attack works best. cxr3 val, 270 images
 # (benchmarks/probe_refine.py --all [--roi-convex] [--roi-margin M] resnet18:1:0:0.05:2:40): images
