@@ -193,6 +193,36 @@ def test_killed_batch_resumes_to_identical_outputs(tmp_path):
     assert kills >= 1, "no run was killed mid-batch; lengthen the batch"
 
 
+def test_a_worker_that_dies_fails_its_file_and_the_batch_goes_on(tmp_path):
+    """A file whose worker process dies (SIGKILL here: what the OOM killer or a native crash does)
+    breaks the pool; the batch protects the files that were in flight again, one at a time, fails
+    only that file, with its reason, and writes every other one (each restores). Run in a fresh
+    process, so the pool forks with the file's killer in place."""
+    src = _tree(tmp_path, 6)
+    out = tmp_path / "out"
+    code = (
+        "import json, os, signal, sys; from pathlib import Path; from toolkit import batch\n"
+        "real = batch.protect_chunk\n"
+        "def deadly(protector, chunk, *a, **kw):\n"
+        "    if any(Path(s).name == 'p3.png' for s, _ in chunk):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(protector, chunk, *a, **kw)\n"
+        "batch.protect_chunk = deadly\n"
+        "rep = batch.protect_paths(Path(sys.argv[1]), Path(sys.argv[2]), None, workers=2, batch_size=2, refine_steps=0)\n"
+        "print(json.dumps(rep.to_json()))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(src), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    files = {Path(f["input"]).name: f for f in json.loads(run.stdout.strip().splitlines()[-1])["files"]}
+    assert sorted(files) == [f"p{s}.png" for s in range(6)]
+    assert files["p3.png"]["status"] == "failed" and "worker process died" in files["p3.png"]["reason"]
+    assert all(f["status"] in ("protected", "skipped") for name, f in files.items() if name != "p3.png"), files
+    written = _final_files(out)
+    assert sorted(f.name for f in written) == [f"p{s}.png" for s in range(6) if s != 3]
+    for f in written:  # every final file is complete and restores to its original (keyless)
+        original = read_image(src / f.relative_to(out)).pixels
+        assert np.array_equal(kernels.restore_array(read_image(f).pixels, None, 255), original)
+
+
 def _mount_tmpfs(path: Path, options: str) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False

@@ -6,7 +6,8 @@ bytes on their way to disk have been decoded again and restored, bit for bit, to
 resumes) unless ``overwrite``; inputs are never written. A file that fails gets a one-line reason
 and the batch goes on. On CPUs each of ``workers`` processes protects whole chunks of files with its
 own networks (as a Ray actor does); with CUDA, or with one worker, the networks run in the calling
-process, batched, and decoding, coding, embedding, checking and writing in the workers.
+process, batched, and decoding, coding, embedding, checking and writing in the workers. A file
+that kills its CPU worker fails alone; the others are protected (:func:`_protect_in_workers`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -425,29 +427,78 @@ def _protect_in_workers(todo: list, key: Optional[bytes], settings: ProtectSetti
     whole chunks, as a Ray actor does (:func:`protect_chunk`, the same files). Faster than one
     process inferring for all with every core: a network's threads scale less than linearly, and
     the refinement's batches shrink as images are fooled (270 cxr3 test X-rays, 2 cores, 2 workers:
-    README "Measured")."""
+    README "Measured").
+
+    A worker that dies (killed, out of memory, a crash in a native library) breaks the pool: the
+    files of the chunks in flight are then protected again one at a time, each alone in a fresh
+    pool, so the file that kills its worker fails with its reason and the batch goes on."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    chunks = ([(str(s), str(d)) for s, d in chunk] for chunk in _chunks(todo, settings.batch_size))
-    with executor(workers) as pool:
-        about = pool.submit(_describe_in_worker, settings, threads).result() if todo else {}  # a bad --models fails here, once
-        if about:
-            ort.log_providers(about["providers"])
-        running: set = set()
-
-        def submit() -> None:  # one chunk per worker at a time: an interrupted batch stops after the chunks it is on
-            chunk = next(chunks, None)
-            if chunk is not None:
-                running.add(pool.submit(_chunk_in_worker, chunk, key, settings, overwrite, threads))
-
-        for _ in range(workers):
-            submit()
-        while running:
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            for f in finished:
-                for r in f.result():
-                    done(r)
-                submit()
+    queue = [[(str(s), str(d)) for s, d in chunk] for chunk in _chunks(todo, settings.batch_size)][::-1]
+    suspects: list = []  # files whose chunk's worker died: each is redone alone
+    about: dict = {}
+    while queue or suspects:
+        with executor(workers) as pool:
+            if not about and todo:
+                about = pool.submit(_describe_in_worker, settings, threads).result()  # a bad --models fails here, once
+                ort.log_providers(about["providers"])
+            try:
+                while suspects:
+                    pair = suspects[-1]
+                    future = pool.submit(_chunk_in_worker, [pair], key, settings, overwrite, threads)
+                    try:
+                        rows = future.result()
+                    except BrokenProcessPool:
+                        suspects.pop()
+                        done(FileResult(pair[0], pair[1], "failed", "the worker process died protecting this file, alone, twice "
+                                                                    "(killed, out of memory or a crash in a native library); not written"))
+                        raise
+                    suspects.pop()
+                    for r in rows:
+                        done(r)
+                _run_chunks(pool, queue, workers, lambda chunk: pool.submit(_chunk_in_worker, chunk, key, settings, overwrite, threads),
+                            done, suspects)
+            except BrokenProcessPool:
+                continue  # a fresh pool for what is left
     return _protect_report(command, results, time.perf_counter() - t0, about)
+
+
+def _run_chunks(pool: Executor, queue: list, workers: int, submit_chunk: Callable, done: Callable[[FileResult], None],
+                suspects: list) -> None:
+    """Run the chunks of ``queue`` (popped from its end), one per worker at a time, so an interrupted
+    batch stops after the chunks it is on. If a worker dies, the files of every chunk in flight go
+    to ``suspects`` and :class:`BrokenProcessPool` is raised."""
+    running: dict = {}  # future -> chunk
+
+    def submit() -> None:
+        if queue:
+            chunk = queue.pop()
+            running[submit_chunk(chunk)] = chunk
+
+    for _ in range(workers):
+        submit()
+    while running:
+        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        broken = False
+        for f in finished:
+            chunk = running.pop(f)
+            try:
+                rows = f.result()
+            except BrokenProcessPool:
+                suspects.extend(chunk[::-1])
+                broken = True
+                continue
+            for r in rows:
+                done(r)
+            if not broken:
+                submit()
+        if broken:
+            for f, chunk in running.items():  # the others die with the pool, unless they just finished
+                if f.done() and not isinstance(f.exception(), BrokenProcessPool):
+                    for r in f.result():
+                        done(r)
+                else:
+                    suspects.extend(chunk[::-1])
+            raise BrokenProcessPool("a worker process died")
 
 
 _worker_protectors: dict = {}  # in a worker process: ProtectSettings -> its Protector, made on first use
