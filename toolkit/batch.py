@@ -455,15 +455,14 @@ def _protect_in_workers(todo: list, key: Optional[bytes], settings: ProtectSetti
                     suspects.pop()
                     for r in rows:
                         done(r)
-                _run_chunks(pool, queue, workers, lambda chunk: pool.submit(_chunk_in_worker, chunk, key, settings, overwrite, threads),
+                _run_chunks(queue, workers, lambda chunk: pool.submit(_chunk_in_worker, chunk, key, settings, overwrite, threads),
                             done, suspects)
             except BrokenProcessPool:
                 continue  # a fresh pool for what is left
     return _protect_report(command, results, time.perf_counter() - t0, about)
 
 
-def _run_chunks(pool: Executor, queue: list, workers: int, submit_chunk: Callable, done: Callable[[FileResult], None],
-                suspects: list) -> None:
+def _run_chunks(queue: list, workers: int, submit_chunk: Callable, done: Callable[[FileResult], None], suspects: list) -> None:
     """Run the chunks of ``queue`` (popped from its end), one per worker at a time, so an interrupted
     batch stops after the chunks it is on. If a worker dies, the files of every chunk in flight go
     to ``suspects`` and :class:`BrokenProcessPool` is raised."""
