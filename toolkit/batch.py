@@ -441,25 +441,28 @@ def _protect_in_workers(todo: list, key: Optional[bytes], settings: ProtectSetti
             if not about and todo:
                 about = pool.submit(_describe_in_worker, settings, threads).result()  # a bad --models fails here, once
                 ort.log_providers(about["providers"])
+            submit_chunk = lambda chunk: pool.submit(_chunk_in_worker, chunk, key, settings, overwrite, threads)  # noqa: E731
             try:
-                while suspects:
-                    pair = suspects[-1]
-                    future = pool.submit(_chunk_in_worker, [pair], key, settings, overwrite, threads)
-                    try:
-                        rows = future.result()
-                    except BrokenProcessPool:
-                        suspects.pop()
-                        done(FileResult(pair[0], pair[1], "failed", "the worker process died protecting this file, alone, twice "
-                                                                    "(killed, out of memory or a crash in a native library); not written"))
-                        raise
-                    suspects.pop()
-                    for r in rows:
-                        done(r)
-                _run_chunks(queue, workers, lambda chunk: pool.submit(_chunk_in_worker, chunk, key, settings, overwrite, threads),
-                            done, suspects)
+                _redo_alone(suspects, submit_chunk, done)
+                _run_chunks(queue, workers, submit_chunk, done, suspects)
             except BrokenProcessPool:
                 continue  # a fresh pool for what is left
     return _protect_report(command, results, time.perf_counter() - t0, about)
+
+
+def _redo_alone(suspects: list, submit_chunk: Callable, done: Callable[[FileResult], None]) -> None:
+    """Protect the ``suspects`` (popped from the end) one file at a time; the file whose worker dies
+    alone fails with its reason, and :class:`BrokenProcessPool` is raised (the pool is gone)."""
+    while suspects:
+        src, dst = suspects.pop()
+        try:
+            rows = submit_chunk([(src, dst)]).result()
+        except BrokenProcessPool:
+            done(FileResult(src, dst, "failed", "the worker process died protecting this file, alone, twice "
+                                                "(killed, out of memory or a crash in a native library); not written"))
+            raise
+        for r in rows:
+            done(r)
 
 
 def _run_chunks(queue: list, workers: int, submit_chunk: Callable, done: Callable[[FileResult], None], suspects: list) -> None:
