@@ -6,7 +6,7 @@ fool an ensemble of surrogate classifiers (issue 16: protection that reaches mod
 
 A class-conditional universal adversarial perturbation (Moosavi-Dezfooli et al. 2017; per-class, as
 in Hirano & Takemoto 2020 for medical images): ``P[c]`` is a 56x56 grid of 4x4-pixel cells on the
-224x224 view, in integer levels ``-eps..eps``. protect adds ``P[c]`` (``c``: the white-box
+224x224 view (``--cell 8``: 28x28 cells of 8x8, lower frequency; protect and the codec map any grid that divides 112), in integer levels ``-eps..eps``. protect adds ``P[c]`` (``c``: the white-box
 classifier's prediction) on every cell outside the ROI, then its sparse refinement fools the white
 box from there. Universal patterns transfer to unseen classifiers as well as per-image attacks on
 the same surrogates do here (README "Transfer to unseen models"), and because the pattern ships
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SHIPPED_SURROGATES = ("classifier_resnet18", "classifier_vgg16_small", "classifier_vgg16_small_cbam_pruned", "classifier_vgg16_small_advtrained")
-GRID = 56  # cells per side on the 224x224 view (4 px each)
+CELL = 4  # px per pattern cell on the 224x224 view (56x56 cells; --cell 8: 28x28)
 
 
 class _Pixels(nn.Module):
@@ -129,11 +129,11 @@ def protect_rois(images: np.ndarray, models_dir: Path) -> np.ndarray:
     return np.concatenate([prot.segment(images[i : i + 32]).rois for i in range(0, len(images), 32)])
 
 
-def free_cells(rois: np.ndarray) -> np.ndarray:
-    """(N, 224, 224) ROI -> (N, 1, 224, 224) float: 1 on every 4x4 cell the ROI does not touch."""
-    n = len(rois)
-    touched = rois.reshape(n, GRID, 4, GRID, 4).any(axis=(2, 4))
-    return np.repeat(np.repeat(~touched, 4, 1), 4, 2)[:, None].astype(np.float32)
+def free_cells(rois: np.ndarray, cell: int = CELL) -> np.ndarray:
+    """(N, 224, 224) ROI -> (N, 1, 224, 224) float: 1 on every ``cell``-pixel cell the ROI does not touch."""
+    n, g = len(rois), 224 // cell
+    touched = rois.reshape(n, g, cell, g, cell).any(axis=(2, 4))
+    return np.repeat(np.repeat(~touched, cell, 1), cell, 2)[:, None].astype(np.float32)
 
 
 def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -153,6 +153,8 @@ def train(args: argparse.Namespace) -> dict:
     from .train import seed_everything
     from .train_generator import ssim_torch
 
+    if args.cell % 2 or 224 % args.cell:  # the pattern's grid (224 / cell) must divide the refinement's 112 cells
+        raise SystemExit(f"--cell must be an even divisor of 224 (2, 4, 8, 14, 16, ...), got {args.cell}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -172,8 +174,8 @@ def train(args: argparse.Namespace) -> dict:
     rois = np.load(cache)
     X = torch.from_numpy(tr.images[:, None].astype(np.float32))
     Y = torch.from_numpy(tr.labels)
-    free = torch.from_numpy(free_cells(rois))
-    pattern = torch.zeros(len(tr.classes), 1, GRID, GRID, requires_grad=True)
+    free = torch.from_numpy(free_cells(rois, args.cell))
+    pattern = torch.zeros(len(tr.classes), 1, 224 // args.cell, 224 // args.cell, requires_grad=True)
     opt = torch.optim.Adam([pattern], lr=args.lr)
     start, history = 0, []
     ckpt = out / "last.pt"
@@ -192,7 +194,7 @@ def train(args: argparse.Namespace) -> dict:
         for i in range(0, len(perm), args.batch):
             b = perm[i : i + args.batch]
             x, y = X[b], Y[b]
-            delta = F.interpolate(pattern.clamp(-args.eps, args.eps), scale_factor=4, mode="nearest")[y] * free[b]
+            delta = F.interpolate(pattern.clamp(-args.eps, args.eps), scale_factor=args.cell, mode="nearest")[y] * free[b]
             adv = x + delta
             adv = adv + (adv.clamp(0, 255) - adv).detach()  # clipping, straight-through
             loss_adv = 0.0
@@ -224,7 +226,7 @@ def train(args: argparse.Namespace) -> dict:
     grid = np.round(pattern.detach().clamp(-args.eps, args.eps).numpy()[:, 0]).astype(np.int8)
     np.save(out / "pattern.npy", grid)
     result = {"command": "python -m models.train_pattern " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "surrogates": names,
-              "classes": list(tr.classes), "history": history, "eps": args.eps, "grid": GRID}
+              "classes": list(tr.classes), "history": history, "eps": args.eps, "grid": 224 // args.cell, "cell": args.cell}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if args.install:
         install(out / "pattern.npy", Path(args.install), result)
@@ -237,7 +239,7 @@ def install(pattern_file: Path, dest: Path, result: dict) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     np.save(dest.with_suffix(".npy"), grid)
     card = {"file": dest.with_suffix(".npy").name, "sha256": hashlib.sha256(np.ascontiguousarray(grid).tobytes()).hexdigest(),
-            "shape": list(grid.shape), "dtype": "int8", "cell_px_on_224_view": 4, "classes": result["classes"], "eps": result["eps"],
+            "shape": list(grid.shape), "dtype": "int8", "cell_px_on_224_view": result.get("cell", CELL), "classes": result["classes"], "eps": result["eps"],
             "training": {"command": result["command"], "surrogates": result["surrogates"], "history": result["history"]}}
     dest.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return dest.with_suffix(".npy")
@@ -251,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pattern")
     p.add_argument("--install", default="", help="also write the pattern and its card here (e.g. kernels/patterns/cxr3_v1)")
     p.add_argument("--eps", type=float, default=8.0)
+    p.add_argument("--cell", type=int, default=CELL, help="pattern cell side in px of the 224x224 view (4: 56x56 cells; 8: coarser, lower frequency)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.5)

@@ -94,6 +94,35 @@ def test_pattern_on_a_deep_inverted_image_restores(protector, views, monochrome1
     assert np.array_equal(kernels.restore_array(marked, key, 4095), pixels)
 
 
+def test_a_coarser_pattern_lays_whole_cells_and_restores(views, tmp_path, monkeypatch):
+    """A pattern on 8-pixel cells (28x28, ``models.train_pattern --cell 8``): each of its cells covers
+    4x4 cells of the refinement's 112-cell grid, the codec rebuilds it the same way, and every file
+    restores bit for bit."""
+    import hashlib
+
+    from kernels import patterns
+
+    arr = np.random.default_rng(3).integers(-8, 9, (3, 28, 28)).astype(np.int8)
+    np.save(tmp_path / "coarse_v0.npy", arr)
+    monkeypatch.setattr(patterns, "PATTERN_DIR", tmp_path)
+    monkeypatch.setitem(patterns.PATTERNS, 251, ("coarse_v0", hashlib.sha256(arr.tobytes()).hexdigest()))
+    patterns.load.cache_clear()
+    try:
+        # one refinement step: a random pattern fools nothing, and 40 steps would move most covered cells
+        prot = Protector(device="cpu", on_uncertain_roi="proceed", pattern=251, refine_steps=1)
+        a = prot.analyse(views)
+        key = bytes(range(32))
+        for k, x in enumerate(views):
+            use = a.pattern(k)
+            values = on_grid(251, use.cls, (112, 112))
+            assert np.array_equal(values, np.repeat(np.repeat(arr[use.cls], 4, 0), 4, 1))
+            assert use.cover.any() and (a.grids[k][use.cover] == values[use.cover]).mean() > 0.8
+            marked, info, plan, *_ = protect_with_fallback(Image(x, 255, "png"), a.rois[k], a.grids[k], 8, key, guard=a.guards[k], pattern=use)
+            assert np.array_equal(kernels.restore_array(marked, key), x)
+    finally:
+        patterns.load.cache_clear()
+
+
 def test_pattern_options(views):
     assert Protector(device="cpu", refine_steps=0).pattern_id == 0  # the generator alone: no pattern
     with pytest.raises(ValueError, match="needs the gradient refinement"):
