@@ -240,6 +240,48 @@ def _run_protect(src: Path, out: Path, key: bytes):
     return protect_paths(src, out, key, workers=1)
 
 
+def _fake_pool(outcomes: list):
+    """``submit_chunk`` for :func:`toolkit.batch._run_chunks` without processes: each call takes the
+    next outcome: rows (a finished chunk), a BrokenProcessPool (its worker died), or "refused"
+    (the pool broke before the submission: ``submit`` raises)."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    def submit_chunk(chunk):
+        outcome = outcomes.pop(0)
+        if outcome == "refused":
+            raise BrokenProcessPool("pool broken")
+        f = Future()
+        f.set_exception(outcome) if isinstance(outcome, BaseException) else f.set_result([(chunk, outcome)])
+        return f
+
+    return submit_chunk
+
+
+@pytest.mark.parametrize("order", ["finished first", "broken first"])
+def test_no_chunk_is_lost_when_the_pool_breaks_between_chunks(order):
+    """A worker dies while another chunk finishes: the dead chunk's files become suspects and the
+    chunk not yet started stays queued, whatever order the two come back in; and a chunk the broken
+    pool refuses at submission stays queued too (the files were once dropped there, unreported)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from toolkit.batch import _run_chunks
+
+    chunks = [[("a1", "A1"), ("a2", "A2")], [("b1", "B1")], [("c1", "C1")]]
+    died = BrokenProcessPool("worker died")
+    outcomes = ["ok", died] if order == "finished first" else [died, "ok"]
+    queue, suspects, seen = chunks[::-1], [], []
+    with pytest.raises(BrokenProcessPool):
+        _run_chunks(queue, 2, _fake_pool(outcomes + ["refused"]), seen.append, suspects)
+    ok, dead = (chunks[0], chunks[1]) if order == "finished first" else (chunks[1], chunks[0])
+    assert seen == [(ok, "ok")] and suspects == dead[::-1] and queue == [chunks[2]]
+    # one worker: its chunk finishes, then the pool refuses the next one
+    queue, suspects, seen = chunks[::-1], [], []
+    with pytest.raises(BrokenProcessPool):
+        _run_chunks(queue, 1, _fake_pool(["ok", "refused"]), seen.append, suspects)
+    assert seen == [(chunks[0], "ok")] and suspects == [] and queue == chunks[1:][::-1]
+
+
 def test_read_only_output_directory(tmp_path):
     """Nothing can be written: each file fails with a one-line reason naming it; nothing appears."""
     src = _tree(tmp_path, 2)

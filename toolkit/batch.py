@@ -468,20 +468,32 @@ def _redo_alone(suspects: list, submit_chunk: Callable, done: Callable[[FileResu
 def _run_chunks(queue: list, workers: int, submit_chunk: Callable, done: Callable[[FileResult], None], suspects: list) -> None:
     """Run the chunks of ``queue`` (popped from its end), one per worker at a time, so an interrupted
     batch stops after the chunks it is on. If a worker dies, the files of every chunk in flight go
-    to ``suspects`` and :class:`BrokenProcessPool` is raised."""
+    to ``suspects``, the chunks not yet started stay in ``queue``, and :class:`BrokenProcessPool` is raised."""
     running: dict = {}  # future -> chunk
+
+    def broke() -> None:
+        for f, chunk in running.items():  # the others die with the pool, unless they just finished
+            if f.done() and not isinstance(f.exception(), BrokenProcessPool):
+                for r in f.result():
+                    done(r)
+            else:
+                suspects.extend(chunk[::-1])
+        raise BrokenProcessPool("a worker process died")
 
     def submit() -> None:
         if queue:
-            chunk = queue.pop()
-            running[submit_chunk(chunk)] = chunk
+            try:
+                future = submit_chunk(queue[-1])
+            except BrokenProcessPool:  # the pool broke since the last wait: the chunk stays queued
+                broke()
+            running[future] = queue.pop()
 
     for _ in range(workers):
         submit()
     while running:
         finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
         broken = False
-        for f in finished:
+        for f in finished:  # every finished chunk first: a broken one must reach ``suspects`` before anything is submitted
             chunk = running.pop(f)
             try:
                 rows = f.result()
@@ -491,16 +503,10 @@ def _run_chunks(queue: list, workers: int, submit_chunk: Callable, done: Callabl
                 continue
             for r in rows:
                 done(r)
-            if not broken:
-                submit()
         if broken:
-            for f, chunk in running.items():  # the others die with the pool, unless they just finished
-                if f.done() and not isinstance(f.exception(), BrokenProcessPool):
-                    for r in f.result():
-                        done(r)
-                else:
-                    suspects.extend(chunk[::-1])
-            raise BrokenProcessPool("a worker process died")
+            broke()
+        for _ in finished:
+            submit()
 
 
 _worker_protectors: dict = {}  # in a worker process: ProtectSettings -> its Protector, made on first use
