@@ -423,7 +423,7 @@ def train_zoo(data: Path | str, out: Path | str, only: list[str] | None = None, 
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the zoo (resumable, seeded)")
@@ -446,19 +446,24 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
+    names = (args.only or []) if args.cmd == "train" else args.names if args.cmd == "lgv" else [args.name] if args.cmd == "export-gradient" else []
+    unknown = [n for n in names if n not in {m.name for m in ZOO}]
+    if unknown:  # before anything is trained or written
+        print(f"error: unknown zoo member {unknown[0]!r}; choose one of {', '.join(m.name for m in ZOO)}", file=sys.stderr)
+        return 2
     if args.cmd == "lgv":
         for name in args.names:
             r = collect_lgv(args.zoo, name, args.data, args.epochs, args.per_epoch, args.lr, seed=args.seed, log=lambda s: print(s, flush=True))
             print(f"{name}: {len(r['history'])} LGV weights, val accuracy {min(h['val_acc'] for h in r['history']):.3f}-"
                   f"{max(h['val_acc'] for h in r['history']):.3f}", flush=True)
-        return
+        return 0
     if args.cmd == "export-gradient":
         print(json.dumps(export_gradient(args.zoo, args.name, args.out, args.data), indent=1))
-        return
+        return 0
     if args.cmd == "list":
         for m in ZOO:
             print(f"{m.role:9s} {m.name:26s} {m.family:10s} {m.arch:16s} {m.size:4d} {m.prep}")
-        return
+        return 0
     train_zoo(args.data, args.out, args.only, args.threads)
 
 

@@ -256,6 +256,21 @@ def test_medrae_train_zoo_forwards_to_the_zoo_trainer(capsys):
     assert all(m.name in listed for m in zoo.ZOO) and listed.count("target") == len(zoo.members("target"))
 
 
+def test_an_unknown_zoo_member_is_one_line_and_trains_nothing(tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out = tmp_path / "zoo"
+    r = CliRunner().invoke(app, ["train", "zoo", "--data", str(tmp_path), "--out", str(out), "--only", "t_densenet_128"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert "unknown zoo member 't_densenet_128'" in lines[0] and "t_densenet_128_histeq" in lines[0]
+    assert zoo.main(["lgv", "nope", "--zoo", str(out), "--data", str(tmp_path)]) == 2
+    assert "unknown zoo member 'nope'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_skip_gradient_scales_the_residual_branch_and_keeps_the_forward():
     from models import train_pattern
     from models.classifiers import BasicBlock
