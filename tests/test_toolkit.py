@@ -165,6 +165,26 @@ def test_session_threads_setting():
     finally:
         ort.set_threads(before)
 
+def test_a_quiet_worker_logs_no_providers_but_everything_else(tiny_models, monkeypatch, caplog):
+    """A worker process (``toolkit.batch``) leaves the providers line to its main process, and only
+    that line: its warnings and other messages still reach the log."""
+    import logging
+
+    from toolkit import ort
+
+    monkeypatch.setattr(ort, "_logged", set())
+    monkeypatch.setattr(ort, "_announce", True)
+    with caplog.at_level(logging.INFO, logger="medrae"):
+        ort.session(tiny_models / "segmenter.onnx", "cpu")
+        assert [r.getMessage() for r in caplog.records] == ["onnxruntime providers: CPUExecutionProvider"]
+        caplog.clear()
+        monkeypatch.setattr(ort, "_logged", set())
+        ort.quiet_providers()
+        ort.session(tiny_models / "segmenter.onnx", "cpu")
+        ort._once("another message", logging.INFO)
+        assert [r.getMessage() for r in caplog.records] == ["another message"]
+
+
 def test_protect_on_onnx_models(tiny_models):
     import kernels
     from toolkit.protect import Protector

@@ -11,7 +11,6 @@ that kills its CPU worker fails alone; the others are protected (:func:`_protect
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import time
@@ -515,7 +514,7 @@ _worker_protectors: dict = {}  # in a worker process: ProtectSettings -> its Pro
 def _worker_protector(settings: ProtectSettings, threads: int):
     if settings not in _worker_protectors:
         ort.set_threads(threads)
-        logging.getLogger("medrae").setLevel(logging.WARNING)  # its providers: the main process logs them once
+        ort.quiet_providers()  # the main process logs them once
         _worker_protectors[settings] = settings.protector()
     return _worker_protectors[settings]
 

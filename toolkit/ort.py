@@ -19,6 +19,7 @@ _logged: set[str] = set()
 _started = False  # a session (and so its thread pools) has existed in this process
 _threads = 0  # intra-op threads of new sessions (0: ONNX Runtime's choice, one per physical core)
 _runtimes_checked = False  # the installed runtime packages were looked up (once per process, not per session)
+_announce = True  # log the providers sessions get (False in a worker process: its main process logs them)
 
 
 def sessions_started() -> bool:
@@ -118,9 +119,17 @@ def session(path: Path | str, device: str = "auto", threads: Optional[int] = Non
 
 
 def log_providers(got: Sequence[str]) -> None:
-    """Log the providers a session got, once per set and process (worker processes that build
-    their own sessions leave it to the main process: :func:`toolkit.batch.protect_paths`)."""
-    _once(f"onnxruntime providers: {', '.join(got)}")
+    """Log the providers a session got, once per set and process, unless :func:`quiet_providers`."""
+    if _announce:
+        _once(f"onnxruntime providers: {', '.join(got)}")
+
+
+def quiet_providers() -> None:
+    """Stop logging the providers in this process: a worker process that builds its own sessions
+    leaves that line to the main process, which logs what the workers got once
+    (:func:`toolkit.batch.protect_paths`); every other message still reaches the log."""
+    global _announce
+    _announce = False
 
 
 def file_sha256(path: Path | str) -> str:
