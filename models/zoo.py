@@ -446,10 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
-    names = (args.only or []) if args.cmd == "train" else args.names if args.cmd == "lgv" else [args.name] if args.cmd == "export-gradient" else []
-    unknown = [n for n in names if n not in {m.name for m in ZOO}]
-    if unknown:  # before anything is trained or written
-        print(f"error: unknown zoo member {unknown[0]!r}; choose one of {', '.join(m.name for m in ZOO)}", file=sys.stderr)
+    names = {"train": getattr(args, "only", None) or [], "lgv": getattr(args, "names", []), "export-gradient": [getattr(args, "name", "")]}.get(args.cmd, [])
+    try:  # every member name is checked before anything is trained or written
+        for name in names:
+            member(name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.cmd == "lgv":
         for name in args.names:
@@ -465,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.role:9s} {m.name:26s} {m.family:10s} {m.arch:16s} {m.size:4d} {m.prep}")
         return 0
     train_zoo(args.data, args.out, args.only, args.threads)
+    return 0
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ def test_session_threads_setting():
     finally:
         ort.set_threads(before)
 
+
 def test_a_quiet_worker_logs_no_providers_but_everything_else(tiny_models, monkeypatch, caplog):
     """A worker process (``toolkit.batch``) leaves the providers line to its main process, and only
     that line: its warnings and other messages still reach the log."""
