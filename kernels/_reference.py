@@ -80,11 +80,11 @@ class NumpyPEE(RhombusPEE):
         unset = (T < 0) | (need == 0)  # no prefix (or an empty one): nothing to cost
         return cap, T, np.where(unset, 0, base), np.where(unset, 0, cost), np.where(unset, 0, maps)
 
-    def try_embed(self, state, content):
+    def try_embed(self, state, content, exclude=frozenset()):
         work, idx, pred, key, maxv, _ = state
         need = int(content.size)
         _, T, base, cost, _ = self._plan(state, need)
-        fits = np.flatnonzero(T >= 0)
+        fits = np.flatnonzero((T >= 0) & self._allowed(exclude))
         if fits.size == 0:
             return None
         q = int(fits[np.argmin(cost[fits])])
@@ -130,9 +130,9 @@ class NumpyPEE(RhombusPEE):
 REFERENCE = NumpyPEE()
 
 
-def embed(image: np.ndarray, payload: bytes, frozen: np.ndarray | None = None) -> np.ndarray:
+def embed(image: np.ndarray, payload: bytes, frozen: np.ndarray | None = None, open_first: bool = False) -> np.ndarray:
     """:func:`kernels.embed` with ``method="pee"`` on the NumPy reference kernels."""
-    return _run_embed(image, np.unpackbits(np.frombuffer(payload, np.uint8)), REFERENCE, frozen=frozen)[0]
+    return _run_embed(image, np.unpackbits(np.frombuffer(payload, np.uint8)), REFERENCE, frozen=frozen, open_first=open_first)[0]
 
 
 def extract(marked: np.ndarray) -> tuple[np.ndarray, bytes]:

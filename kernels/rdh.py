@@ -137,6 +137,7 @@ class _Layout(NamedTuple):
     open_reserved: Optional[np.ndarray] = None  # the first group's mask when it may use the region (reserved run only)
     band: Optional[np.ndarray] = None  # (H, W) bool: the band's pixels, open to the first group only (None: no band)
     later_reserved: Optional[np.ndarray] = None  # the mask of the passes after the first group when there is a band
+    one_step: Optional[np.ndarray] = None  # embedder only: flat indices of the caller's region when the first group may use it
 
     def reserved_for(self, k: int, group: int) -> np.ndarray:
         """The ``reserved`` mask of pass ``k``."""
@@ -166,7 +167,11 @@ def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray], open_first: bo
             raise CapacityError(f"the frozen region's block map ({code.size} bits) does not fit in the image border", count, 0)
         block *= 2
     head = struct.pack(">HH", band << BLOCK_BITS | block, code.size)
-    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first, band)
+    layout = _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first, band)
+    # the caller's own pixels, not the whole blocks nor the band: a pixel at black or white there is no lung
+    # a segmenter missed, and holding the blocks to one step too refit 42 instead of 17 of cxr3/test's 270
+    # without the pattern (the band too: 105 instead of 25 lost the band)
+    return layout._replace(one_step=np.flatnonzero(frozen)) if open_first else layout
 
 
 def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
@@ -243,13 +248,19 @@ class RDHMethod:
         """Per-pass state for pass ``k`` of the current image."""
         raise NotImplementedError
 
-    def capacity(self, state) -> int:
-        """Largest content (bits) this pass can carry."""
+    def capacity(self, state, exclude: frozenset = frozenset()) -> int:
+        """Largest content (bits) this pass can carry (without the ``exclude``d choices)."""
         raise NotImplementedError
 
-    def try_embed(self, state, content: np.ndarray) -> Optional[PassRecord]:
-        """Embed ``content`` in this pass, or return None (image untouched) if it does not fit."""
+    def try_embed(self, state, content: np.ndarray, exclude: frozenset = frozenset()) -> Optional[PassRecord]:
+        """Embed ``content`` in this pass, or return None (image untouched) if it does not fit.
+        ``exclude``: :meth:`choice` values of earlier tries this pass may not make again."""
         raise NotImplementedError
+
+    def choice(self, rec: PassRecord):
+        """What the embedder chose for a pass that another try could choose differently (PEE: its
+        bin pair); None: nothing else to try (HS moves a pixel by one step at most anyway)."""
+        return None
 
     def finish_early(self, state, final_bits: int, share_bits: int, left_in_group: int) -> bool:
         """Whether ending the group in this pass (``final_bits``) distorts less than sharing."""
@@ -283,10 +294,10 @@ class HistogramShift(RDHMethod):
         cap = int(hist[a]) - lm.size if z >= 0 else 0
         return work, reserved, a, z, lm, max(cap, 0)
 
-    def capacity(self, state):
+    def capacity(self, state, exclude=frozenset()):
         return state[-1]
 
-    def try_embed(self, state, content):
+    def try_embed(self, state, content, exclude=frozenset()):
         work, reserved, a, z, lm, cap = state
         if z < 0 or content.size > cap:
             return None
@@ -359,8 +370,12 @@ class RhombusPEE(RDHMethod):
             plans[need] = jit.pee_plan(state.hist, self.N_PAIRS, need, state.used)
         return plans[need]
 
-    def capacity(self, state):
-        return int(self._plan(state, np.int64(1) << 62)[0].max())
+    def _allowed(self, exclude) -> np.ndarray:
+        """(N_PAIRS,) bool: the bin pairs whose lower bin is not in ``exclude``."""
+        return ~np.isin(self.A_MIN + np.arange(self.N_PAIRS), list(exclude))
+
+    def capacity(self, state, exclude=frozenset()):
+        return int(self._plan(state, np.int64(1) << 62)[0][self._allowed(exclude)].max(initial=0))
 
     def finish_early(self, state, final_bits, share_bits, left_in_group):
         # expected distortion of one pass holding everything vs. the even share in each pass
@@ -372,10 +387,13 @@ class RhombusPEE(RDHMethod):
             return True
         return int(c1[t1 >= 0].min()) <= left_in_group * int(c2[t2 >= 0].min())
 
-    def try_embed(self, state, content):
+    def choice(self, rec):
+        return rec.p2 - 32768  # the lower bin of the pair
+
+    def try_embed(self, state, content, exclude=frozenset()):
         need = int(content.size)
         _, T, base, cost, maps = self._plan(state, need)
-        fits = np.flatnonzero(T >= 0)
+        fits = np.flatnonzero((T >= 0) & self._allowed(exclude))
         if fits.size == 0:
             return None
         q = int(fits[np.argmin(cost[fits])])
@@ -489,6 +507,26 @@ def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: 
     raise error
 
 
+def _try_one_step(method: RDHMethod, state, content: np.ndarray, work: np.ndarray, watch: Optional[np.ndarray],
+                  excluded: set) -> Optional[PassRecord]:
+    """``method.try_embed``; where ``watch`` (flat indices: the region a first-group pass may use)
+    is given, a try that moves a watched pixel by more than one step (PEE: a pixel at 0 or the
+    ceiling, moved in first, then expanded outwards) is undone and the pass tried again with another
+    choice (bin pair), so that the region moves by one step at most; None if none is left. The choices
+    found to do so are added to ``excluded`` (the pass's: its capacity is then asked without them)."""
+    if watch is None:
+        return method.try_embed(state, content)
+    saved = work.copy()
+    while True:
+        rec = method.try_embed(state, content, frozenset(excluded))
+        if rec is None or np.abs(work[watch] - saved[watch]).max(initial=0) <= 1:
+            return rec
+        work[:] = saved
+        if method.choice(rec) is None:
+            return None
+        excluded.add(method.choice(rec))
+
+
 def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int, layout: _Layout) -> tuple[np.ndarray, int]:
     shape = image.shape
     full = image.astype(np.int32).ravel()  # a copy: the input is never written
@@ -499,14 +537,17 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
     total = data.size
     pos = 0
     head = np.empty(0, np.uint8)  # record of the previous pass
+    watched = layout.one_step
     for k in range(MAX_PASSES):
         state = method.begin(work, layout.reserved_for(k, method.group), shape, k, maxv)
+        watch = watched if k < method.group else None  # later passes keep out of the region
+        excluded: set = set()
         left_in_group = method.group - (k % method.group)
         final_bits = res_idx.size + head.size + (total - pos)
         # an even share of what is left over the rest of the group (each later pass adds a record)
         share_bits = -(-(final_bits + RECORD_BITS * (left_in_group - 1)) // left_in_group)
         if left_in_group == 1 or method.finish_early(state, final_bits, share_bits, left_in_group):
-            rec = method.try_embed(state, np.concatenate([lsbs, head, data[pos:]]))
+            rec = _try_one_step(method, state, np.concatenate([lsbs, head, data[pos:]]), work, watch, excluded)
             if rec is not None:
                 if s:
                     work = (work << s) | (full & ((1 << s) - 1))
@@ -514,14 +555,16 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
                 return work.reshape(shape).astype(image.dtype), k + 1
         target = method.capacity(state) if left_in_group == 1 else share_bits
         rec = None
-        for _ in range(2):
+        tried = set()
+        while target not in tried:  # the even share, then the pass filled (again for each choice the region excludes)
+            tried.add(target)
             chunk = max(0, min(total - pos, target - head.size))
             if chunk == 0 and left_in_group == 1:
                 break  # a further pass could only carry its own header
-            rec = method.try_embed(state, np.concatenate([head, data[pos : pos + chunk]]))
+            rec = _try_one_step(method, state, np.concatenate([head, data[pos : pos + chunk]]), work, watch, excluded)
             if rec is not None:
                 break
-            target = method.capacity(state)  # the even share did not fit: fill this pass
+            target = method.capacity(state, frozenset(excluded))  # the even share did not fit: fill this pass
         if rec is None:
             raise CapacityError(
                 f"payload of {total} bits does not fit with RDH method {method.name!r} "
@@ -555,8 +598,9 @@ def embed(image: np.ndarray, payload: bytes, method: Optional[str] = None, ceili
         border, so :func:`extract` needs nothing); only reserved border pixels' LSBs may change.
     open_first : bool
         With ``frozen``: the first group of passes (PEE: both rhombus sets; HS: one pass) may use
-        the region too, changing each of its pixels by at most one level (of ``x >> s`` for 16-bit);
-        later passes keep out of it. More capacity at a bounded cost to the region.
+        the region too, changing each pixel of ``frozen`` by at most one level (of ``x >> s`` for
+        16-bit; at black or white too: a PEE pass that would move one there by two is made again with
+        another bin pair); later passes keep out of it. More capacity at a bounded cost to the region.
     band : int
         With ``frozen``: the blocks within ``band`` blocks of the region (0..``MAX_BAND``) are open
         to the first group of passes only, so they too move by at most one level (a margin for a

@@ -344,8 +344,9 @@ REGION_CASES = dict(
 @given(**REGION_CASES, fill=st.floats(0.05, 1.0))
 def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill, seed):
     """``open_first``: the first group of passes may use the region, later ones keep out of it, so
-    a region pixel moves by one step of ``x >> s`` at most (two for a pixel at 0 or the ceiling,
-    which PEE first moves one step in); the round trip stays exact; info states the bound."""
+    a pixel of the caller's region moves by one step of ``x >> s`` at most, also at 0 or the ceiling
+    (where PEE would move one in, then out: the embedder picks another bin pair for such a pass); the
+    rest of its blocks by two at most there; the round trip stays exact; info states the bound."""
     from kernels.rdh import hiding_bounds
 
     image = make_image(kind, shape, dtype, seed)
@@ -365,10 +366,44 @@ def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape
     d = np.abs(marked.astype(np.int64) - image.astype(np.int64))
     edge = ((image >> (step.bit_length() - 1)) == 0) | ((image >> (step.bit_length() - 1)) == (top >> (step.bit_length() - 1)))
     assert d[inside & ~edge].max(initial=0) <= step and d[inside & edge].max(initial=0) <= 2 * step
+    assert d[frozen & _outside_reserved(marked)].max(initial=0) <= step  # the caller's own pixels: one step, edges too
     assert d.max() <= bounds["max_change"] * (2 if edge.any() else 1)
     restored, extracted = kernels.extract(marked)
     assert extracted == payload and np.array_equal(restored, image)
     assert np.array_equal(kernels.frozen_region(marked) is not None, frozen.any())
+
+
+def _saturated_chest(seed: int) -> np.ndarray:
+    """A phantom whose lungs hold black and white patches (a widened ROI over labels and borders)."""
+    image = chest_phantom(seed)[0].copy()
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        i, j = rng.integers(40, 180, 2)
+        image[i : i + 4, j : j + 4] = rng.choice([0, 255])
+    return image
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_open_region_pixels_at_black_or_white_move_one_level_and_the_reference_agrees(seed, monkeypatch):
+    """Lungs with black and white patches, the payload sized so the open first group is needed: every
+    region pixel moves by at most one level; without the embedder's check (monkeypatched away) the
+    same embedding moves some by two, so the check is what holds the bound; the NumPy reference,
+    which shares the driver, gives the same image bit for bit."""
+    from kernels import _reference, rdh
+
+    image = _saturated_chest(seed)
+    lungs = make_frozen("lungs", image.shape, 0)
+    closed = kernels.capacity(image, frozen=lungs)
+    payload = bytes(np.random.default_rng(seed).integers(0, 256, closed // 8 + 64, dtype=np.uint8))
+    marked = kernels.embed(image, payload, frozen=lungs, open_first=True)
+    assert np.abs(marked.astype(int) - image)[lungs].max() == 1
+    assert np.array_equal(_reference.embed(image, payload, frozen=lungs, open_first=True), marked)
+    restored, extracted = kernels.extract(marked)
+    assert extracted == payload and np.array_equal(restored, image)
+    checked = rdh._try_one_step  # the embedder without its check: nothing watched
+    monkeypatch.setattr(rdh, "_try_one_step", lambda method, state, content, work, watch, excluded: checked(method, state, content, work, None, excluded))
+    loose = kernels.embed(image, payload, frozen=lungs, open_first=True)
+    assert np.abs(loose.astype(int) - image)[lungs].max() == 2
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)

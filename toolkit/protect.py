@@ -228,7 +228,7 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
             plan.band = band
             try:
                 marked, info = protect_planned(image, plan, key, method, codec, check, mode)
-                # measured, not assumed: a pixel at 0 or the ceiling can move 2 levels in one PEE group
+                # measured, not assumed (the embedder keeps the region's pixels at black or white to one level too)
                 if mode == "open1" and roi_change(image, marked, plan) > max_roi_change:
                     raise kernels.CapacityError(f"hiding it with one pass group in the ROI would change the ROI by more than "
                                                 f"{max_roi_change} level (pixels at black or white)", info.payload_bits, info.payload_bits)
