@@ -723,7 +723,9 @@ def hiding_bounds(marked: np.ndarray) -> dict:
     inside that region, in its band and anywhere, in native pixel units (each group of passes moves
     a pixel by at most one step of ``x >> s``, i.e. ``2**s`` units). Inside the region: 0 when it
     was frozen for every pass, one step when the first group could use it; ``None`` when there is
-    no region. In the band: one step (``None``: no band).
+    no region. In the band: one step (``None``: no band). One step holds for every pixel of the mask
+    given to :func:`embed`; a pixel at 0 or the ceiling elsewhere in its blocks or in the band may
+    move by two (PEE moves it one step in first).
 
     Raises
     ------
