@@ -137,7 +137,6 @@ class _Layout(NamedTuple):
     open_reserved: Optional[np.ndarray] = None  # the first group's mask when it may use the region (reserved run only)
     band: Optional[np.ndarray] = None  # (H, W) bool: the band's pixels, open to the first group only (None: no band)
     later_reserved: Optional[np.ndarray] = None  # the mask of the passes after the first group when there is a band
-    one_step: Optional[np.ndarray] = None  # embedder only: flat indices of the caller's region when the first group may use it
 
     def reserved_for(self, k: int, group: int) -> np.ndarray:
         """The ``reserved`` mask of pass ``k``."""
@@ -167,11 +166,7 @@ def _layout(shape: tuple[int, int], frozen: Optional[np.ndarray], open_first: bo
             raise CapacityError(f"the frozen region's block map ({code.size} bits) does not fit in the image border", count, 0)
         block *= 2
     head = struct.pack(">HH", band << BLOCK_BITS | block, code.size)
-    layout = _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first, band)
-    # the caller's own pixels, not the whole blocks nor the band: a pixel at black or white there is no lung
-    # a segmenter missed, and holding the blocks to one step too refit 42 instead of 17 of cxr3/test's 270
-    # without the pattern (the band too: 105 instead of 25 lost the band)
-    return layout._replace(one_step=np.flatnonzero(frozen)) if open_first else layout
+    return _layout_from(shape, blocks, block, np.concatenate([bytes_to_bits(head), code]), open_first, band)
 
 
 def _frozen_anywhere(reserved: np.ndarray, shape: tuple[int, int]) -> bool:
@@ -497,10 +492,14 @@ def _run_embed(image: np.ndarray, data: np.ndarray, method: RDHMethod, ceiling: 
     """Embed the bit array ``data``; returns ``(marked, passes)`` or raises ``CapacityError``."""
     maxv = value_ceiling(image, ceiling)
     layout = _layout(image.shape, frozen, open_first, band)
+    # the first group keeps the caller's own pixels to one step: not the whole blocks nor the band (a pixel at
+    # black or white there is no lung a segmenter missed, and holding the blocks too refit 42 instead of 17
+    # of cxr3/test's 270 without the pattern; the band too: 105 instead of 25 lost the band)
+    watch = np.flatnonzero(frozen) if layout.open_reserved is not None else None
     error: Optional[CapacityError] = None
     for s in _shifts(image, maxv, data.size + layout.res_idx.size, method, layout.reserved_for(0, method.group)):
         try:
-            return _embed_at_shift(image, data, method, s, maxv, layout)
+            return _embed_at_shift(image, data, method, s, maxv, layout, watch)
         except CapacityError as exc:
             error = exc
     assert error is not None
@@ -527,7 +526,9 @@ def _try_one_step(method: RDHMethod, state, content: np.ndarray, work: np.ndarra
         excluded.add(method.choice(rec))
 
 
-def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int, layout: _Layout) -> tuple[np.ndarray, int]:
+def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: int, maxv: int, layout: _Layout,
+                    watched: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+    """One try at bit shift ``s``; ``watched``: flat indices the first group moves by one step at most."""
     shape = image.shape
     full = image.astype(np.int32).ravel()  # a copy: the input is never written
     work = full >> s if s else full
@@ -537,7 +538,6 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
     total = data.size
     pos = 0
     head = np.empty(0, np.uint8)  # record of the previous pass
-    watched = layout.one_step
     for k in range(MAX_PASSES):
         state = method.begin(work, layout.reserved_for(k, method.group), shape, k, maxv)
         watch = watched if k < method.group else None  # later passes keep out of the region

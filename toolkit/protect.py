@@ -228,10 +228,12 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
             plan.band = band
             try:
                 marked, info = protect_planned(image, plan, key, method, codec, check, mode)
-                # measured, not assumed (the embedder keeps the region's pixels at black or white to one level too)
+                # measured, not assumed: the embedder keeps the region to one step of x >> s (black and white
+                # included), but for a deep image one such step can be more than one display level
                 if mode == "open1" and roi_change(image, marked, plan) > max_roi_change:
                     raise kernels.CapacityError(f"hiding it with one pass group in the ROI would change the ROI by more than "
-                                                f"{max_roi_change} level (pixels at black or white)", info.payload_bits, info.payload_bits)
+                                                f"{max_roi_change} level (one step of the hiding's bit shift is coarser than a "
+                                                f"display level)", info.payload_bits, info.payload_bits)
             except kernels.CapacityError:
                 if (mode, band) != tried[-1]:
                     continue
