@@ -3,7 +3,7 @@ ROI that protect itself computes (segmenter, ``--roi-threshold``, 4 px margin), 
 integers (no hiding), ResNet18 white box, a cxr3 split (prints; asserts nothing).
 
     python benchmarks/probe_roi_pgd.py [--data DIR] [--roi-threshold 0.05] [--iters 50] [--step 1]
-                                       [--restarts R] [--after-refine] [--roi-eps E]
+                                       [--restarts R] [--after-refine] [--roi-eps E [--roi-cell N]]
 
 It tells whether protect's sparse refinement falls short of the ROI's limit or the ROI leaves too
 little to attack (needs PyTorch: the classifier is rebuilt from its ONNX file). ``--restarts R``
@@ -12,7 +12,9 @@ from 2 ``--step`` down to 0.05 levels; an image counts as fooled if any run fool
 ``--after-refine`` attacks only the images protect's default refinement leaves unfooled (margin
 >= 0 before hiding) and prints the bound this puts on the white-box ASR before hiding. ``--roi-eps E`` also lets the
 attack move the cells it may not touch (the ROI and the 2 px guard) by up to E levels: what the lungs'
-promise (no pixel there changed by more than 1 level) would leave to gain with E = 1.
+promise (no pixel there changed by more than 1 level) would leave to gain with E = 1. ``--roi-cell N``
+keeps that move constant over N x N pixel cells (N even, dividing 224): a nudge cheap enough to code
+(one value per cell) instead of one per 2x2 cell.
 """
 from __future__ import annotations
 
@@ -41,22 +43,31 @@ def margin(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 def attack(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, free: torch.Tensor, iters: int, step: float,
-           restarts: int, roi_eps: float = 0.0) -> torch.Tensor:
-    """Smallest margin reached on the rounded perturbation over the zero start and ``restarts`` random ones."""
-    up = lambda d: F.interpolate(d, scale_factor=2, mode="nearest")  # noqa: E731
-    bound = 8 * free + roi_eps * (1 - free)  # levels each cell may move
+           restarts: int, roi_eps: float = 0.0, roi_cell: int = 2) -> torch.Tensor:
+    """Smallest margin reached on the rounded perturbation over the zero start and ``restarts`` random ones.
+    The free 2x2 cells move by up to 8 levels, the others (ROI and guard) by up to ``roi_eps``, one
+    value per ``roi_cell`` x ``roi_cell`` pixels."""
+    up = lambda d, f=2: F.interpolate(d, scale_factor=f, mode="nearest")  # noqa: E731
+    n = 224 // roi_cell
+    shapes = [(len(x), 1, 112, 112), (len(x), 1, n, n)]
+    bounds = [8 * free, torch.full(shapes[1], float(roi_eps))]
+    kept = 1 - free  # the cells the free part may not move: the ROI part's support
+
+    def total(d: list[torch.Tensor]) -> torch.Tensor:
+        return up(d[0] * free + up(d[1], roi_cell // 2) * kept)
+
     best = torch.full((len(x),), float("inf"))
     for run in range(restarts + 1):
-        d = ((torch.rand(len(x), 1, 112, 112) * 2 - 1) * bound) if run else torch.zeros(len(x), 1, 112, 112)
-        d.requires_grad_(True)
+        d = [((torch.rand(s) * 2 - 1) * b if run else torch.zeros(s)).requires_grad_(True) for s, b in zip(shapes, bounds)]
         for it in range(iters):
             size = step if not restarts else 2 * step * 0.5 * (1 + np.cos(np.pi * it / iters)) + 0.05
-            (g,) = torch.autograd.grad(margin(net, x + up(d), y).clamp(min=-2).sum(), d)
+            grads = torch.autograd.grad(margin(net, x + total(d), y).clamp(min=-2).sum(), d)
             with torch.no_grad():
-                d -= size * g.sign()
-                d.copy_(torch.maximum(torch.minimum(d, bound), -bound))
+                for di, g, b in zip(d, grads, bounds):
+                    di -= size * g.sign()
+                    di.copy_(torch.maximum(torch.minimum(di, b), -b))
         with torch.no_grad():
-            best = torch.minimum(best, margin(net, x + up(torch.round(d)), y))
+            best = torch.minimum(best, margin(net, x + total([torch.round(di) for di in d]), y))
     return best
 
 
@@ -69,7 +80,10 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=0, help="extra runs from random starts (cosine step schedule)")
     ap.add_argument("--after-refine", action="store_true", help="only the images protect's refinement leaves unfooled")
     ap.add_argument("--roi-eps", type=float, default=0.0, help="levels the ROI and its guard may move (default 0)")
+    ap.add_argument("--roi-cell", type=int, default=2, help="pixels per side of one ROI move (default 2, as the free cells)")
     args = ap.parse_args()
+    if args.roi_cell < 2 or args.roi_cell % 2 or 224 % args.roi_cell:
+        ap.error(f"--roi-cell must be even and divide 224, got {args.roi_cell}")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     split = load_split(args.data)
@@ -85,9 +99,9 @@ def main() -> None:
     t0, fooled = time.perf_counter(), 0
     for i in range(0, len(todo), 30):
         k = torch.tensor(todo[i : i + 30])
-        fooled += int((attack(net, x_all[k], y_all[k], free[k], args.iters, args.step, args.restarts, args.roi_eps) < 0).sum())
+        fooled += int((attack(net, x_all[k], y_all[k], free[k], args.iters, args.step, args.restarts, args.roi_eps, args.roi_cell) < 0).sum())
     runs = f"PGD {args.iters} x {args.step:g} levels{f', {args.restarts} random restarts' if args.restarts else ''}"
-    runs += f" (ROI and guard +-{args.roi_eps:g})" if args.roi_eps else ""
+    runs += f" (ROI and guard +-{args.roi_eps:g} on {args.roi_cell}x{args.roi_cell} cells)" if args.roi_eps else ""
     if args.after_refine:
         left = len(todo)
         print(f"ROI threshold {args.roi_threshold or 'default'}: the refinement leaves {left} of the {right.sum()} images the classifier "
