@@ -553,7 +553,7 @@ def _embed_at_shift(image: np.ndarray, data: np.ndarray, method: RDHMethod, s: i
                     work = (work << s) | (full & ((1 << s) - 1))
                 work[res_idx] = (work[res_idx] & ~1) | _side_bits(method.id, s, k + 1, rec, layout)
                 return work.reshape(shape).astype(image.dtype), k + 1
-        target = method.capacity(state) if left_in_group == 1 else share_bits
+        target = method.capacity(state, frozenset(excluded)) if left_in_group == 1 else share_bits  # without what the early try excluded
         rec = None
         tried = set()
         while target not in tried:  # the even share, then the pass filled (again for each choice the region excludes)

@@ -80,3 +80,17 @@ def tiny_models(phantom_dataset, tmp_path_factory):
         torch.save(state, out / f"{kind}.pt")
         assert ex.main([kind, str(out / f"{kind}.pt"), str(out / f"{kind}.onnx"), "--data", str(data)]) == 0
     return out
+
+
+@pytest.fixture
+def without_one_step_check(monkeypatch):
+    """A function that makes ``kernels.rdh`` embed without its one-step check from then on (nothing
+    watched), to show what the check prevents."""
+    from kernels import rdh
+
+    checked = rdh._try_one_step
+
+    def disable() -> None:
+        monkeypatch.setattr(rdh, "_try_one_step", lambda method, state, content, work, watch, excluded: checked(method, state, content, work, None, excluded))
+
+    return disable
