@@ -16,13 +16,31 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reversible adversarial protection of medical images.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Reversible adversarial protection of medical images: fools AI models outside the lungs, restores bit for bit.")
 PASS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+# protect --help: what a user needs first, the expert knobs grouped below it
+PERTURB = "Advanced: perturbation"
+LUNGS = "Advanced: lungs (ROI) and hiding"
+RUNTIME = "Advanced: runtime"
 
 KEY_HELP = "key file (medrae keygen); default: $MEDRAE_KEY_FILE"
-RAY_HELP = ("run on a Ray cluster (pip install 'medrae[ray]'): local (start one on this machine for the command), auto (the "
+RAY_HELP = ("run on a Ray cluster (pip install 'medrae\\[ray]'): local (start one on this machine for the command), auto (the "
             "cluster this machine belongs to) or HOST:PORT; --workers is then the number of actors (0: one per CPU). "
             "Input and output must be on a filesystem every node sees")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from medrae import __version__
+
+        typer.echo(f"medrae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+    """Reversible adversarial protection of medical images: fools AI models outside the lungs, restores bit for bit."""
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,7 +49,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _key(path: Optional[Path], required: bool) -> Optional[bytes]:
-    from toolkit.keys import KeyFileError, load_key
+    from medrae.toolkit.keys import KeyFileError, load_key
 
     try:
         return load_key(path)
@@ -46,7 +64,7 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from toolkit.batch import UsageError
+    from medrae.toolkit.batch import UsageError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     console = Console(stderr=True)
@@ -77,8 +95,6 @@ def _summary(console, rep) -> None:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     table.add_row(*[str(t[c]) for c in cols], fmt(t["mean_psnr"], ".2f"), fmt(t["mean_payload_bits"], ".0f"), f"{t['images_per_second']:.1f}")
     console.print(table)
-    if rep.providers:
-        console.print(f"onnxruntime providers: {', '.join(rep.providers)}", highlight=False)
     if rep.cluster:
         nodes = ", ".join(f"{n} {d['files']} files ({d['images_per_second']:.1f}/s)" for n, d in t.get("per_node", {}).items())
         console.print(f"ray {rep.cluster['address']}: {rep.cluster['actors']} actors on {len(rep.cluster['nodes'])} node(s)"
@@ -106,7 +122,7 @@ def _summary(console, rep) -> None:
 @app.command()
 def keygen(keyfile: Path = typer.Argument(..., help="where to write the new key (mode 0600)")) -> None:
     """Create a new random 256-bit key file; refuses to overwrite."""
-    from toolkit.keys import KeyFileError, keygen as make
+    from medrae.toolkit.keys import KeyFileError, keygen as make
 
     try:
         make(keyfile)
@@ -117,40 +133,40 @@ def keygen(keyfile: Path = typer.Argument(..., help="where to write the new key 
 
 @app.command()
 def protect(
-    input: Path = typer.Argument(..., help="image file or directory (recursive)"),
+    input: Path = typer.Argument(..., help="image file or directory (recursive): PNG, TIFF, JPEG, DICOM"),
     output: Path = typer.Argument(..., help="output file or directory (mirrors the input tree)"),
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
-    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="perturbation bound in 1/255 of the display window: 8-bit levels, or the DICOM window / the image's range when deeper (default 8)"),
-    models: Optional[Path] = typer.Option(None, "--models", help="directory with segmenter.onnx, generator.onnx and gradient_resnet18.onnx"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4); on CPUs each protects whole chunks with its own networks, with CUDA the networks run in the main process"),
-    refine_steps: Optional[int] = typer.Option(None, "--refine-steps", min=0, help="at most N sparse gradient steps on the white-box classifier (default 40); 0: the generator alone (~4x faster, far weaker)"),
-    white_box: str = typer.Option("resnet18", "--white-box", help="classifier(s) the refinement fools, comma-separated (each needs models/gradient_<name>.onnx); several: an ensemble, for models never seen"),
-    roi_margin: Optional[int] = typer.Option(None, "--roi-margin", min=0, max=64, help="pixels (on the 224x224 view) the lung ROI is widened by before anything may change (default 4)"),
-    roi_threshold: Optional[float] = typer.Option(None, "--roi-threshold", min=0.001, max=0.999, help="lung probability from which a pixel belongs to the ROI (default 0.01: where the segmenter hesitates counts as lung; 0.5: its own mask)"),
-    roi_convex: bool = typer.Option(False, "--roi-convex", help="widen each lung of the ROI to its convex hull first: fewer lung pixels left outside it where the segmenter misses part of a lung (e.g. an opacity), for a lower ASR"),
-    margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1); larger transfers a little better to unseen models, at a larger payload and lower PSNR"),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="transfer pattern added outside the ROI before the refinement, for models never seen (default: the shipped one; none: off, the previous default)"),
-    transfer_steps: Optional[int] = typer.Option(None, "--transfer-steps", min=0, help="first N dense steps on a coarse grid against the zoo surrogates, for models never seen (10 recommended; off by default: the payload doubles and leaves the lungs less often)"),
-    transfer_eps: Optional[int] = typer.Option(None, "--transfer-eps", min=1, max=16, help="with the transfer stage: its bound in levels everywhere outside the ROI (default 4, less in flat areas); 8 transfers ~2x better at SSIM ~0.85 (README)"),
-    robust: bool = typer.Option(False, "--robust", help="refine so that the classifier is also fooled after the image is halved and resized back (~4x slower); with several --white-box models, for the first one (the target), which is refined alone first"),
-    no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone can restore"),
-    method: Optional[str] = typer.Option(None, "--rdh", help="RDH method: pee (default) or hs"),
-    codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)"),
-    max_rdh_change: int = typer.Option(0, "--max-rdh-change", min=0, help="coarsen the perturbation until hiding its payload moves no pixel (lungs included) by more than N levels; 0: no limit"),
-    rdh_in_roi: bool = typer.Option(False, "--rdh-in-roi", help="let every pass of the hidden payload use the lungs too (opt-in: several levels there; more capacity). Default: the ROI stays bit-exact, or changes by at most 1 level where the payload only fits so"),
-    on_uncertain_roi: str = typer.Option("widen", "--on-uncertain-roi", help="a lung mask quality control finds implausible or uncertain (README): widen (protect a conservative ROI), skip (write nothing, report the file), proceed (use it as it is)"),
-    lungs_exact: bool = typer.Option(False, "--lungs-exact", help="never let the hidden payload into the ROI: coarsen the perturbation, or refuse the file, where it does not fit outside"),
-    report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs"),
+    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="strength: perturbation bound outside the lungs in 1/255 of the display window (default 8; larger fools more models, lower image quality)"),
+    workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here (per file: status, PSNR/SSIM, payload, white-box margin, ...)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs (default: skip them, so a rerun resumes)"),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
-    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="with --ray: GPUs Ray reserves for each actor (e.g. 0.25: four share a GPU), so that actors land on GPU nodes; an actor uses CUDA wherever onnxruntime-gpu loads it"),
+    no_encrypt: bool = typer.Option(False, "--no-encrypt", help="keyless mode (the paper's): anyone with medrae can restore", rich_help_panel=PERTURB),
+    refine_steps: Optional[int] = typer.Option(None, "--refine-steps", min=0, help="at most N sparse gradient steps on the white-box classifier (default 40); 0: the generator alone (~3x faster, far weaker)", rich_help_panel=PERTURB),
+    white_box: str = typer.Option("resnet18", "--white-box", help="classifier(s) the refinement fools, comma-separated (each needs models/gradient_<name>.onnx)", rich_help_panel=PERTURB),
+    margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1)", rich_help_panel=PERTURB),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="public transfer pattern laid outside the ROI first (default: the shipped one; none: off)", rich_help_panel=PERTURB),
+    transfer_steps: Optional[int] = typer.Option(None, "--transfer-steps", min=0, help="first N dense steps against the zoo surrogates, for models never seen (off by default; 10 recommended)", rich_help_panel=PERTURB),
+    transfer_eps: Optional[int] = typer.Option(None, "--transfer-eps", min=1, max=16, help="with the transfer stage: its bound outside the ROI (default 4, less in flat areas)", rich_help_panel=PERTURB),
+    robust: bool = typer.Option(False, "--robust", help="also fool the classifier after a half-size-and-back resize (~4x slower)", rich_help_panel=PERTURB),
+    roi_threshold: Optional[float] = typer.Option(None, "--roi-threshold", min=0.001, max=0.999, help="lung probability from which a pixel is ROI (default 0.01; 0.5: the segmenter's own mask)", rich_help_panel=LUNGS),
+    roi_margin: Optional[int] = typer.Option(None, "--roi-margin", min=0, max=64, help="pixels (224x224 view) the ROI is widened by (default 4)", rich_help_panel=LUNGS),
+    roi_convex: bool = typer.Option(False, "--roi-convex", help="widen each lung of the ROI to its convex hull first", rich_help_panel=LUNGS),
+    on_uncertain_roi: str = typer.Option("widen", "--on-uncertain-roi", help="a lung mask quality control flags: widen (a conservative ROI), skip (write nothing), proceed (as it is)", rich_help_panel=LUNGS),
+    lungs_exact: bool = typer.Option(False, "--lungs-exact", help="never let the hidden payload into the ROI: coarsen or refuse instead", rich_help_panel=LUNGS),
+    rdh_in_roi: bool = typer.Option(False, "--rdh-in-roi", help="let every pass of the hidden payload use the lungs too (several levels there)", rich_help_panel=LUNGS),
+    max_rdh_change: int = typer.Option(0, "--max-rdh-change", min=0, help="coarsen until hiding moves no pixel by more than N levels; 0: no limit", rich_help_panel=LUNGS),
+    method: Optional[str] = typer.Option(None, "--rdh", help="reversible data hiding: pee (default) or hs", rich_help_panel=LUNGS),
+    codec: Optional[str] = typer.Option(None, "--codec", help="perturbation codec (default: auto)", rich_help_panel=LUNGS),
+    models: Optional[Path] = typer.Option(None, "--models", help="model directory (default: the shipped models)", rich_help_panel=RUNTIME),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda", rich_help_panel=RUNTIME),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per network batch and per worker chunk", rich_help_panel=RUNTIME),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="with --ray: GPUs reserved per actor (0.25: four share one)", rich_help_panel=RUNTIME),
 ) -> None:
     """Protect images: adversarial outside the lungs, restorable with the key."""
-    from toolkit.batch import protect_paths
-    from toolkit.protect import MODELS_DIR
-    from toolkit.settings import ProtectSettings
+    from medrae.toolkit.batch import protect_paths
+    from medrae.toolkit.protect import MODELS_DIR
+    from medrae.toolkit.settings import ProtectSettings
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device must be auto, cpu or cuda, got {device!r}")
@@ -165,7 +181,7 @@ def protect(
         _fail("--rdh-in-roi and --lungs-exact exclude each other")
     if gpus_per_actor and ray is None:
         _fail("--gpus-per-actor needs --ray ADDRESS")
-    from kernels.patterns import pattern_id
+    from medrae.kernels.patterns import pattern_id
 
     try:
         pattern_number = None if pattern is None else pattern_id(pattern)
@@ -193,8 +209,8 @@ def restore(
     overwrite: bool = typer.Option(False, "--overwrite"),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
 ) -> None:
-    """Restore the originals, bit for bit (no neural network involved)."""
-    from toolkit.batch import restore_paths
+    """Restore the originals' pixels, bit for bit, checked against the SHA-256 inside (no neural network runs)."""
+    from medrae.toolkit.batch import restore_paths
 
     _run_batch(restore_paths, "restore", report, src=input, dst=output, key=_key(key, required=False), workers=workers, overwrite=overwrite, ray=ray)
 
@@ -208,8 +224,11 @@ def verify(
     report: Optional[Path] = typer.Option(None, "--report"),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
 ) -> None:
-    """Restore in memory and compare with the originals bit for bit (exit 0 only if all identical)."""
-    from toolkit.batch import verify_paths
+    """Restore each protected file in memory and compare its pixels with the original's, bit for bit
+    (exit 0 only if all are identical). Pixels, shape and sample type are compared, not file bytes:
+    a restored PNG or TIFF has the original's pixels but is written by medrae's encoder, so its
+    bytes (compression, metadata chunks) may differ (README "What is identical after restore")."""
+    from medrae.toolkit.batch import verify_paths
 
     _run_batch(verify_paths, "verify", report, original=original, protected=protected, key=_key(key, required=False), workers=workers, ray=ray)
 
@@ -219,7 +238,7 @@ def info(file: Path = typer.Argument(..., help="an image file, or a directory (o
     """Is FILE protected? Format version, RDH method, codec, payload bits, encryption, and the share
     of the image the hiding left bit-exact (protect keeps it out of the lungs) (no key needed).
     On a directory: one line per image; exit 0 only if every image is protected."""
-    from toolkit.batch import info_entry
+    from medrae.toolkit.batch import info_entry
 
     if file.is_dir():
         _info_tree(file)
@@ -240,7 +259,7 @@ def _info_tree(root: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.batch import info_tree
+    from medrae.toolkit.batch import info_tree
 
     entries = info_tree(root)
     if not entries:
@@ -264,7 +283,7 @@ def _forward(main, args: List[str]) -> None:
     try:
         rc = main(args)
     except ModuleNotFoundError as exc:
-        typer.echo(f"error: {exc.name} is not installed; install the training extra: pip install -e '.[train]'", err=True)
+        typer.echo(f"error: {exc.name} is not installed; install the training extra: pip install 'medrae[train]'", err=True)
         raise typer.Exit(2)
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -276,15 +295,15 @@ def _forward(main, args: List[str]) -> None:
 def train(ctx: typer.Context, task: str = typer.Argument(..., help="segmenter | classifier | generator | zoo")) -> None:
     """Train a model (options: medrae train TASK --help)."""
     if task in ("segmenter", "classifier"):
-        from models.train import main
+        from medrae.models.train import main
 
         _forward(main, [task, *ctx.args])
     elif task == "generator":
-        from models.train_generator import main
+        from medrae.models.train_generator import main
 
         _forward(main, list(ctx.args))
     elif task == "zoo":  # the transfer lab's independently trained classifiers (models/zoo.py)
-        from models.zoo import main
+        from medrae.models.zoo import main
 
         _forward(main, ["train", *ctx.args])
     else:
@@ -295,7 +314,7 @@ def train(ctx: typer.Context, task: str = typer.Argument(..., help="segmenter | 
 @app.command(context_settings=PASS)
 def export(ctx: typer.Context) -> None:
     """Export a checkpoint to ONNX with parity checks and a model card (options: --help)."""
-    from export.onnx_export import main
+    from medrae.export.onnx_export import main
 
     _forward(main, list(ctx.args))
 
@@ -314,15 +333,15 @@ def evaluate(
     limit: int = typer.Option(0, "--limit", min=0, help="evaluate only this many images (class-balanced); 0: all"),
     conditions: str = typer.Option("", "--conditions", help="the white-box classifier after the attacker's preprocessing, comma-separated, or 'all' (Table 6)"),
     transfer: bool = typer.Option(False, "--transfer", help="the transfer matrix on the zoo's held-out targets, with the noise floor (Table 8)"),
-    zoo: Path = typer.Option(Path("runs/zoo"), "--zoo", help="where python -m models.zoo train put the zoo"),
+    zoo: Path = typer.Option(Path("runs/zoo"), "--zoo", help="where python -m medrae.models.zoo train put the zoo"),
     transfer_conditions: str = typer.Option("file,jpeg90,jpeg75", "--transfer-conditions", help="the held-out targets read the file as is and/or re-encoded as JPEG"),
     quick: bool = typer.Option(False, "--quick", help="CI subset: 30 images (unless --limit), eps 8, C&W 5 steps"),
 ) -> None:
     """Every method (ours, FGSM, BIM, PGD, C&W, Liu-RAE, ...) on a dataset directory: the paper's
     tables, transfer to the held-out zoo (--transfer), reports. Needs the train extra (PyTorch)."""
     try:
-        from toolkit.evaluate import ALL_METHODS, CONDITIONS, DEFAULT_METHODS, EvaluateSettings, run
-        from toolkit.protect import MODELS_DIR
+        from medrae.evaluation.evaluate import ALL_METHODS, CONDITIONS, DEFAULT_METHODS, EvaluateSettings, run
+        from medrae.toolkit.protect import MODELS_DIR
 
         chosen = {"all": ALL_METHODS, "default": DEFAULT_METHODS}.get(methods) or _csv(methods)
         settings = EvaluateSettings(
@@ -332,7 +351,7 @@ def evaluate(
             transfer=transfer, zoo=zoo, transfer_conditions=_csv(transfer_conditions))
         run(data, report, settings)
     except ModuleNotFoundError as exc:
-        _fail(f"{exc.name} is not installed; install the training extra: pip install -e '.[train]'")
+        _fail(f"{exc.name} is not installed; install the training extra: pip install 'medrae[train]'")
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
 
@@ -340,7 +359,7 @@ def evaluate(
 @app.command("evaluate-models", context_settings=PASS)
 def evaluate_models(ctx: typer.Context) -> None:
     """Measure the shipped ONNX models on a dataset directory (options: --help)."""
-    from toolkit.evaluate_models import main
+    from medrae.evaluation.evaluate_models import main
 
     _forward(main, list(ctx.args))
 
@@ -348,9 +367,14 @@ def evaluate_models(ctx: typer.Context) -> None:
 @app.command()
 def demo(outdir: Optional[str] = typer.Argument(None, help="where to write the phantom images (default: a temporary directory)")) -> None:
     """Protect → restore → verify on generated phantoms with the shipped models."""
-    from toolkit.demo import main
+    from medrae.toolkit.demo import main
 
-    raise typer.Exit(main([outdir] if outdir else []))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        rc = main([outdir] if outdir else [])
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # ModelsError is a FileNotFoundError: one line, no traceback
+        _fail(str(exc))
+    raise typer.Exit(rc)
 
 
 if __name__ == "__main__":

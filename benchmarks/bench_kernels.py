@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _timing import best_of  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import _reference  # noqa: E402
-from kernels.resample import downsample, grid_shape, upsample  # noqa: E402
-from toolkit.phantoms import chest_phantom  # noqa: E402
+from medrae import kernels  # noqa: E402
+from medrae.kernels import _reference  # noqa: E402
+from medrae.kernels.resample import downsample, grid_shape, upsample  # noqa: E402
+from medrae.toolkit.phantoms import chest_phantom  # noqa: E402
 
 
 def load(path: Path) -> np.ndarray:
@@ -56,8 +55,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 COLD = """
 import time; t0 = time.perf_counter()
-import numpy as np, kernels
-from toolkit.phantoms import chest_phantom
+import numpy as np; from medrae import kernels
+from medrae.toolkit.phantoms import chest_phantom
 x = chest_phantom(0)[0]; p = bytes(1250)
 t1 = time.perf_counter(); m = kernels.embed(x, p); y, q = kernels.extract(m); t2 = time.perf_counter()
 assert q == p and (y == x).all()

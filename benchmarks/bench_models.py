@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _timing import best_of  # noqa: E402
 
-from toolkit.ort import session  # noqa: E402
-from toolkit.phantoms import chest_phantom  # noqa: E402
-from toolkit.protect import normalize  # noqa: E402
+from medrae.toolkit.ort import session  # noqa: E402
+from medrae.toolkit.phantoms import chest_phantom  # noqa: E402
+from medrae.toolkit.protect import normalize  # noqa: E402
 
 
 def main() -> None:
@@ -57,8 +56,8 @@ def main() -> None:
         try:
             import torch
 
-            from models.from_onnx import load_classifier
-            from models.gradient import reference_gradient
+            from medrae.models.from_onnx import load_classifier
+            from medrae.models.gradient import reference_gradient
         except ModuleNotFoundError:
             return
         torch.set_num_threads(args.threads or torch.get_num_threads())

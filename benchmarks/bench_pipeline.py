@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -36,7 +35,7 @@ def stage_inputs(data: Path, dst: Path) -> int:
     """Copy the dataset directory's images (not its masks) into ``dst``; phantoms when absent."""
     from PIL import Image
 
-    from toolkit.phantoms import chest_phantom
+    from medrae.toolkit.phantoms import chest_phantom
 
     paths = sorted(data.glob("*/images/*.png")) if data.is_dir() else []
     if paths:
@@ -55,7 +54,7 @@ def batch(fn: str, src: Path, dst: Path, key: bytes, **kw) -> dict:
     command runs it (its worker pool forks before any ONNX Runtime session exists; in this process
     later pools would be spawned, paying imports and JIT-cache loads a command does not); returns
     the report's JSON."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from toolkit import batch; "
+    code = ("import json, sys; from pathlib import Path; from medrae.toolkit import batch; "
             "kw = json.loads(sys.argv[2]); fn = getattr(batch, kw.pop('fn')); "
             "rep = fn(Path(kw.pop('src')), Path(kw.pop('dst')), bytes.fromhex(kw.pop('key')), **kw); "
             "print(json.dumps(rep.to_json()))")
@@ -82,7 +81,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048)
     args = ap.parse_args()
 
-    from toolkit.imageio import read_image
+    from medrae.toolkit.imageio import read_image
 
     key = os.urandom(32)
     workers = [int(w) for w in args.workers.split(",")]

@@ -42,7 +42,7 @@ def command(args: list[str], env: dict | None = None) -> tuple[float, float, dic
     command's: the CPU seconds are then the driver's alone."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-c", "from cli import app; app()", *args, "--report", str(report)]
+        cmd = [sys.executable, "-c", "from medrae.cli import app; app()", *args, "--report", str(report)]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 extra.unlink()
             n = min(n, args.limit)
         key = work / "site.key"
-        subprocess.run([sys.executable, "-c", "from cli import app; app()", "keygen", str(key)], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", "from medrae.cli import app; app()", "keygen", str(key)], cwd=ROOT, check=True, capture_output=True)
         common = ["--key", str(key)] + (["--refine-steps", str(args.refine_steps)] if args.refine_steps is not None else [])
         rows = []
 

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import kernels  # noqa: E402
-from toolkit import faults  # noqa: E402
-from toolkit.batch import protect_paths  # noqa: E402
-from toolkit.imageio import read_image  # noqa: E402
-from toolkit.phantoms import chest_phantom  # noqa: E402
+from medrae import kernels  # noqa: E402
+from medrae.evaluation import faults  # noqa: E402
+from medrae.toolkit.batch import protect_paths  # noqa: E402
+from medrae.toolkit.imageio import read_image  # noqa: E402
+from medrae.toolkit.phantoms import chest_phantom  # noqa: E402
 
 KEY = bytes(range(32))
 

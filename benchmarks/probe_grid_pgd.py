@@ -3,8 +3,8 @@
     python benchmarks/probe_grid_pgd.py   (needs runs/r18/best.pt and the cxr3 val split)
 """
 import torch, numpy as np, torch.nn.functional as F
-from models.data import load_split, normalize
-from models.train_generator import load_classifier, dilate
+from medrae.models.data import load_split, normalize
+from medrae.models.train_generator import load_classifier, dilate
 torch.set_num_threads(1)
 va = load_split('../shared/data/cxr3/val')
 clf = load_classifier('runs/r18/best.pt', 'cpu')

@@ -32,17 +32,15 @@ ap.add_argument("--policy", default="widen", help="--on-uncertain-roi (this chec
 ap.add_argument("--pattern", default=None, help="--pattern: none for the default before the transfer pattern (this checkout only)")
 ap.add_argument("--dilation", type=int, default=None, help="ROI margin in px of the 224x224 view (default: the generator card's)")
 ap.add_argument("--models", type=Path, default=None, help="models directory (default: the checkout's models/; e.g. a candidate segmenter beside the shipped rest)")
-ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="medrae checkout to import")
 ap.add_argument("--json", type=Path, help="write per-condition figures here")
 ap.add_argument("--list", action="store_true", help="name each image whose lungs changed (hiding > 1 level, or perturbed)")
 args = ap.parse_args()
-sys.path.insert(0, str(args.root.resolve()))
 
-import kernels  # noqa: E402
-from toolkit.datasets import load_split  # noqa: E402
-from toolkit.imageio import Image  # noqa: E402
-import toolkit.protect as protect_module  # noqa: E402
-from toolkit.protect import MODELS_DIR, Protector, normalize, protect_with_fallback  # noqa: E402
+from medrae import kernels  # noqa: E402
+from medrae.toolkit.datasets import load_split  # noqa: E402
+from medrae.toolkit.imageio import Image  # noqa: E402
+import medrae.toolkit.protect as protect_module  # noqa: E402
+from medrae.toolkit.protect import MODELS_DIR, Protector, normalize, protect_with_fallback  # noqa: E402
 
 
 def damage(kind: str, x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +145,7 @@ def run(name: str, prot: Protector, x: np.ndarray, masks: np.ndarray, labels: np
 
 
 def main() -> None:
-    from toolkit.ort import session
+    from medrae.toolkit.ort import session
 
     split = load_split(args.data)
     if split.masks is None:

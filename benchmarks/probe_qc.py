@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit import qc  # noqa: E402
-from toolkit.datasets import load_split  # noqa: E402
-from toolkit.protect import MODELS_DIR, Protector  # noqa: E402
+from medrae.toolkit import qc  # noqa: E402
+from medrae.toolkit.datasets import load_split  # noqa: E402
+from medrae.toolkit.protect import MODELS_DIR, Protector  # noqa: E402
 
 
 def main() -> None:

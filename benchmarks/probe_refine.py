@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import kernels  # noqa: E402
-from toolkit.datasets import load_split  # noqa: E402
-from toolkit.evaluate import CONDITIONS  # noqa: E402
-from toolkit.metrics import psnr  # noqa: E402
-from toolkit.ort import session  # noqa: E402
-from toolkit.protect import MODELS_DIR, Protector, cells_touching, normalize  # noqa: E402
-from toolkit.refine import Refiner, RefineSettings, upsample_cells  # noqa: E402
+from medrae import kernels  # noqa: E402
+from medrae.toolkit.datasets import load_split  # noqa: E402
+from medrae.evaluation.evaluate import CONDITIONS  # noqa: E402
+from medrae.toolkit.metrics import psnr  # noqa: E402
+from medrae.toolkit.ort import session  # noqa: E402
+from medrae.toolkit.protect import MODELS_DIR, Protector, cells_touching, normalize  # noqa: E402
+from medrae.toolkit.refine import Refiner, RefineSettings, upsample_cells  # noqa: E402
 
 CLASSIFIERS = ("resnet18", "vgg16_small", "vgg16_small_cbam_pruned", "vgg16_small_advtrained")
 

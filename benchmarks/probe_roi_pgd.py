@@ -28,12 +28,11 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from models.data import normalize as norm  # noqa: E402
-from models.from_onnx import load_classifier  # noqa: E402
-from toolkit.datasets import load_split  # noqa: E402
-from toolkit.protect import MODELS_DIR, Protector, cells_touching  # noqa: E402
+from medrae.models.data import normalize as norm  # noqa: E402
+from medrae.models.from_onnx import load_classifier  # noqa: E402
+from medrae.toolkit.datasets import load_split  # noqa: E402
+from medrae.toolkit.protect import MODELS_DIR, Protector, cells_touching  # noqa: E402
 
 
 def margin(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@
 
 Each variant perturbs outside protect's ROI (eps 8), is made reversible with protect's own codec + RDH
 fallback (so what is scored is the saved file), and is scored on the zoo's held-out targets
-(``toolkit.transfer``), beside white-box ResNet18 ASR, PSNR, SSIM and payload bits per pixel.
+(``medrae.evaluation.transfer``), beside white-box ResNet18 ASR, PSNR, SSIM and payload bits per pixel.
 Variant ``pgd:SURROGATES:FACTOR:STEPS[:di][:l2=W]``: sign PGD on a grid of FACTOR-pixel cells
 against the surrogate set (``shipped``: the four shipped classifiers; ``zoo``: the zoo's surrogates;
 ``all``: both; or names joined by ``+``), with input diversity if ``di``.
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHIPPED = ("classifier_resnet18", "classifier_vgg16_small", "classifier_vgg16_small_cbam_pruned", "classifier_vgg16_small_advtrained")
 
@@ -29,8 +28,8 @@ def surrogates(spec: str, models_dir: Path, zoo_dir: Path):
     import torch
     from torch import nn
 
-    from models import zoo
-    from models.from_onnx import load_classifier
+    from medrae.models import zoo
+    from medrae.models.from_onnx import load_classifier
 
     class Pixels(nn.Module):
         def __init__(self, net):
@@ -85,7 +84,7 @@ def torch_refiner(models, steps, fraction, margin, robust=False, step=4, factor=
     what an ensemble of these surrogates would give if shipped as gradient models."""
     import torch
 
-    from toolkit.refine import Refiner, RefineSettings
+    from medrae.toolkit.refine import Refiner, RefineSettings
 
     class TorchRefiner(Refiner):
         def __init__(self):
@@ -126,12 +125,12 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(2)
-    import kernels
-    from toolkit.datasets import load_split
-    from toolkit.imageio import Image
-    from toolkit.metrics import psnr, ssim
-    from toolkit.protect import Protector, cells_touching, fit_analysed, protect_with_fallback
-    from toolkit.transfer import TransferLab, noise_floor, summary
+    from medrae import kernels
+    from medrae.toolkit.datasets import load_split
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.metrics import psnr, ssim
+    from medrae.toolkit.protect import Protector, cells_touching, fit_analysed, protect_with_fallback
+    from medrae.evaluation.transfer import TransferLab, noise_floor, summary
 
     split = load_split(args.data)
     per = args.limit // len(split.classes)
@@ -145,7 +144,7 @@ def main(argv=None):
     elif args.pattern:  # registered for this process only, under an id no release uses (the path is absolute)
         import hashlib
 
-        from kernels import patterns
+        from medrae.kernels import patterns
 
         cand = Path(args.pattern).resolve()
         pattern = 255
@@ -154,7 +153,7 @@ def main(argv=None):
     t0 = time.time()
     a = prot.analyse(x)
     t_default = time.time() - t0
-    from toolkit.evaluate_models import classifiers, predict
+    from medrae.evaluation.evaluate_models import classifiers, predict
 
     wb = classifiers(Path(args.models))["classifier_resnet18"]
     wb_ok = predict(wb, x) == y

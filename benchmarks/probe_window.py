@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from toolkit.datasets import load_split  # noqa: E402
-from toolkit.imageio import Image  # noqa: E402
-from toolkit.ort import session  # noqa: E402
-from toolkit.protect import MODELS_DIR, Protector, network_view, normalize, protect_with_fallback  # noqa: E402
+from medrae.toolkit.datasets import load_split  # noqa: E402
+from medrae.toolkit.imageio import Image  # noqa: E402
+from medrae.toolkit.ort import session  # noqa: E402
+from medrae.toolkit.protect import MODELS_DIR, Protector, network_view, normalize, protect_with_fallback  # noqa: E402
 
 
 def main() -> None:

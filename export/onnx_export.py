@@ -1,9 +1,9 @@
 """Export trained checkpoints to ONNX (opset 17, dynamic batch), check parity, write a model card.
 
-    python -m export.onnx_export segmenter  runs/seg/best.pt  models/segmenter.onnx --data ../shared/data/cxr3/test
-    python -m export.onnx_export classifier runs/r18/best.pt  models/classifier_resnet18.onnx --data ...
-    python -m export.onnx_export generator  runs/gen/best.pt  models/generator.onnx --data ...
-    python -m export.onnx_export gradient   models/classifier_resnet18.onnx models/gradient_resnet18.onnx --data ...
+    python -m medrae.export.onnx_export segmenter  runs/seg/best.pt  models/segmenter.onnx --data ../shared/data/cxr3/test
+    python -m medrae.export.onnx_export classifier runs/r18/best.pt  models/classifier_resnet18.onnx --data ...
+    python -m medrae.export.onnx_export generator  runs/gen/best.pt  models/generator.onnx --data ...
+    python -m medrae.export.onnx_export gradient   models/classifier_resnet18.onnx models/gradient_resnet18.onnx --data ...
 
 A *gradient* model (``models/gradient.py``: logits and d margin / d pixel, for protect's refinement)
 stores no weights of its own: its initializers are external data pointing into the classifier's
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import create
-from models.data import load_split, normalize
-from models.train import build
+from medrae.models import create
+from medrae.models.data import load_split, normalize
+from medrae.models.train import build
 
 SIZE = 224
 
@@ -43,7 +43,7 @@ class GeneratorGraph(torch.nn.Module):
         self.gen = gen
 
     def forward(self, image, mask):
-        from models.advgan import roi_cells
+        from medrae.models.advgan import roi_cells
 
         raw = self.gen.raw(image, mask) / self.gen.eps
         if self.gen.grid_factor > 1:
@@ -76,7 +76,7 @@ def export(kind: str, model: torch.nn.Module, out: Path) -> None:
 
 
 def parity(kind: str, model, onnx_path: Path, data: Path, atol: float, limit: int = 0) -> dict:
-    from toolkit.ort import session
+    from medrae.toolkit.ort import session
 
     split = load_split(data)
     images = split.images[:limit] if limit else split.images
@@ -122,8 +122,8 @@ def export_gradient(classifier: Path, out: Path) -> torch.nn.Module:
     import onnx
     from onnx import numpy_helper
 
-    from models.from_onnx import load_classifier
-    from models.gradient import MarginGradient
+    from medrae.models.from_onnx import load_classifier
+    from medrae.models.gradient import MarginGradient
 
     if out.resolve().parent != classifier.resolve().parent:
         raise ValueError(f"{out}: a gradient model must sit beside its classifier {classifier}")
@@ -163,8 +163,8 @@ def gradient_parity(classifier: torch.nn.Module, onnx_path: Path, data: Path, li
     """ORT vs the same graph in torch on real images: logits within 1e-4, the same predicted labels,
     per-image gradient cosine >= ``min_cosine``. Also reports (without failing on it) the cosine to
     autograd's gradient, which may route a max-pool tie or a ReLU at exactly 0 differently."""
-    from models.gradient import MarginGradient, reference_gradient
-    from toolkit.ort import session
+    from medrae.models.gradient import MarginGradient, reference_gradient
+    from medrae.toolkit.ort import session
 
     images = load_split(data).images[:limit]
     graph = MarginGradient(classifier).eval()
@@ -188,7 +188,7 @@ def gradient_parity(classifier: torch.nn.Module, onnx_path: Path, data: Path, li
 
 
 def sha256(path: Path) -> str:
-    from toolkit.ort import file_sha256
+    from medrae.toolkit.ort import file_sha256
 
     return file_sha256(path)
 
@@ -268,7 +268,7 @@ def _main_gradient(classifier: Path, out: Path, data: Path, extra: dict) -> int:
         "output": "logits (N,3) and grad (N,1,224,224) = d(z[label] - max_{j != label} z[j]) / d pixel (0..255 scale)",
         "opset": 17,
         "parity": report,
-        "command": f"python -m export.onnx_export gradient {classifier} {out} --data {data}",
+        "command": f"python -m medrae.export.onnx_export gradient {classifier} {out} --data {data}",
     }
     info.update(extra)
     out.with_suffix(".json").write_text(json.dumps(info, indent=1))

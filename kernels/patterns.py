@@ -3,7 +3,7 @@
 
 A pattern is an ``int8`` array ``(classes, G, G)`` of levels on a grid of ``G x G`` cells over the
 image (56 x 56: 4-pixel cells on the 224x224 view the networks see), trained by
-``python -m models.train_pattern``. Each published pattern keeps its id forever: a file protected
+``python -m medrae.models.train_pattern``. Each published pattern keeps its id forever: a file protected
 with it names the id, and restore rebuilds the same values from the same bytes (checked against the
 SHA-256 recorded here, so a changed file is refused rather than restoring a wrong image). Restore
 reads the pattern as data; no network runs.

@@ -1,7 +1,7 @@
 """Training-side data helpers; the dataset loader itself lives in :mod:`toolkit.datasets`."""
 from __future__ import annotations
 
-from toolkit.datasets import CLASSES, Split, load_split  # noqa: F401
+from medrae.toolkit.datasets import CLASSES, Split, load_split  # noqa: F401
 
 
 def normalize(x_uint8):

@@ -86,7 +86,7 @@ def load_classifier(path: Path | str, check: bool = True) -> nn.Module:
 
 
 def _check_parity(model: nn.Module, path: Path, atol: float = 1e-3) -> None:
-    from toolkit.ort import session
+    from medrae.toolkit.ort import session
 
     x = np.random.default_rng(0).normal(0, 1, (4, 1, 224, 224)).astype(np.float32)
     want = session(path, "cpu").run(None, {"image": x})[0]

@@ -1,7 +1,7 @@
 """Training of the segmenter and the target classifiers (generator: models/train_generator.py).
 
-    python -m models.train segmenter  --data ../shared/data/cxr3 --out runs/seg
-    python -m models.train classifier --data ../shared/data/cxr3 --out runs/r18 --arch resnet18
+    python -m medrae.models.train segmenter  --data ../shared/data/cxr3 --out runs/seg
+    python -m medrae.models.train classifier --data ../shared/data/cxr3 --out runs/r18 --arch resnet18
 
 ``--data`` holds ``train/`` and ``val/`` dataset directories (and ``test/``, evaluated at the end).
 Every epoch writes ``last.pt`` (model, optimiser, scheduler, epoch, RNG states) and appends to
@@ -286,7 +286,7 @@ def train(args: argparse.Namespace) -> dict:
                 w.writeheader()
                 w.writerows(history)
             (out / "metrics.json").write_text(json.dumps(history, indent=1))
-    result = {"best_val": best, "command": "python -m models.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    result = {"best_val": best, "command": "python -m medrae.models.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     if args.prune:
         result["pruning"] = prune_and_finetune(model, out, tr, va, args, gen)
     test_dir = data / "test"

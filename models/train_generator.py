@@ -1,6 +1,6 @@
 """Train NROI-AdvGAN against a frozen white-box classifier.
 
-    python -m models.train_generator --data ../shared/data/cxr3 --classifier runs/r18/best.pt --out runs/gen
+    python -m medrae.models.train_generator --data ../shared/data/cxr3 --classifier runs/r18/best.pt --out runs/gen
 
 ``--arch advgan_paper --loss paper`` is the reference paper (eq. 7-14). The default
 ``--arch advgan_grid --loss ours`` trains what protect embeds: integer grid values (straight-through
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import kernels
+from medrae import kernels
 
 from . import create
 from .advgan import Discriminator
@@ -261,7 +261,7 @@ def train(args: argparse.Namespace) -> dict:
                 w.writeheader()
                 w.writerows(history)
             (out / "metrics.json").write_text(json.dumps(history, indent=1))
-    result = {"command": "python -m models.train_generator " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "best_score": best}
+    result = {"command": "python -m medrae.models.train_generator " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "best_score": best}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

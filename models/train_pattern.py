@@ -1,8 +1,8 @@
 """Train protect's transfer pattern: one universal perturbation per class, outside the lungs, made to
 fool an ensemble of surrogate classifiers (issue 16: protection that reaches models it never saw).
 
-    python -m models.train_pattern --data ../shared/data/cxr3 --zoo runs/zoo --out runs/pattern
-    python -m models.train_pattern ... --install kernels/patterns/cxr3_v1   # write the shipped pattern + card
+    python -m medrae.models.train_pattern --data ../shared/data/cxr3 --zoo runs/zoo --out runs/pattern
+    python -m medrae.models.train_pattern ... --install kernels/patterns/cxr3_v1   # write the shipped pattern + card
 
 A class-conditional universal adversarial perturbation (Moosavi-Dezfooli et al. 2017; per-class, as
 in Hirano & Takemoto 2020 for medical images): ``P[c]`` is a 56x56 grid of 4x4-pixel cells on the
@@ -123,7 +123,7 @@ def feature_layer(net: nn.Module) -> nn.Module:
 
 def protect_rois(images: np.ndarray, models_dir: Path) -> np.ndarray:
     """protect's ROI for (N, 224, 224) uint8 images (the shipped segmenter, QC widening included)."""
-    from toolkit.protect import Protector
+    from medrae.toolkit.protect import Protector
 
     prot = Protector(models_dir, refine_steps=0)
     return np.concatenate([prot.segment(images[i : i + 32]).rois for i in range(0, len(images), 32)])
@@ -148,7 +148,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Te
 
 
 def train(args: argparse.Namespace) -> dict:
-    from toolkit.datasets import load_split
+    from medrae.toolkit.datasets import load_split
 
     from .train import seed_everything
     from .train_generator import ssim_torch
@@ -225,7 +225,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.save({"pattern": pattern.detach(), "opt": opt.state_dict(), "gen": gen.get_state(), "epoch": epoch, "history": history}, ckpt)
     grid = np.round(pattern.detach().clamp(-args.eps, args.eps).numpy()[:, 0]).astype(np.int8)
     np.save(out / "pattern.npy", grid)
-    result = {"command": "python -m models.train_pattern " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "surrogates": names,
+    result = {"command": "python -m medrae.models.train_pattern " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "surrogates": names,
               "classes": list(tr.classes), "history": history, "eps": args.eps, "grid": 224 // args.cell, "cell": args.cell}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if args.install:
@@ -246,7 +246,7 @@ def install(pattern_file: Path, dest: Path, result: dict) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.train_pattern", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m medrae.models.train_pattern", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder with train/ (a dataset directory per split)")
     p.add_argument("--zoo", default="runs/zoo", help="trained zoo (its surrogates join the ensemble); '' for the shipped classifiers only")
     p.add_argument("--models", default=str(Path(__file__).resolve().parent))
@@ -262,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-ssim", type=float, default=0.93)
     p.add_argument("--max-mse", type=float, default=25.0, help="per image, levels^2 (PSNR 34.2 dB)")
     p.add_argument("--quality", type=float, default=1.0, help="weight of the SSIM / MSE hinge penalties")
-    p.add_argument("--lgv", action="store_true", help="zoo surrogates with LGV weights (python -m models.zoo lgv) attack through a random one per step")
+    p.add_argument("--lgv", action="store_true", help="zoo surrogates with LGV weights (python -m medrae.models.zoo lgv) attack through a random one per step")
     p.add_argument("--feature", type=float, default=0.0, help="weight of a feature-disruption loss at each surrogate's middle layer (0: off)")
     p.add_argument("--sgm", type=float, default=1.0, help="skip-gradient factor on the ResNet surrogates' residual branches (1: off)")
     p.add_argument("--threads", type=int, default=2)

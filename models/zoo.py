@@ -1,9 +1,9 @@
 """The transfer lab's classifier zoo: independently trained models, split into surrogates and
 held-out targets.
 
-    python -m models.zoo train --data ../shared/data/cxr3 --out runs/zoo          # all members
-    python -m models.zoo train --data ../shared/data/cxr3 --out runs/zoo --only t_densenet224
-    python -m models.zoo list
+    python -m medrae.models.zoo train --data ../shared/data/cxr3 --out runs/zoo          # all members
+    python -m medrae.models.zoo train --data ../shared/data/cxr3 --out runs/zoo --only t_densenet224
+    python -m medrae.models.zoo list
 
 An unauthorized party uses a classifier of its own, at its own input size and preprocessing. Each
 member is such a pipeline: the saved 8-bit 224x224 image is resized to the member's size (bilinear,
@@ -158,7 +158,7 @@ def load(root: Path | str, name: str) -> ZooModel:
     """A trained member from ``<root>/<name>/best.pt`` (eval mode)."""
     path = Path(root) / name / "best.pt"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: zoo member not trained (python -m models.zoo train --only {name} ...)")
+        raise FileNotFoundError(f"{path}: zoo member not trained (python -m medrae.models.zoo train --only {name} ...)")
     model = ZooModel(member(name))
     model.load_state_dict(torch.load(path, weights_only=False)["model"])
     return model.eval()
@@ -216,9 +216,9 @@ def export_gradient(root: Path | str, name: str, out: Path | str, data: Path | s
     """Write ``out`` (ONNX: normalised 224x224 image, label -> logits, d margin / d pixel) and its
     card for the surrogate ``name``, after checking ONNX Runtime against torch autograd through the
     member's whole pipeline on ``limit`` images of the dataset directory ``data``."""
-    from export.onnx_export import _cosines
-    from toolkit.datasets import load_split
-    from toolkit.ort import file_sha256, session
+    from medrae.export.onnx_export import _cosines
+    from medrae.toolkit.datasets import load_split
+    from medrae.toolkit.ort import file_sha256, session
 
     from .gradient import MarginGradient
 
@@ -269,7 +269,7 @@ def export_gradient(root: Path | str, name: str, out: Path | str, data: Path | s
         "opset": 17, "parity": report, "role": "surrogate of protect's transfer stage (toolkit/refine.py); weights inline",
         "training": {"command": result["command"], "data": "cxr3 train (1260 images), val for model selection"},
         "test_metrics": {"split": "cxr3 test (270)", "accuracy": result["test_acc"]},
-        "command": f"python -m models.zoo export-gradient {name} --zoo {root} --out {out} --data {data}",
+        "command": f"python -m medrae.models.zoo export-gradient {name} --zoo {root} --out {out} --data {data}",
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card
@@ -293,7 +293,7 @@ def _fgsm_rs(model: nn.Module, pixels: torch.Tensor, y: torch.Tensor, eps: float
 
 def train_member(spec: ZooMember, data: Path, out: Path, threads: int | None = None, batch: int = 32, log=print) -> dict:
     """Train one member (resuming from ``out/last.pt``); returns its result (test accuracy included)."""
-    from toolkit.datasets import load_split
+    from medrae.toolkit.datasets import load_split
 
     from .train import augment, checkpoint, resume, seed_everything
 
@@ -340,7 +340,7 @@ def train_member(spec: ZooMember, data: Path, out: Path, threads: int | None = N
     model = load(out.parent, spec.name)
     te = load_split(data / "test", tr.classes)
     result = {"member": asdict(spec), "best_val": best, "test_acc": float((logits(model, te.images).argmax(1) == te.labels).mean()),
-              "history": history, "command": f"python -m models.zoo train --data {data.parent}/{data.name} --out {out.parent} --only {spec.name}"}
+              "history": history, "command": f"python -m medrae.models.zoo train --data {data.parent}/{data.name} --out {out.parent} --only {spec.name}"}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     ckpt.unlink()  # best.pt and result.json are the member; the optimiser state is not needed again
     return result
@@ -362,7 +362,7 @@ def collect_lgv(root: Path | str, name: str, data: Path | str, epochs: int = 10,
     Attacking a random one of them per step transfers better than attacking the member itself: the
     perturbation follows the flat vicinity of the minimum, not the minimum's accidents. Seeded; each
     epoch checkpoints (``lgv/last.pt``), a rerun resumes."""
-    from toolkit.datasets import load_split
+    from medrae.toolkit.datasets import load_split
 
     from .train import augment, checkpoint, resume, seed_everything
 
@@ -404,7 +404,7 @@ def collect_lgv(root: Path | str, name: str, data: Path | str, epochs: int = 10,
                 model.train()
         checkpoint(out / "last.pt", model, opt, sched, gen, epoch, -1.0, history)
     result = {"member": name, "epochs": epochs, "per_epoch": per_epoch, "lr": lr, "seed": seed, "history": history,
-              "command": f"python -m models.zoo lgv {name} --zoo {root} --data {data} --epochs {epochs} --per-epoch {per_epoch} --lr {lr} --seed {seed}"}
+              "command": f"python -m medrae.models.zoo lgv {name} --zoo {root} --data {data} --epochs {epochs} --per-epoch {per_epoch} --lr {lr} --seed {seed}"}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     (out / "last.pt").unlink()
     return result
@@ -424,7 +424,7 @@ def train_zoo(data: Path | str, out: Path | str, only: list[str] | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m medrae.models.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the zoo (resumable, seeded)")
     t.add_argument("--data", required=True, help="folder with train/ val/ test/ dataset directories")

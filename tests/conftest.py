@@ -41,7 +41,7 @@ def phantom_dataset(tmp_path_factory):
     """train/val/test dataset directories of 224x224 phantoms (the networks' input size), 3 classes x 4 images."""
     from PIL import Image
 
-    from toolkit.phantoms import chest_phantom
+    from medrae.toolkit.phantoms import chest_phantom
 
     root = tmp_path_factory.mktemp("phantoms")
     k = 0
@@ -62,9 +62,9 @@ def phantom_dataset(tmp_path_factory):
 def tiny_models(phantom_dataset, tmp_path_factory):
     """Random-weight segmenter and grid generator, exported to ONNX with cards."""
     torch = pytest.importorskip("torch")
-    from export import onnx_export as ex
-    from models import create
-    from models.train import build
+    from medrae.export import onnx_export as ex
+    from medrae.models import create
+    from medrae.models.train import build
 
     out = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def tiny_models(phantom_dataset, tmp_path_factory):
 def without_one_step_check(monkeypatch):
     """A function that makes ``kernels.rdh`` embed without its one-step check from then on (nothing
     watched), to show what the check prevents."""
-    from kernels import rdh
+    from medrae.kernels import rdh
 
     checked = rdh._try_one_step
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from cli import app
+from medrae.cli import app
 
 runner = CliRunner()
 

@@ -16,9 +16,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
-from toolkit.batch import protect_paths, restore_paths, verify_paths  # noqa: E402
-from toolkit.demo import write_phantoms  # noqa: E402
-from toolkit.settings import ProtectSettings  # noqa: E402
+from medrae.toolkit.batch import protect_paths, restore_paths, verify_paths  # noqa: E402
+from medrae.toolkit.demo import write_phantoms  # noqa: E402
+from medrae.toolkit.settings import ProtectSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))
@@ -86,7 +86,7 @@ def test_cluster_files_equal_single_machine(cluster, phantoms, tmp_path):
     back = restore_paths(tmp_path / "enc", tmp_path / "back", KEY, workers=2, ray=cluster)
     assert back.count("restored") == 9
     orig = _files(phantoms)
-    from toolkit.imageio import read_image
+    from medrae.toolkit.imageio import read_image
 
     for name in orig:
         assert np.array_equal(read_image(tmp_path / "back" / name).pixels, read_image(phantoms / name).pixels)
@@ -133,7 +133,7 @@ def test_cluster_driver_killed_then_rerun_resumes(cluster, phantoms, tmp_path):
     """A protect command on the cluster is SIGKILLed after its first output; the rerun writes only
     what is missing (the rest skipped) and the tree equals an uninterrupted run's."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from cli import app; app()", "protect", str(phantoms), str(out), "--no-encrypt",
+    cmd = [sys.executable, "-c", "from medrae.cli import app; app()", "protect", str(phantoms), str(out), "--no-encrypt",
            "--refine-steps", "0", "--batch-size", "1", "--workers", "2", "--ray", cluster]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 90
@@ -155,7 +155,7 @@ def test_cluster_driver_killed_then_rerun_resumes(cluster, phantoms, tmp_path):
 
 def test_cluster_unreachable_address_is_one_line_error(tmp_path, phantoms):
     """A fresh process (this one is connected to the module's cluster): exit 2, one line, nothing written."""
-    res = subprocess.run([sys.executable, "-c", "from cli import app; app()", "restore", str(phantoms), str(tmp_path / "o"),
+    res = subprocess.run([sys.executable, "-c", "from medrae.cli import app; app()", "restore", str(phantoms), str(tmp_path / "o"),
                           "--ray", "127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip()]
@@ -189,7 +189,7 @@ def test_cluster_started_by_ray_start_joined_by_address(tmp_path, phantoms):
                 break
             except OSError:
                 time.sleep(0.2)
-        cmd = [sys.executable, "-c", "from cli import app; app()", "protect", str(src), str(tmp_path / "out"),
+        cmd = [sys.executable, "-c", "from medrae.cli import app; app()", "protect", str(src), str(tmp_path / "out"),
                "--no-encrypt", "--refine-steps", "0", "--ray", f"127.0.0.1:{port}"]
         token = Path.home() / ".ray" / "auth_token"
         if token.exists():  # `ray start` made one: the cluster wants it

@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import kernels
-from kernels.codecs import CODECS
-from kernels.resample import downsample, grid_shape, upsample
-from toolkit.phantoms import chest_phantom
+from medrae import kernels
+from medrae.kernels.codecs import CODECS
+from medrae.kernels.resample import downsample, grid_shape, upsample
+from medrae.toolkit.phantoms import chest_phantom
 
 ALL = [c for c in CODECS.names() if c != "pattern"]  # the pattern codec needs protect's hints: tested below
 
@@ -191,7 +191,7 @@ def test_pattern(tmp_path_factory):
     """A random (3, 56, 56) int8 pattern published under id 250 in a temporary pattern folder."""
     import hashlib
 
-    from kernels import patterns
+    from medrae.kernels import patterns
 
     folder = tmp_path_factory.mktemp("patterns")
     arr = np.random.default_rng(7).integers(-8, 9, (3, 56, 56)).astype(np.int8)
@@ -207,7 +207,7 @@ def test_pattern(tmp_path_factory):
 def _patterned(arr, cls, shape, factor, unit, seed, smooth=False):
     """A perturbation as protect makes it with a pattern: the pattern on the covered cells, a few
     refinement moves, full-resolution exceptions (ROI edges, clipping)."""
-    from kernels.codecs import PatternHint
+    from medrae.kernels.codecs import PatternHint
 
     rng = np.random.default_rng(seed)
     gshape = grid_shape(shape, factor)
@@ -243,7 +243,7 @@ def test_pattern_codes_a_dense_pattern_for_little(test_pattern):
 
 
 def test_pattern_refused_when_unknown_or_changed(test_pattern):
-    from kernels import PayloadError, patterns
+    from medrae.kernels import PayloadError, patterns
 
     _, arr, folder = test_pattern
     p, g, hint = _patterned(arr, 0, (64, 64), 2, 1, 3)

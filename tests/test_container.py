@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-import kernels
-from kernels import container
+from medrae import kernels
+from medrae.kernels import container
 
 KEY = bytes(range(32))
 SHA = hashlib.sha256(b"pixels").digest()

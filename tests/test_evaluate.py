@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.attacks import ATTACKS  # noqa: E402
+from medrae.models.attacks import ATTACKS  # noqa: E402
 
 
 class Linear(torch.nn.Module):
@@ -105,7 +105,7 @@ def test_unknown_option_is_an_error(batch):
 def test_classifier_rebuilt_from_onnx_matches_ort():
     from pathlib import Path
 
-    from models.from_onnx import load_classifier
+    from medrae.models.from_onnx import load_classifier
 
     root = Path(__file__).resolve().parents[1] / "models"
     # the white-box target, a VGG, and the defended one (CBAM: convolutions and MLPs beside the head)
@@ -116,7 +116,7 @@ def test_classifier_rebuilt_from_onnx_matches_ort():
 def test_evaluate_quick_on_phantoms(phantom_dataset, tmp_path):
     from typer.testing import CliRunner
 
-    from cli import app
+    from medrae.cli import app
 
     out = tmp_path / "r"
     r = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--quick",
@@ -124,8 +124,8 @@ def test_evaluate_quick_on_phantoms(phantom_dataset, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) <= {"ours_ae", "ours_rae", "fgsm", "liu_rae", "ours_rae_noregion"}
-    from toolkit.ort import file_sha256
-    from toolkit.protect import MODELS_DIR
+    from medrae.toolkit.ort import file_sha256
+    from medrae.toolkit.protect import MODELS_DIR
 
     # provenance: every shipped model file's digest, so that the numbers can be traced to models
     assert res["models"]["classifier_resnet18.onnx"] == file_sha256(MODELS_DIR / "classifier_resnet18.onnx")
@@ -140,8 +140,8 @@ def test_evaluate_quick_on_phantoms(phantom_dataset, tmp_path):
 
 def test_rit_round_trip_on_a_phantom():
     """Yin et al. RIT-RAE: transform towards a target, embed the auxiliary data, restore exactly."""
-    from toolkit import rit
-    from toolkit.phantoms import chest_phantom
+    from medrae.evaluation import rit
+    from medrae.toolkit.phantoms import chest_phantom
 
     x, _ = chest_phantom(3)
     rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def test_rit_round_trip_on_a_phantom():
 
 
 def test_every_table_row_matches_its_header():
-    from toolkit.evaluate import tables
+    from medrae.evaluation.evaluate import tables
 
     row = {"asr": 0.5, "psnr": 33.0, "ssim": 0.9, "seconds_per_image": 0.1, "transfer": {"b": 0.2, "d": 0.1},
            "roi_max_change": 2, "roi_mean_change": 0.5, "payload_bpp": 0.2, "fit_fraction": 1.0, "restored_fraction": 1.0,
@@ -180,8 +180,8 @@ def test_defended_target_methods(tmp_path):
     crafts PGD on the defended classifier itself, so it fools that one, not by transfer."""
     import shutil
 
-    from toolkit.evaluate import DEFENDED, Harness
-    from toolkit.protect import MODELS_DIR
+    from medrae.evaluation.evaluate import DEFENDED, Harness
+    from medrae.toolkit.protect import MODELS_DIR
 
     h = Harness(MODELS_DIR, bytes(32))
     assert h.available("ours_rae_defended") is None and h.available("pgd_defended") is None
@@ -199,9 +199,9 @@ def test_seed_generators_run_alone(tmp_path):
     (which protect would otherwise run, since the white-box gradient model is there)."""
     import shutil
 
-    from toolkit.evaluate import Harness
-    from toolkit.phantoms import chest_phantom
-    from toolkit.protect import MODELS_DIR
+    from medrae.evaluation.evaluate import Harness
+    from medrae.toolkit.phantoms import chest_phantom
+    from medrae.toolkit.protect import MODELS_DIR
 
     for f in MODELS_DIR.iterdir():
         shutil.copy(f, tmp_path)

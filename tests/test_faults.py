@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from toolkit import faults
-from toolkit.imageio import read_image
-from toolkit.phantoms import chest_phantom
+from medrae import kernels
+from medrae.evaluation import faults
+from medrae.toolkit.imageio import read_image
+from medrae.toolkit.phantoms import chest_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 formats x 3400 damaged files: the campaign's >= 10 000 cases, every run (about a minute)
@@ -32,7 +32,7 @@ KEY = bytes(range(32))
 
 
 def _protect_one(src: Path, dst: Path) -> None:
-    from toolkit.batch import protect_paths
+    from medrae.toolkit.batch import protect_paths
 
     report = protect_paths(src, dst, KEY, workers=1)
     assert report.count("protected") == 1, [r.reason for r in report.results]
@@ -45,7 +45,7 @@ def protected(tmp_path_factory):
     from PIL import Image as PILImage
 
     from test_pipeline_cli import _dicom
-    from toolkit.imageio import Image
+    from medrae.toolkit.imageio import Image
 
     base = tmp_path_factory.mktemp("faults")
     img, _ = chest_phantom(7)
@@ -94,7 +94,7 @@ def test_damaged_files_are_refused_never_restored_wrong(protected, kind, tmp_pat
 @given(data=st.binary(min_size=0, max_size=400), key=st.sampled_from([None, KEY]))
 def test_container_parser_fuzz(data, key):
     """Random bytes as a payload: typed errors only (a valid header with a random body is too)."""
-    from kernels import container
+    from medrae.kernels import container
 
     for payload in (data, container.MAGIC + data):
         try:
@@ -109,7 +109,7 @@ def test_container_parser_fuzz(data, key):
 @given(seed=st.integers(0, 2**32 - 1), signed=st.booleans())
 def test_side_information_parser_fuzz(seed, signed):
     """Random border LSBs (with and without a valid signature byte): extraction raises typed errors only."""
-    from kernels.rdh import SIGNATURE, border_length, reserved_indices
+    from medrae.kernels.rdh import SIGNATURE, border_length, reserved_indices
 
     rng = np.random.default_rng(seed)
     image = chest_phantom(seed % 5)[0].copy()
@@ -141,7 +141,7 @@ def _tree(tmp_path: Path, n: int = 6) -> Path:
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    code = "import sys; from cli import app; sys.argv = ['medrae', *sys.argv[1:]]; app()"
+    code = "import sys; from medrae.cli import app; sys.argv = ['medrae', *sys.argv[1:]]; app()"
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
@@ -201,7 +201,7 @@ def test_a_worker_that_dies_fails_its_file_and_the_batch_goes_on(tmp_path):
     src = _tree(tmp_path, 6)
     out = tmp_path / "out"
     code = (
-        "import json, os, signal, sys; from pathlib import Path; from toolkit import batch\n"
+        "import json, os, signal, sys; from pathlib import Path; from medrae.toolkit import batch\n"
         "real = batch.protect_chunk\n"
         "def deadly(protector, chunk, *a, **kw):\n"
         "    if any(Path(s).name == 'p3.png' for s, _ in chunk):\n"
@@ -235,7 +235,7 @@ def _umount(path: Path) -> None:
 
 
 def _run_protect(src: Path, out: Path, key: bytes):
-    from toolkit.batch import protect_paths
+    from medrae.toolkit.batch import protect_paths
 
     return protect_paths(src, out, key, workers=1)
 
@@ -265,7 +265,7 @@ def test_no_chunk_is_lost_when_the_pool_breaks_between_chunks(order):
     pool refuses at submission stays queued too (the files were once dropped there, unreported)."""
     from concurrent.futures.process import BrokenProcessPool
 
-    from toolkit.batch import _run_chunks
+    from medrae.toolkit.batch import _run_chunks
 
     chunks = [[("a1", "A1"), ("a2", "A2")], [("b1", "B1")], [("c1", "C1")]]
     died = BrokenProcessPool("worker died")

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from models import create  # noqa: E402
-from models.advgan import round_ste, roi_cells  # noqa: E402
-from kernels.resample import upsample  # noqa: E402
-from toolkit.phantoms import chest_phantom  # noqa: E402
+from medrae.models import create  # noqa: E402
+from medrae.models.advgan import round_ste, roi_cells  # noqa: E402
+from medrae.kernels.resample import upsample  # noqa: E402
+from medrae.toolkit.phantoms import chest_phantom  # noqa: E402
 
 
 @pytest.mark.parametrize("name, out", [("unet_small", (2, 1, 64, 64)), ("resnet18", (2, 3)), ("resnet50", (2, 3)), ("vgg16_small", (2, 3))])
@@ -57,7 +57,7 @@ def test_round_ste_passes_gradients():
 
 def test_training_resumes_exactly(phantom_dataset, tmp_path, capsys, monkeypatch):
     """Killed after epoch 1, the same command resumes and ends exactly like an uninterrupted run."""
-    from models import train
+    from medrae.models import train
 
     def run(out, **patch):
         train.main(["segmenter", "--data", str(phantom_dataset), "--out", str(out), "--size", "32", "--batch", "4", "--epochs", "2"])
@@ -80,13 +80,13 @@ def test_training_resumes_exactly(phantom_dataset, tmp_path, capsys, monkeypatch
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(resumed) == strip(straight)
     result = json.loads((tmp_path / "b" / "result.json").read_text())
-    assert 0 <= result["test"]["dsc"] <= 1 and result["command"].startswith("python -m models.train ")
+    assert 0 <= result["test"]["dsc"] <= 1 and result["command"].startswith("python -m medrae.models.train ")
 
 
 def test_segmenter_pos_weight_makes_a_missed_lung_pixel_dearer():
     """--pos-weight W: a lung pixel called background costs W times a background pixel called lung
     at the same confidence; W = 1 is the paper's plain BCE."""
-    from models.train import segmenter_loss
+    from medrae.models.train import segmenter_loss
 
     sure = torch.tensor([3.0])
     missed = segmenter_loss(-sure, torch.ones(1), 4.0)  # lung, called background
@@ -98,8 +98,8 @@ def test_segmenter_pos_weight_makes_a_missed_lung_pixel_dearer():
 
 @pytest.mark.parametrize("kind", ["segmenter", "classifier", "generator"])
 def test_export_parity(kind, phantom_dataset, tmp_path):
-    from export import onnx_export as ex
-    from models.train import build
+    from medrae.export import onnx_export as ex
+    from medrae.models.train import build
 
     torch.manual_seed(0)
     if kind == "generator":
@@ -124,7 +124,7 @@ def test_export_parity(kind, phantom_dataset, tmp_path):
 
 
 def test_pruned_cbam_classifier_is_sparse(phantom_dataset, tmp_path):
-    from models import train
+    from medrae.models import train
 
     out = tmp_path / "p"
     res = train.train(train.parser().parse_args(["classifier", "--data", str(phantom_dataset), "--out", str(out), "--arch", "vgg16_small_cbam",
@@ -139,7 +139,7 @@ def test_pruned_cbam_classifier_is_sparse(phantom_dataset, tmp_path):
 
 
 def test_pgd_examples_stay_in_the_ball():
-    from models.train import pgd_examples
+    from medrae.models.train import pgd_examples
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 64, 3))
@@ -154,9 +154,9 @@ def test_pgd_examples_stay_in_the_ball():
 
 def test_csm_loss_is_differentiable_through_grad_cam():
     """CSM-GAN's loss: Grad-CAM of the perturbed image must pass gradients back to the perturbation."""
-    from models.train import build
-    from models.train_generator import csm_loss, grad_cam
-    from models.data import normalize
+    from medrae.models.train import build
+    from medrae.models.train_generator import csm_loss, grad_cam
+    from medrae.models.data import normalize
 
     torch.manual_seed(0)
     clf = build("classifier", "resnet18", 32).eval()
@@ -176,8 +176,8 @@ def test_generator_training_takes_a_shipped_onnx_classifier():
     decisions ONNX Runtime makes (no .pt checkpoint needs to exist)."""
     import onnxruntime as ort
 
-    from models.train_generator import load_classifier
-    from toolkit.protect import MODELS_DIR, normalize
+    from medrae.models.train_generator import load_classifier
+    from medrae.toolkit.protect import MODELS_DIR, normalize
 
     path = MODELS_DIR / "classifier_vgg16_small.onnx"
     model = load_classifier(str(path), "cpu")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
-from kernels.patterns import DEFAULT_PATTERN, PATTERNS, load, on_grid, pattern_id
-from toolkit.imageio import Image
-from toolkit.phantoms import chest_phantom
-from toolkit.masks import dilate
-from toolkit.protect import PATTERN_KEEP_OUT, Protector, cells_touching, plan_perturbation, protect_with_fallback
+from medrae import kernels
+from medrae.kernels.patterns import DEFAULT_PATTERN, PATTERNS, load, on_grid, pattern_id
+from medrae.toolkit.imageio import Image
+from medrae.toolkit.phantoms import chest_phantom
+from medrae.toolkit.masks import dilate
+from medrae.toolkit.protect import PATTERN_KEEP_OUT, Protector, cells_touching, plan_perturbation, protect_with_fallback
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_pattern_on_a_deep_inverted_image_restores(protector, views, monochrome1
     if monochrome1:
         pixels = 4095 - pixels
     image = Image(pixels, 4095, "dicom", monochrome1=monochrome1)
-    from toolkit.display import level_size
+    from medrae.toolkit.display import level_size
 
     plan = plan_perturbation(image, a.rois[0], a.grids[0], 8, a.guards[0], a.pattern(0))
     step = level_size(image)  # 1/255 of the image's own range (no VOI window): 14 units here
@@ -100,7 +100,7 @@ def test_a_coarser_pattern_lays_whole_cells_and_restores(views, tmp_path, monkey
     restores bit for bit."""
     import hashlib
 
-    from kernels import patterns
+    from medrae.kernels import patterns
 
     arr = np.random.default_rng(3).integers(-8, 9, (3, 28, 28)).astype(np.int8)
     np.save(tmp_path / "coarse_v0.npy", arr)
@@ -139,7 +139,7 @@ def test_cli_pattern_option(tmp_path, views):
     from PIL import Image as PILImage
     from typer.testing import CliRunner
 
-    from cli import app
+    from medrae.cli import app
 
     (tmp_path / "in").mkdir()
     PILImage.fromarray(views[0]).save(tmp_path / "in" / "a.png")
@@ -155,7 +155,7 @@ def test_cli_pattern_option(tmp_path, views):
 
 def _pattern_never_fits(monkeypatch):
     """Make every plan that carries the transfer pattern too big for the image (others as they are)."""
-    import toolkit.protect as protect_module
+    import medrae.toolkit.protect as protect_module
 
     real = protect_module.protect_planned
 
@@ -168,7 +168,7 @@ def _pattern_never_fits(monkeypatch):
 
 
 def test_a_pattern_payload_that_fits_only_coarser_is_refined_again_without_it(protector, views, monkeypatch):
-    from toolkit.protect import Fitted, RetryWithoutPattern, fit_analysed
+    from medrae.toolkit.protect import Fitted, RetryWithoutPattern, fit_analysed
 
     a = protector.analyse(views)
     _pattern_never_fits(monkeypatch)
@@ -195,7 +195,7 @@ def test_a_pattern_payload_that_fits_only_coarser_is_refined_again_without_it(pr
 def test_batch_refines_again_without_the_pattern_and_reports_it(tmp_path, views, monkeypatch):
     from PIL import Image as PILImage
 
-    from toolkit.batch import protect_paths, verify_paths
+    from medrae.toolkit.batch import protect_paths, verify_paths
 
     (tmp_path / "in").mkdir()
     for k, v in enumerate(views):

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import kernels
-from cli import app
-from toolkit.phantoms import chest_phantom
+from medrae import kernels
+from medrae.cli import app
+from medrae.toolkit.phantoms import chest_phantom
 
 from conftest import cxr3_images
 
@@ -25,7 +25,7 @@ def invoke(*args: str):
 
 
 def pixels(path: Path) -> np.ndarray:
-    from toolkit.imageio import read_image
+    from medrae.toolkit.imageio import read_image
 
     return read_image(path).pixels
 
@@ -61,7 +61,7 @@ def test_a_key_file_others_can_read_is_warned_about(tmp_path, caplog):
     import logging
     import os
 
-    from toolkit.keys import keygen, load_key
+    from medrae.toolkit.keys import keygen, load_key
 
     k = keygen(tmp_path / "k.key")
     with caplog.at_level(logging.WARNING, logger="medrae"):
@@ -85,12 +85,12 @@ def test_protect_restore_verify_tree(tmp_path, phantom_dir, key):
     # provenance for audits: the package version, eps, and the digest of every model file that made the perturbation
     from importlib.metadata import version
 
-    from toolkit.ort import file_sha256
-    from toolkit.protect import MODELS_DIR
+    from medrae.toolkit.ort import file_sha256
+    from medrae.toolkit.protect import MODELS_DIR
 
     assert report["medrae_version"] == version("medrae") and report["eps"] == 8
     used = ("segmenter.onnx", "gradient_resnet18.onnx", "classifier_resnet18.onnx")
-    from kernels.patterns import DEFAULT_PATTERN, PATTERNS
+    from medrae.kernels.patterns import DEFAULT_PATTERN, PATTERNS
 
     pattern, array_sha = PATTERNS[DEFAULT_PATTERN]  # the transfer pattern: its array's SHA-256, as restore checks it
     assert report["models"] == {**{name: file_sha256(MODELS_DIR / name) for name in used}, f"kernels/patterns/{pattern}.npy": array_sha}
@@ -339,8 +339,8 @@ def test_usage_errors(tmp_path, phantom_dir, key):
 
 
 def test_interrupted_batch_resumes(tmp_path, phantom_dir, key):
-    from toolkit.batch import protect_paths
-    from toolkit.keys import load_key
+    from medrae.toolkit.batch import protect_paths
+    from medrae.toolkit.keys import load_key
 
     out = tmp_path / "out"
     seen = []
@@ -446,9 +446,9 @@ def test_the_roi_stays_within_one_level_unless_asked(tmp_path, phantom_dir, key)
     ``--rdh-in-roi`` lets every pass use it; ``--lungs-exact`` never."""
     import json
 
-    from kernels.rdh import border_length, reserved_indices
-    from toolkit.imageio import read_image
-    from toolkit.protect import Protector, network_view
+    from medrae.kernels.rdh import border_length, reserved_indices
+    from medrae.toolkit.imageio import read_image
+    from medrae.toolkit.protect import Protector, network_view
 
     prot = Protector(refine_steps=0)
     seen = set()
@@ -493,8 +493,8 @@ def test_worker_pool_is_spawned_once_onnx_runtime_has_run(tmp_path, phantom_dir,
     same program spawns them (a fork would copy locks of ORT's running thread pools), and works."""
     import multiprocessing
 
-    from toolkit import batch, ort
-    from toolkit.keys import load_key
+    from medrae.toolkit import batch, ort
+    from medrae.toolkit.keys import load_key
 
     used = []
     real = multiprocessing.get_context
@@ -512,8 +512,8 @@ def test_chunks_in_workers_write_the_files_one_process_writes(tmp_path, phantom_
     """With several CPU workers each worker runs whole chunks on its own networks: the --no-encrypt
     files are byte for byte those of the single-process batch, the report names the same
     provenance, and a bad models directory is the one-line error it is without workers."""
-    from toolkit import batch
-    from toolkit.settings import ProtectSettings
+    from medrae.toolkit import batch
+    from medrae.toolkit.settings import ProtectSettings
 
     settings = ProtectSettings(batch_size=1)
     one = batch.protect_paths(phantom_dir, tmp_path / "one", None, settings, workers=1)

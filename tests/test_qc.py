@@ -8,9 +8,9 @@ import pytest
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from cli import app
-from toolkit import qc
-from toolkit.phantoms import chest_phantom
+from medrae.cli import app
+from medrae.toolkit import qc
+from medrae.toolkit.phantoms import chest_phantom
 
 
 def _logits(mask: np.ndarray, sharp: float = 8.0) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_an_roi_far_from_its_hulls_is_flagged_even_when_the_mask_is_plausible():
     """The ROI protect keeps (the union of the views' masks, dilated) can be concave where the
     mask at 50 % is not: a view that found a blob reaching out of one lung (covid_00421 of
     cxr3/test: an L-shaped ROI, 370 true-lung pixels perturbed beside it before this measure)."""
-    from toolkit.masks import dilate
+    from medrae.toolkit.masks import dilate
 
     lungs = _two_lungs()
     logits = _logits(lungs)
@@ -126,7 +126,7 @@ def test_the_joined_roi_of_a_real_x_ray_is_flagged_and_widened_over_its_lung():
     and the segmenter misses the left base; before the ROI-hull measure no flag was raised and the
     perturbation reached 370 true-lung pixels. Flagged now, and ``widen`` covers every true-lung pixel."""
     from conftest import CXR3, load_gray
-    from toolkit.protect import Protector
+    from medrae.toolkit.protect import Protector
 
     image, mask = CXR3 / "test/covid/images/covid_00421.png", CXR3 / "test/covid/masks/covid_00421.png"
     if not (image.is_file() and mask.is_file()):

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels.rdh import SIDE_BITS, reserved_indices
-from toolkit.phantoms import chest_phantom
+from medrae import kernels
+from medrae.kernels.rdh import SIDE_BITS, reserved_indices
+from medrae.toolkit.phantoms import chest_phantom
 
 METHODS = ["pee", "hs"]
 KINDS = ["noise", "smooth", "zeros", "full", "checker", "phantom", "gradient", "two_level"]
@@ -202,7 +202,7 @@ def test_unknown_method():
 )
 def test_numba_matches_numpy_reference(kind, shape, dtype, payload, seed):
     """Two independent implementations of PEE must mark every image identically."""
-    from kernels import _reference
+    from medrae.kernels import _reference
 
     image = make_image(kind, shape, dtype, seed)
     try:
@@ -273,7 +273,7 @@ def make_frozen(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
 
 def _outside_reserved(marked: np.ndarray) -> np.ndarray:
     """Pixels whose LSB the side information cannot have changed (all but the reserved border run)."""
-    from kernels.rdh import border_length
+    from medrae.kernels.rdh import border_length
 
     keep = np.ones(marked.shape, bool)
     keep.ravel()[reserved_indices(marked.shape, border_length(marked.shape))] = False
@@ -316,7 +316,7 @@ def test_frozen_region_is_left_bit_exact(method, kind, region, shape, dtype, pay
     seed=st.integers(0, 2**16),
 )
 def test_frozen_region_numba_matches_numpy_reference(kind, region, shape, payload, seed):
-    from kernels import _reference
+    from medrae.kernels import _reference
 
     image = make_image(kind, shape, np.uint8, seed)
     frozen = make_frozen(region, shape, seed)
@@ -347,7 +347,7 @@ def test_open_first_region_moves_by_one_step_at_most(method, kind, region, shape
     a pixel of the caller's region moves by one step of ``x >> s`` at most, also at 0 or the ceiling
     (where PEE would move one in, then out: the embedder picks another bin pair for such a pass); the
     rest of its blocks by two at most there; the round trip stays exact; info states the bound."""
-    from kernels.rdh import hiding_bounds
+    from medrae.kernels.rdh import hiding_bounds
 
     image = make_image(kind, shape, dtype, seed)
     frozen = make_frozen(region, shape, seed)
@@ -389,7 +389,7 @@ def test_open_region_pixels_at_black_or_white_move_one_level_and_the_reference_a
     region pixel moves by at most one level; without the embedder's check (monkeypatched away) the
     same embedding moves some by two, so the check is what holds the bound; the NumPy reference,
     which shares the driver, gives the same image bit for bit."""
-    from kernels import _reference
+    from medrae.kernels import _reference
 
     image = _saturated_chest(seed)
     lungs = make_frozen("lungs", image.shape, 0)
@@ -411,8 +411,8 @@ def test_band_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill
     """``band``: the blocks within ``band`` blocks of the frozen region are open to the first group
     of passes only: a band pixel moves by one step at most (two at 0 or the ceiling), the region as
     without a band, the round trip stays exact, and the band is read back from the file alone."""
-    from kernels import regionmap
-    from kernels.rdh import hiding_bounds
+    from medrae.kernels import regionmap
+    from medrae.kernels.rdh import hiding_bounds
 
     image = make_image(kind, shape, dtype, seed)
     frozen = make_frozen(region, shape, seed)
@@ -447,7 +447,7 @@ def test_band_moves_by_one_step_at_most(method, kind, region, shape, dtype, fill
 def test_band_costs_capacity_not_bits():
     """A band lowers the capacity (the band's pixels serve one pass group only) and is stored in
     the map's header, so the side information is as long as without one."""
-    from kernels.rdh import hiding_bounds
+    from medrae.kernels.rdh import hiding_bounds
 
     image = chest_phantom(3)[0]
     lungs = make_frozen("lungs", image.shape, 0)
@@ -468,7 +468,7 @@ def test_band_costs_capacity_not_bits():
 def test_open_first_adds_capacity_and_is_recorded():
     """The lungs are the X-ray's smoothest part: one pass group there holds a lot. A closed region
     reports a zero bound, an open one a one-step bound; no region reports None."""
-    from kernels.rdh import hiding_bounds
+    from medrae.kernels.rdh import hiding_bounds
 
     image = chest_phantom(3)[0]
     lungs = make_frozen("lungs", image.shape, 0)
@@ -486,7 +486,7 @@ def test_open_first_adds_capacity_and_is_recorded():
 
 @given(grid=st.tuples(st.integers(1, 40), st.integers(1, 40)), density=st.floats(0, 1), seed=st.integers(0, 2**16))
 def test_block_map_code_round_trips(grid, density, seed):
-    from kernels import regionmap
+    from medrae.kernels import regionmap
 
     blocks = np.random.default_rng(seed).random(grid) < density
     code = regionmap.encode_blocks(blocks)
@@ -506,7 +506,7 @@ def test_frozen_lungs_cost_capacity_but_keep_the_lungs():
 
 def test_a_damaged_block_map_is_refused_never_misread():
     """The map is covered by the side information's CRC: flipping any of its LSBs is refused."""
-    from kernels.rdh import SIDE_BITS, border_length
+    from medrae.kernels.rdh import SIDE_BITS, border_length
 
     image = chest_phantom(5)[0]
     marked = kernels.embed(image, b"payload" * 20, frozen=make_frozen("lungs", image.shape, 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
+from medrae import kernels
 from conftest import load_gray
 
 SIZES = (5_000, 10_000, 20_000)

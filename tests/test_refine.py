@@ -10,13 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toolkit.phantoms import chest_phantom  # noqa: E402
-from toolkit.protect import MODELS_DIR as MODELS, ROI_THRESHOLD  # noqa: E402
+from medrae.toolkit.phantoms import chest_phantom  # noqa: E402
+from medrae.toolkit.protect import MODELS_DIR as MODELS, ROI_THRESHOLD  # noqa: E402
 
 
 def _folded(arch: str, seed: int):
     """A random classifier in the BN-folded form load_classifier rebuilds (BN = add a bias)."""
-    from models.train import build
+    from medrae.models.train import build
 
     torch.manual_seed(seed)
     model = build("classifier", arch, 112).eval()
@@ -32,7 +32,7 @@ def _folded(arch: str, seed: int):
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg16_small", "vgg16_small_cbam"])
 def test_margin_gradient_matches_autograd(arch):
-    from models.gradient import MarginGradient, reference_gradient
+    from medrae.models.gradient import MarginGradient, reference_gradient
 
     model = _folded(arch, 0)
     graph = MarginGradient(model).double()  # float64: a random net's float32 gradient is mostly rounding noise
@@ -49,8 +49,8 @@ def test_margin_gradient_matches_autograd(arch):
 
 
 def test_margin_gradient_refuses_what_it_cannot_transpose():
-    from models.gradient import MarginGradient
-    from models.train import build
+    from medrae.models.gradient import MarginGradient
+    from medrae.models.train import build
 
     with pytest.raises(ValueError, match="BN-folded"):
         MarginGradient(build("classifier", "vgg16_small", 112))  # running_var 1: not folded
@@ -67,7 +67,7 @@ def refine_models(tiny_models, phantom_dataset, tmp_path_factory):
     """tiny_models plus the shipped transfer classifier (vgg16_small) and its gradient model, exported
     here. (A trained network: an untrained one's margin gradient is mostly float noise, so ORT and
     torch do not agree on it closely enough for a parity check.)"""
-    from export import onnx_export as ex
+    from medrae.export import onnx_export as ex
 
     out = tmp_path_factory.mktemp("refine_models")
     for f in tiny_models.iterdir():
@@ -82,7 +82,7 @@ def refine_models(tiny_models, phantom_dataset, tmp_path_factory):
 def test_gradient_model_shares_the_classifier_weights(refine_models):
     import onnxruntime as ort
 
-    from toolkit.ort import file_sha256
+    from medrae.toolkit.ort import file_sha256
 
     clf, grad = refine_models / "classifier_vgg16_small.onnx", refine_models / "gradient_vgg16_small.onnx"
     assert grad.stat().st_size < 100_000 < 1_000_000 < clf.stat().st_size  # no copy of the weights
@@ -96,14 +96,14 @@ def test_gradient_model_shares_the_classifier_weights(refine_models):
 
 
 def test_gradient_export_must_sit_beside_its_classifier(refine_models, tmp_path):
-    from export.onnx_export import export_gradient
+    from medrae.export.onnx_export import export_gradient
 
     with pytest.raises(ValueError, match="beside its classifier"):
         export_gradient(refine_models / "classifier_vgg16_small.onnx", tmp_path / "g.onnx")
 
 
 def test_refiner_refuses_a_changed_classifier(refine_models, tmp_path):
-    from toolkit.refine import Refiner
+    from medrae.toolkit.refine import Refiner
 
     for f in ("classifier_vgg16_small.onnx", "gradient_vgg16_small.onnx", "gradient_vgg16_small.json"):
         shutil.copy(refine_models / f, tmp_path)
@@ -116,8 +116,8 @@ def test_refiner_refuses_a_changed_classifier(refine_models, tmp_path):
 
 @pytest.mark.parametrize("eps", [3, 8])
 def test_refine_is_sparse_bounded_and_reports_true_margins(refine_models, eps):
-    from toolkit.protect import normalize
-    from toolkit.refine import Refiner, RefineSettings, upsample_cells
+    from medrae.toolkit.protect import normalize
+    from medrae.toolkit.refine import Refiner, RefineSettings, upsample_cells
 
     import onnxruntime as ort
 
@@ -156,8 +156,8 @@ def test_refine_is_sparse_bounded_and_reports_true_margins(refine_models, eps):
 
 
 def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
-    import kernels
-    from toolkit.protect import Protector
+    from medrae import kernels
+    from medrae.toolkit.protect import Protector
 
     prot = Protector(refine_models, gradient="gradient_vgg16_small.onnx")
     assert prot.mode == "transfer pattern cxr3_v1, then refine (white box vgg16_small)" and prot.gen is None
@@ -179,8 +179,8 @@ def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
 
 
 def test_robust_refinement_fools_the_resized_copy_too(refine_models):
-    from toolkit.protect import normalize
-    from toolkit.refine import Refiner, RefineSettings, resize_half, upsample_cells
+    from medrae.toolkit.protect import normalize
+    from medrae.toolkit.refine import Refiner, RefineSettings, resize_half, upsample_cells
 
     import onnxruntime as ort
 
@@ -204,8 +204,8 @@ def test_robust_ensemble_is_staged_and_never_loses_the_target(monkeypatch):
     second stage lost the target (fooled in both views after the first) keeps the first grid."""
     import onnxruntime as ort
 
-    from toolkit.protect import normalize
-    from toolkit.refine import Refined, Refiner, RefineSettings, resize_half, upsample_cells
+    from medrae.toolkit.protect import normalize
+    from medrae.toolkit.refine import Refined, Refiner, RefineSettings, resize_half, upsample_cells
 
     settings = RefineSettings(steps=20, fraction=0.05, margin=0.5, robust=True)
     paths = [MODELS / "gradient_resnet18.onnx", MODELS / "gradient_vgg16_small_cbam_pruned.onnx"]
@@ -252,7 +252,7 @@ def test_robust_ensemble_is_staged_and_never_loses_the_target(monkeypatch):
 
 
 def test_unit_normalises_each_image_and_drops_the_fooled():
-    from toolkit.refine import unit
+    from medrae.toolkit.refine import unit
 
     rng = np.random.default_rng(0)
     grad = rng.normal(size=(2, 3, 5, 7)).astype(np.float32) * np.array([1e-6, 1.0, 1e3])[None, :, None, None]
@@ -269,7 +269,7 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     from PIL import Image as PILImage
     from typer.testing import CliRunner
 
-    from cli import app
+    from medrae.cli import app
 
     src = tmp_path / "in"
     src.mkdir()
@@ -313,8 +313,8 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
 
 
 def test_an_ensemble_stops_only_when_every_classifier_is_fooled(refine_models):
-    from toolkit.protect import normalize
-    from toolkit.refine import Refiner, RefineSettings, upsample_cells
+    from medrae.toolkit.protect import normalize
+    from medrae.toolkit.refine import Refiner, RefineSettings, upsample_cells
 
     import onnxruntime as ort
 
@@ -346,7 +346,7 @@ def test_refinement_gives_up_on_images_out_of_reach(refine_models):
     within reach goes on; a bound nothing exceeds changes nothing."""
     from dataclasses import replace
 
-    from toolkit.refine import Refiner, RefineSettings
+    from medrae.toolkit.refine import Refiner, RefineSettings
 
     base = RefineSettings(steps=12, step=4, fraction=0.01, margin=4.0, give_up=())  # a margin far enough to take steps
     views = np.stack([chest_phantom(s)[0] for s in range(4)])

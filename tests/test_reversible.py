@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import kernels
-from kernels.resample import downsample, grid_shape, upsample
-from toolkit.phantoms import chest_phantom
+from medrae import kernels
+from medrae.kernels.resample import downsample, grid_shape, upsample
+from medrae.toolkit.phantoms import chest_phantom
 
 KEY = os.urandom(32)
 

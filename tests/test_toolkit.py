@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from toolkit.masks import convex_components, convex_fill, dilate, fill_holes, largest_components, postprocess
-from toolkit.metrics import psnr, ssim
-from toolkit.phantoms import chest_phantom
+from medrae.toolkit.masks import convex_components, convex_fill, dilate, fill_holes, largest_components, postprocess
+from medrae.toolkit.metrics import psnr, ssim
+from medrae.toolkit.phantoms import chest_phantom
 
 
 @given(hnp.arrays(np.bool_, st.tuples(st.integers(1, 30), st.integers(1, 30))), st.integers(0, 4))
@@ -78,7 +78,7 @@ def test_convex_roi_fills_a_missed_bite_but_not_the_gap_between_lungs():
 def test_roi_threshold_is_a_lung_probability():
     """Logits of a blob with a soft edge: a lower probability threshold widens the ROI to where the
     segmenter hesitates (protect's default, 0.01), never narrows it; 0.5 is the sign of the logit."""
-    from toolkit.masks import postprocess
+    from medrae.toolkit.masks import postprocess
 
     yy, xx = np.mgrid[:64, :64]
     logits = (6.0 - 0.5 * np.hypot(yy - 32, xx - 32)).astype(np.float32)  # p = 0.5 at radius 12
@@ -114,7 +114,7 @@ def test_metric_edge_cases():
 
 def test_providers_never_request_missing_cuda():
     ort = pytest.importorskip("onnxruntime")
-    from toolkit.ort import providers
+    from medrae.toolkit.ort import providers
 
     got = providers("auto")
     assert got[-1] == "CPUExecutionProvider"
@@ -128,7 +128,7 @@ def test_providers_never_request_missing_cuda():
 def test_provider_choice_for_a_gpu_build_without_a_gpu():
     """What onnxruntime-gpu reports decides the request; a CUDA provider that then fails to load
     leaves one line naming the fallback (no GPU here: the choice is tested, not CUDA itself)."""
-    from toolkit.ort import fallback_note, providers
+    from medrae.toolkit.ort import fallback_note, providers
 
     gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert providers("auto", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -148,13 +148,13 @@ def test_provider_choice_for_a_gpu_build_without_a_gpu():
 def test_exactly_one_onnxruntime_package_is_installed():
     """The cpu and gpu extras install one runtime each; both in one environment overwrite each other."""
     pytest.importorskip("onnxruntime")
-    from toolkit.ort import runtime_packages
+    from medrae.toolkit.ort import runtime_packages
 
     assert len(runtime_packages()) == 1, runtime_packages()
 
 
 def test_session_threads_setting():
-    from toolkit import ort
+    from medrae.toolkit import ort
 
     with pytest.raises(ValueError, match=">= 0"):
         ort.set_threads(-1)
@@ -171,7 +171,7 @@ def test_a_quiet_worker_logs_no_providers_but_everything_else(tiny_models, monke
     that line: its warnings and other messages still reach the log."""
     import logging
 
-    from toolkit import ort
+    from medrae.toolkit import ort
 
     monkeypatch.setattr(ort, "_logged", set())
     monkeypatch.setattr(ort, "_announce", True)
@@ -187,8 +187,8 @@ def test_a_quiet_worker_logs_no_providers_but_everything_else(tiny_models, monke
 
 
 def test_protect_on_onnx_models(tiny_models):
-    import kernels
-    from toolkit.protect import Protector
+    from medrae import kernels
+    from medrae.toolkit.protect import Protector
 
     prot = Protector(tiny_models)
     images = np.stack([chest_phantom(s)[0] for s in range(3)])
@@ -205,15 +205,15 @@ def test_protect_on_onnx_models(tiny_models):
 
 
 def test_protect_rejects_other_sizes(tiny_models):
-    from toolkit.protect import Protector
+    from medrae.toolkit.protect import Protector
 
     with pytest.raises(ValueError, match="expected"):
         Protector(tiny_models).protect(np.zeros((1, 100, 100), np.uint8), None)
 
 
 def test_batch_goes_on_past_an_image_that_does_not_fit(tiny_models, monkeypatch):
-    import kernels
-    from toolkit import protect as protect_mod
+    from medrae import kernels
+    from medrae.toolkit import protect as protect_mod
 
     real = kernels.protect_array
     images = np.stack([chest_phantom(s)[0] for s in range(3)])
@@ -239,9 +239,9 @@ def test_plan_perturbation_maps_grid_and_roi_exactly():
     """Any resolution: ROI by nearest index mapping, grid cells of f = min(H, W) // side pixels,
     no change on any cell touching the ROI, one level = 1/255 of the display window (here the
     image's own range, 3000..3499 of 12 bits: 2 units), MONOCHROME1 flips the sign."""
-    from kernels.resample import upsample
-    from toolkit.imageio import Image
-    from toolkit.protect import cells_touching, plan_perturbation, resize_nearest
+    from medrae.kernels.resample import upsample
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.protect import cells_touching, plan_perturbation, resize_nearest
 
     rng = np.random.default_rng(0)
     roi = np.zeros((224, 224), bool)
@@ -279,9 +279,9 @@ from hypothesis import strategies as st  # noqa: E402
 def test_any_image_round_trips_through_the_planned_perturbation(h, w, bits, mono1, side, seed):
     """Any size, bit depth and photometric: the mapped perturbation protects and restores bit-exactly
     (or the payload honestly does not fit), never changes the ROI, and stays within the ceiling."""
-    import kernels
-    from toolkit.imageio import Image
-    from toolkit.protect import plan_perturbation, protect_planned
+    from medrae import kernels
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.protect import plan_perturbation, protect_planned
 
     rng = np.random.default_rng(seed)
     top = (1 << bits) - 1
@@ -312,7 +312,7 @@ def test_write_atomic_syncs_before_the_name_appears(tmp_path, monkeypatch):
     rename gives it its name, and an existing output is not replaced without ``overwrite``."""
     import os
 
-    from toolkit import imageio
+    from medrae.toolkit import imageio
 
     events = []
     real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
@@ -338,8 +338,8 @@ def test_display_window_rules():
     when there is one, else the image's own range; one perturbation level is 1/255 of it."""
     from pydicom.dataset import Dataset
 
-    from toolkit.display import display_window, level_size, to_view
-    from toolkit.imageio import Image
+    from medrae.toolkit.display import display_window, level_size, to_view
+    from medrae.toolkit.imageio import Image
 
     rng = np.random.default_rng(3)
     x8 = rng.integers(0, 256, (40, 50)).astype(np.uint8)
@@ -369,9 +369,9 @@ def test_display_window_rules():
 def test_a_deep_image_is_seen_and_perturbed_through_its_window():
     """A 12-bit image using 500..3050 (10 units per 8-bit level) looks to the networks exactly like
     the 8-bit image it was made from, and eps 8 moves it by at most 8 of those levels (80 units)."""
-    from toolkit.imageio import Image
-    from toolkit.phantoms import chest_phantom
-    from toolkit.protect import network_view, plan_perturbation
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.phantoms import chest_phantom
+    from medrae.toolkit.protect import network_view, plan_perturbation
 
     x8, _ = chest_phantom(5)
     x8 = np.ascontiguousarray(x8[:224, :224])
@@ -387,10 +387,10 @@ def test_a_deep_image_is_seen_and_perturbed_through_its_window():
 def test_clipping_keeps_every_change_a_whole_number_of_levels():
     """Near black and white the perturbation is cut back by whole levels, so that the codec's gcd
     scale stays the level (an exact clip left odd remainders and made the payload code raw units)."""
-    import kernels
-    from toolkit.display import level_size
-    from toolkit.imageio import Image
-    from toolkit.protect import plan_perturbation
+    from medrae import kernels
+    from medrae.toolkit.display import level_size
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.protect import plan_perturbation
 
     rng = np.random.default_rng(1)
     x = rng.integers(3, 4001, (224, 224)).astype(np.uint16)
@@ -416,10 +416,10 @@ def test_lungs_with_black_and_white_pixels_are_protected_at_full_resolution(with
     that fits only with the ROI open to the first pass group: protect writes it at full resolution with
     every ROI pixel within one level. Before the embedder kept such pixels to one level (monkeypatched
     back here) one PEE group moved some by two, and protect had to coarsen the perturbation or refuse."""
-    import kernels
-    from toolkit.imageio import Image
-    from toolkit.phantoms import chest_phantom
-    from toolkit.protect import protect_with_fallback
+    from medrae import kernels
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.phantoms import chest_phantom
+    from medrae.toolkit.protect import protect_with_fallback
 
     x, lungs = chest_phantom(5)
     x = x.copy()

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.protect import DEFAULT_SURROGATES, MODELS_DIR, Protector, cells_touching
-from toolkit.refine import TransferSettings, TransferStage
+from medrae.toolkit.protect import DEFAULT_SURROGATES, MODELS_DIR, Protector, cells_touching
+from medrae.toolkit.refine import TransferSettings, TransferStage
 
 
 def _views():
-    from toolkit.phantoms import chest_phantom
+    from medrae.toolkit.phantoms import chest_phantom
 
     pairs = [chest_phantom(k) for k in range(4)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
@@ -54,8 +54,8 @@ def test_cli_transfer_steps_reaches_the_protector(tmp_path):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from cli import app
-    from toolkit.keys import keygen
+    from medrae.cli import app
+    from medrae.toolkit.keys import keygen
 
     views, _ = _views()
     (tmp_path / "in").mkdir()

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models import zoo  # noqa: E402
+from medrae.models import zoo  # noqa: E402
 
 
 def test_no_held_out_target_is_a_surrogate_or_a_sibling_of_one():
@@ -77,7 +77,7 @@ def test_training_is_seeded_and_exact(phantom_dataset, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"]) and len(a["history"]) == 2 and 0 <= a["test_acc"] <= 1
-    assert json.loads((tmp_path / "a" / spec.name / "result.json").read_text())["command"].startswith("python -m models.zoo train")
+    assert json.loads((tmp_path / "a" / spec.name / "result.json").read_text())["command"].startswith("python -m medrae.models.zoo train")
     assert not (tmp_path / "a" / spec.name / "last.pt").exists()  # the optimiser state is dropped once done
 
 
@@ -105,8 +105,8 @@ def test_an_interrupted_training_resumes_where_it_stopped(phantom_dataset, tmp_p
 
 
 def test_transfer_lab_scores_only_held_out_targets(phantom_dataset, tmp_path):
-    from toolkit.datasets import load_split
-    from toolkit.transfer import TransferLab, noise_floor
+    from medrae.toolkit.datasets import load_split
+    from medrae.evaluation.transfer import TransferLab, noise_floor
 
     spec = dataclasses.replace(zoo.member("t_xception_150_histeq"), epochs=1)
     zoo.train_member(spec, phantom_dataset, tmp_path / spec.name, threads=1, batch=8)
@@ -142,8 +142,8 @@ def tiny_zoo(phantom_dataset, tmp_path_factory):
 
 
 def test_surrogate_gradient_model_matches_autograd_through_the_pipeline(tiny_zoo, phantom_dataset, tmp_path):
-    from toolkit.datasets import load_split
-    from toolkit.ort import session
+    from medrae.toolkit.datasets import load_split
+    from medrae.toolkit.ort import session
 
     card = zoo.export_gradient(tiny_zoo, "s_resnet10_128", tmp_path / "g.onnx", phantom_dataset / "test")
     assert card["parity"]["min_grad_cosine"] >= 0.9999 and card["parity"]["decision_mismatches"] == 0
@@ -195,7 +195,7 @@ def test_lgv_weights_are_seeded_resumable_and_only_for_surrogates(tiny_zoo, phan
         zoo.collect_lgv(tiny_zoo, "t_densenet_128_histeq", phantom_dataset, epochs=1)
 
     # the pattern's trainer attacks through them: a random LGV weight per draw, never a target
-    from models import train_pattern
+    from medrae.models import train_pattern
 
     shutil.copytree(tiny_zoo / "t_densenet_128_histeq", tmp_path / "a" / "t_densenet_128_histeq")
     names, nets = train_pattern.surrogates(train_pattern.Path(train_pattern.__file__).resolve().parent, tmp_path / "a", lgv=True)
@@ -224,7 +224,7 @@ def test_resize_matrix_is_the_pipelines_resize():
 def test_evaluate_transfer_writes_the_matrix_with_its_floor(tiny_zoo, phantom_dataset, tmp_path):
     from typer.testing import CliRunner
 
-    from cli import app
+    from medrae.cli import app
 
     out = tmp_path / "r"
     r = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--quick", "--methods", "ours_rae,ours_rae_transfer",
@@ -247,7 +247,7 @@ def test_evaluate_transfer_writes_the_matrix_with_its_floor(tiny_zoo, phantom_da
 def test_medrae_train_zoo_forwards_to_the_zoo_trainer(capsys):
     from typer.testing import CliRunner
 
-    from cli import app
+    from medrae.cli import app
 
     r = CliRunner().invoke(app, ["train", "zoo", "--help"])
     assert r.exit_code == 0 and "--only" in r.output
@@ -259,7 +259,7 @@ def test_medrae_train_zoo_forwards_to_the_zoo_trainer(capsys):
 def test_an_unknown_zoo_member_is_one_line_and_trains_nothing(tmp_path, capsys):
     from typer.testing import CliRunner
 
-    from cli import app
+    from medrae.cli import app
 
     out = tmp_path / "zoo"
     r = CliRunner().invoke(app, ["train", "zoo", "--data", str(tmp_path), "--out", str(out), "--only", "t_densenet_128"])
@@ -272,8 +272,8 @@ def test_an_unknown_zoo_member_is_one_line_and_trains_nothing(tmp_path, capsys):
 
 
 def test_skip_gradient_scales_the_residual_branch_and_keeps_the_forward():
-    from models import train_pattern
-    from models.classifiers import BasicBlock
+    from medrae.models import train_pattern
+    from medrae.models.classifiers import BasicBlock
 
     torch.manual_seed(0)
     block = BasicBlock(4, 4).eval()  # identity shortcut: d out / d x = shortcut + branch
@@ -291,7 +291,7 @@ def test_skip_gradient_scales_the_residual_branch_and_keeps_the_forward():
 
 
 def test_feature_layer_finds_a_middle_layer_in_every_surrogate_family():
-    from models import train_pattern
+    from medrae.models import train_pattern
 
     for m in zoo.members("surrogate"):
         net = zoo.ZooModel(m).eval()

@@ -3,7 +3,7 @@
 The driver lists the files (paths only: it never holds the images), cuts the work into the same
 chunks as the single-machine batch (``batch_size`` files) and hands them to long-lived actors,
 one per CPU by default. Each actor loads its ONNX Runtime sessions once and runs a chunk through
-exactly the code the single-machine command runs (:func:`toolkit.batch.protect_chunk`: decode,
+exactly the code the single-machine command runs (:func:`medrae.toolkit.filework.protect_chunk`: decode,
 segment, perturb, code, embed, check the encoded file restores, write atomically), so a file
 protected here is the file ``medrae protect`` writes on one machine with the same key and options
 (the encryption nonce aside, which is random: the ciphertext then differs, and with it the pixels
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ._quiet import quiet_stderr
-from .batch import BatchReport, FileResult, _chunks, describe, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
+from .filework import BatchReport, FileResult, _chunks, describe, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
 from .settings import ProtectSettings
 
 RAY_HINT = "pip install 'medrae[ray]'"

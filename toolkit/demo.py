@@ -1,6 +1,6 @@
 """Protect → restore → verify on generated chest phantoms with the shipped models (no real data).
 
-    python -m toolkit.demo [OUTDIR]
+    python -m medrae.toolkit.demo [OUTDIR]
 
 Writes ``OUTDIR/original`` (six 224x224 8-bit phantoms, one 16-bit 640x560 phantom), then runs the
 same batch pipeline as ``medrae protect / restore / verify`` into ``OUTDIR/protected`` and
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.phantoms import chest_phantom
+from medrae.toolkit.phantoms import chest_phantom
 
 
 def write_phantoms(root: Path) -> list[Path]:
@@ -34,8 +34,8 @@ def write_phantoms(root: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    from toolkit.batch import protect_paths, restore_paths, verify_paths
-    from toolkit.imageio import read_image
+    from medrae.toolkit.batch import protect_paths, restore_paths, verify_paths
+    from medrae.toolkit.imageio import read_image
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(argv[0]) if argv else Path(tmp)

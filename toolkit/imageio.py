@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.rdh import MIN_SIDE, SIDE_BITS
+from medrae.kernels.rdh import MIN_SIDE, SIDE_BITS
 
 from ._quiet import quiet_stderr
 

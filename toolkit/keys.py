@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from kernels import KEY_BYTES
+from medrae.kernels import KEY_BYTES
 
 ENV_VAR = "MEDRAE_KEY_FILE"
 log = logging.getLogger("medrae")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.regionmap import dilate  # one square dilation for pixel masks and the RDH's block maps
+from medrae.kernels.regionmap import dilate  # one square dilation for pixel masks and the RDH's block maps
 
 
 @njit(cache=True, nogil=True)

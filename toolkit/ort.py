@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 log = logging.getLogger("medrae")
 RUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
 INSTALL_HINT = "pip install 'medrae[cpu]', or 'medrae[gpu]' on a machine with CUDA (one of the two, never both)"
@@ -20,6 +22,20 @@ _started = False  # a session (and so its thread pools) has existed in this proc
 _threads = 0  # intra-op threads of new sessions (0: ONNX Runtime's choice, one per physical core)
 _runtimes_checked = False  # the installed runtime packages were looked up (once per process, not per session)
 _announce = True  # log the providers sessions get (False in a worker process: its main process logs them)
+
+
+class ModelsError(FileNotFoundError):
+    """A model directory or model file that is missing or cannot be loaded; ``str()`` is one line
+    naming the path."""
+
+
+def require_file(path: Path, what: str = "model file") -> Path:
+    """``path`` if it is a file, else :class:`ModelsError` naming it (and the directory, if that is what is missing)."""
+    if path.is_file():
+        return path
+    if not path.parent.is_dir():
+        raise ModelsError(f"{path.parent}: models directory not found (--models DIR)")
+    raise ModelsError(f"{path}: {what} not found (--models DIR)")
 
 
 def sessions_started() -> bool:
@@ -107,7 +123,12 @@ def session(path: Path | str, device: str = "auto", threads: Optional[int] = Non
     asked = providers(device, ort.get_available_providers())
     if "CUDAExecutionProvider" in asked:
         ort.set_default_logger_severity(4)  # a CUDA library that fails to load is reported once, below, not as a log dump
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
+    require_file(Path(path))
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file (InvalidProtobuf, Fail, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelsError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
     got = list(sess.get_providers())
     note = fallback_note(asked, got)
     if note:
@@ -135,3 +156,8 @@ def quiet_providers() -> None:
 def file_sha256(path: Path | str) -> str:
     """Hex SHA-256 of a file (model cards record it)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) → float32 (N, 1, H, W): the input every shipped network takes, ``(x / 255 - 0.5) / 0.25``."""
+    return ((images.astype(np.float32) / 255.0 - 0.5) / 0.25)[:, None]

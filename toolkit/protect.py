@@ -24,26 +24,21 @@ from typing import Optional
 
 import numpy as np
 
-import kernels
-from kernels import patterns as transfer_patterns
-from kernels.codecs import PatternHint
-from kernels.resample import grid_shape, upsample
+from medrae import kernels
+from medrae.kernels import patterns as transfer_patterns
+from medrae.kernels.codecs import PatternHint
+from medrae.kernels.resample import grid_shape, upsample
 
 from .display import level_size, to_view
 from .imageio import Image
 from . import qc
 from .masks import dilate, postprocess
-from .ort import file_sha256, session
+from .ort import ModelsError, file_sha256, normalize, require_file, session  # noqa: F401  (normalize: protect's network input, re-exported)
 from .refine import Refiner, RefineSettings, TransferSettings, TransferStage, spare_flat, upsample_cells
 
 NET_SIZE = 224
 log = logging.getLogger("medrae")
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W) → float32 (N, 1, H, W) network input, ``(x / 255 - 0.5) / 0.25``."""
-    return ((images.astype(np.float32) / 255.0 - 0.5) / 0.25)[:, None]
 
 
 def nearest_index(n_out: int, n_in: int) -> np.ndarray:
@@ -420,9 +415,12 @@ class Protector:
             raise ValueError(f"roi_views: unknown test-time view(s) {sorted(unknown)}; known: {[v[0] for v in qc.VIEWS]}")
         self.roi_views = tuple(roi_views)
         for name in (segmenter, generator):
-            if not (models_dir / name).is_file():
-                raise FileNotFoundError(f"{models_dir / name}: model file not found (--models DIR)")
-        self.gen_card = json.loads((models_dir / generator).with_suffix(".json").read_text())
+            require_file(models_dir / name)
+        card = require_file((models_dir / generator).with_suffix(".json"), "model card")
+        try:
+            self.gen_card = json.loads(card.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelsError(f"{card}: unreadable model card ({exc})") from None
         self.seg = session(models_dir / segmenter, device)
         self.model_files = {segmenter: file_sha256(models_dir / segmenter)}  # provenance: file -> SHA-256
         self.eps = int(eps if eps is not None else round(self.gen_card["eps"]))  # 1/255 units
@@ -456,7 +454,7 @@ class Protector:
             chosen = list(surrogates or DEFAULT_SURROGATES)
             missing = [g for g in chosen if not (models_dir / g).is_file()]
             if missing:
-                raise FileNotFoundError(f"{models_dir / missing[0]}: surrogate gradient model not found (--models DIR)")
+                raise ModelsError(f"{models_dir / missing[0]}: surrogate gradient model not found (--models DIR)")
             ts = transfer_settings or TransferSettings()
             ts = replace(ts, steps=transfer_steps) if transfer_steps else ts
             self.transfer = TransferStage([models_dir / g for g in chosen], device, ts)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ort import file_sha256, session
+from .ort import ModelsError, file_sha256, normalize, session
 
 SIZE = 224
 
@@ -135,7 +135,7 @@ class Refiner:
         self.files: dict[str, str] = {}  # every file the refinement reads -> its SHA-256 (provenance)
         for path in paths:
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: gradient model not found (--models DIR)")
+                raise ModelsError(f"{path}: gradient model not found (--models DIR)")
             card = json.loads(path.with_suffix(".json").read_text())
             self.files[path.name] = file_sha256(path)
             if card.get("weights_file"):  # it reads another file's weights: that file must be the one it was made for
@@ -155,8 +155,6 @@ class Refiner:
         """Per classifier (first axis; the first ``count``, default all): margins (M, N), labels
         (M, N; the clean prediction where ``labels < 0``) and pixel gradients (M, N, 224, 224) of
         the margins."""
-        from .protect import normalize  # protect imports this module
-
         x = normalize(views)
         out_m, out_l, out_g = [], [], []
         for sess, lab in zip(self.sessions[:count], labels):

@@ -23,11 +23,11 @@ white-box test of a defense; its resnet18 ASR is then transfer), ``ours_rae_nore
 (10 steps of 1/255, random start), ``cw`` (L2, eq. 4-5), ``mi_di_ti`` (momentum + input diversity +
 translation invariance: the usual recipe for transfer to unseen models), ``liu_rae`` (PGD, then the whole
 perturbation embedded with the same codec + RDH), ``rit_rae`` (Yin et al.: reversible image
-transformation of the original into its FGSM example, auxiliary data embedded, ``toolkit.rit``), ``paper_rae`` (the ``--arch paper`` generator +
+transformation of the original into its FGSM example, auxiliary data embedded, ``medrae.evaluation.rit``), ``paper_rae`` (the ``--arch paper`` generator +
 RLE + histogram shifting, when ``models/generator_paper.onnx`` exists). Attacks need PyTorch (the
 ``train`` extra); they run on a torch rebuild of the shipped ONNX classifier (checked equal).
 
-``--transfer`` adds Table 8, the transfer matrix (:mod:`toolkit.transfer`): every method's saved
+``--transfer`` adds Table 8, the transfer matrix (:mod:`medrae.evaluation.transfer`): every method's saved
 files scored on the zoo's held-out targets, as the file is and after JPEG 90 / 75, beside a floor of
 uniform ±eps noise on the whole image.
 """
@@ -45,15 +45,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-import kernels
+from medrae import kernels
 
-from .datasets import load_split
-from .imageio import Image
-from .metrics import psnr, ssim
-from .ort import file_sha256, session
-from .protect import MODELS_DIR, Fitted, Protector, fit_analysed, normalize, plan_perturbation
-from .provenance import medrae_version
-from .refine import TransferSettings
+from medrae.toolkit.datasets import load_split
+from medrae.toolkit.imageio import Image
+from medrae.toolkit.metrics import psnr, ssim
+from medrae.toolkit.ort import file_sha256, session
+from medrae.toolkit.protect import MODELS_DIR, Fitted, Protector, fit_analysed, normalize, plan_perturbation
+from medrae.toolkit.provenance import medrae_version
+from medrae.toolkit.refine import TransferSettings
 from .transfer import jpeg  # the attacker's JPEG re-save, shared with the transfer matrix
 
 ATTACK_METHODS = ("fgsm", "bim", "pgd", "cw", "mladv", "stabilized", "mi_di_ti")  # models.attacks, run in PyTorch
@@ -165,7 +165,7 @@ class Harness:
 
     def torch_model(self, name: str = WHITE_BOX):
         if name not in self._torch:
-            from models.from_onnx import load_classifier
+            from medrae.models.from_onnx import load_classifier
 
             self._torch[name] = load_classifier(self.models / f"{name}.onnx")
         return self._torch[name]
@@ -192,7 +192,7 @@ class Harness:
     def _attack(self, name: str, x: np.ndarray, y: np.ndarray, eps: int, target: str = WHITE_BOX) -> np.ndarray:
         import torch
 
-        from models.attacks import ATTACKS
+        from medrae.models.attacks import ATTACKS
 
         opts = {"steps": self.cw_steps} if name == "cw" else {}
         attack = ATTACKS[name](self.torch_model(target), eps=eps, **opts)

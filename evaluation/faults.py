@@ -24,9 +24,9 @@ from typing import Optional
 
 import numpy as np
 
-import kernels
+from medrae import kernels
 
-from .imageio import Image, ImageError, encode_image, read_image
+from medrae.toolkit.imageio import Image, ImageError, encode_image, read_image
 
 OUTCOMES = ("refused", "intact", "wrong", "crash")
 # where a single flipped bit lands: file bytes by region, or decoded pixels by their role

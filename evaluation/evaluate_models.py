@@ -1,6 +1,6 @@
 """Measure the shipped ONNX models on a dataset directory (ONNX Runtime only, no PyTorch).
 
-    python -m toolkit.evaluate_models --data ../shared/data/cxr3/test [--models models] [--out r.json]
+    python -m medrae.evaluation.evaluate_models --data ../shared/data/cxr3/test [--models models] [--out r.json]
 
 Reports segmenter DSC / pixel accuracy against the ground-truth masks, every classifier's accuracy,
 and for the generator, on the final 8-bit RAE (after reversible embedding, as saved): white-box and
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-import kernels
+from medrae import kernels
 
-from .datasets import load_split
-from .metrics import psnr, ssim
-from .ort import session
-from .protect import MODELS_DIR, Protector, normalize
+from medrae.toolkit.datasets import load_split
+from medrae.toolkit.metrics import psnr, ssim
+from medrae.toolkit.ort import session
+from medrae.toolkit.protect import MODELS_DIR, Protector, normalize
 
 
 def classifiers(models: Path) -> dict[str, object]:

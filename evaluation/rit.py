@@ -20,7 +20,7 @@ import struct
 
 import numpy as np
 
-import kernels
+from medrae import kernels
 
 MAGIC = b"RIT1"
 

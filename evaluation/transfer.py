@@ -52,7 +52,7 @@ class TransferLab:
     Parameters
     ----------
     zoo_dir : Path
-        Where ``python -m models.zoo train`` put the members (``<zoo_dir>/<name>/best.pt``).
+        Where ``python -m medrae.models.zoo train`` put the members (``<zoo_dir>/<name>/best.pt``).
     images, labels : np.ndarray
         The clean (N, H, W) uint8 images and their true classes.
     conditions : sequence of str
@@ -60,21 +60,21 @@ class TransferLab:
     """
 
     def __init__(self, zoo_dir: Path | str, images: np.ndarray, labels: np.ndarray, conditions=("file",)):
-        from models import zoo
+        from medrae.models import zoo
 
         unknown = [c for c in conditions if c not in CONDITIONS]
         if unknown:
             raise ValueError(f"unknown transfer condition(s) {unknown}; choose from {sorted(CONDITIONS)}")
         self.names = zoo.trained(zoo_dir, "target")
         if not self.names:
-            raise FileNotFoundError(f"{zoo_dir}: no trained held-out target (python -m models.zoo train --data DIR --out {zoo_dir})")
+            raise FileNotFoundError(f"{zoo_dir}: no trained held-out target (python -m medrae.models.zoo train --data DIR --out {zoo_dir})")
         self.models = {n: zoo.load(zoo_dir, n) for n in self.names}
         self.labels = labels
         self.conditions = tuple(conditions)
         self._correct = {(n, c): self._predict(n, c, images) == labels for n in self.names for c in self.conditions}
 
     def _predict(self, name: str, condition: str, images: np.ndarray) -> np.ndarray:
-        from models.zoo import logits
+        from medrae.models.zoo import logits
 
         f = CONDITIONS[condition]
         return logits(self.models[name], f(images) if f else images).argmax(1)
