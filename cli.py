@@ -369,7 +369,6 @@ def demo(outdir: Optional[str] = typer.Argument(None, help="where to write the p
     """Protect → restore → verify on generated phantoms with the shipped models."""
     from medrae.toolkit.demo import main
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         rc = main([outdir] if outdir else [])
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # ModelsError is a FileNotFoundError: one line, no traceback

@@ -8,7 +8,7 @@ it; model loading, JIT-cache loads and, for Ray, the actors' start-up included).
 started once (``ray start --head --num-cpus 2``) and each Ray command joins it (``--ray ADDRESS``),
 as on a real cluster, where the cluster outlives the command; ``local`` (a Ray started by the
 command) is timed once too. The reference is the single-machine command on the same two cores
-(its default on CPUs since 2026-12-06's eighth session: two worker processes, each running whole
+(its default on CPUs since 2026-12-06: two worker processes, each running whole
 chunks with its own networks on one core, as an actor does; before, ONNX Runtime ran on both cores
 in the main process and the workers only coded and hid), so ``overhead per file = (Ray with 2 actors - single machine) / files`` (pinning the
 command to one core with taskset does not hold: ONNX Runtime sets its own threads' affinity).

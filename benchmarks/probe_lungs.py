@@ -9,8 +9,8 @@ does in memory (the Protector, then the same fallback as the batch) and count th
 * and, of those, how many quality control flagged (``toolkit.qc``);
 
 with the white-box ASR on the protected images (ResNet18, over images it classifies correctly),
-PSNR and payload beside them. ``--root DIR`` imports medrae from another checkout (e.g. a
-``git worktree`` of an earlier commit, for the "before" column).
+PSNR and payload beside them. It measures the installed ``medrae``; for a "before" column, run it
+in an environment where an earlier commit is installed.
 
     python benchmarks/probe_lungs.py ../shared/data/cxr3/test [--damaged 60] [--policy widen] [--pattern none]
 """

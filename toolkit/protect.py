@@ -354,7 +354,7 @@ DEFAULT_SURROGATES = ("gradient_s_resnet10_128.onnx", "gradient_s_vgg11_150.onnx
 # is where it misses lung. On cxr3 val (benchmarks/probe_refine.py --all, ROI margin 4 px) true-lung pixels
 # fell outside the protected cells on 24.1 % of images at 50 % and 4.4 % at 5 %, for 3 points more
 # protected area (36.3 % of the image instead of 33.1 %); a 8 px margin at 50 % leaked on 6.3 %
-# with 41.1 % protected. Since 2026-12-06 (eighth session) 1 %: the 5 % contour left the perturbation
+# with 41.1 % protected. Since 2026-12-06 (2026-12-06) 1 %: the 5 % contour left the perturbation
 # 1-3 px into true lung on 2 cxr3/test X-rays that QC could not flag, and on 6 of val; at 1 % none on
 # test and 4 on val (benchmarks/probe_lungs.py), for ~1.5 points of white-box ASR (README, "The
 # lungs' promise"). Below 0.5 % the segmenter's output is its floor (at 0.1 % the ROI is 97 % of the image).
