@@ -212,11 +212,12 @@ def test_protect_and_restore_load_no_torch(tmp_path):
 
 
 def test_the_providers_line_is_printed_once(tmp_path):
+    (tmp_path / "in").mkdir()
     for i in range(3):
-        Image.fromarray(phantom(seed=i)).save(tmp_path / f"p{i}.png")
+        Image.fromarray(phantom(seed=i)).save(tmp_path / "in" / f"p{i}.png")
     (tmp_path / "k").write_text(medrae.new_key().hex())
     for workers in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", "from medrae.cli import app; app()", "protect", str(tmp_path), str(tmp_path / f"o{workers}"),
+        out = subprocess.run([sys.executable, "-c", "from medrae.cli import app; app()", "protect", str(tmp_path / "in"), str(tmp_path / f"o{workers}"),
                               "--key", str(tmp_path / "k"), "--workers", workers], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-2000:]
         assert (out.stdout + out.stderr).count("onnxruntime providers:") == 1, out.stderr
