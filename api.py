@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .kernels.rdh import value_ceiling
 from .kernels import KEY_BYTES, CapacityError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError, inspect_array, restore_array
 from .toolkit.imageio import Image, ImageError, OutputExists, encode_image, read_image, write_atomic
 from .toolkit.keys import KeyFileError, load_key as _load_key_file
@@ -32,9 +33,6 @@ from .toolkit.settings import ProtectSettings
 __all__ = ["protect", "restore", "verify", "inspect", "protect_file", "restore_file", "verify_file", "new_key", "load_key",
            "Protected", "ProtectSettings", "ProtectError", "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError",
            "PayloadError", "ImageError", "KeyFileError", "ModelsError"]
-
-MIN_SIDE = 35  # the payload's side information runs around the border (kernels.rdh.SIDE_BITS)
-
 
 class ProtectError(MedraeError):
     """An image that could not be protected; ``str()`` is the reason, ``result`` the full report."""
@@ -91,20 +89,9 @@ def load_key(path: Optional[str | Path] = None) -> bytes:
 
 
 def _as_image(pixels: Any, ceiling: Optional[int], name: str) -> Image:
-    if not isinstance(pixels, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(pixels).__name__}")
-    if pixels.dtype not in (np.uint8, np.uint16):
-        raise TypeError(f"{name}: expected dtype uint8 or uint16, got {pixels.dtype}")
-    if pixels.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D grayscale image (H, W), got shape {pixels.shape}")
-    if min(pixels.shape) < MIN_SIDE:
-        raise ValueError(f"{name}: image {pixels.shape[1]}x{pixels.shape[0]} is too small to carry a payload (both sides >= {MIN_SIDE})")
-    top = int(np.iinfo(pixels.dtype).max)
-    ceiling = top if ceiling is None else int(ceiling)
-    if not 1 <= ceiling <= top:
-        raise ValueError(f"ceiling must be in 1..{top} for {pixels.dtype}, got {ceiling}")
-    if int(pixels.max()) > ceiling:
-        raise ValueError(f"{name}: pixel value {int(pixels.max())} exceeds the ceiling {ceiling}")
+    """``pixels`` as an :class:`Image` protect and restore take; the kernels' own checks name a bad
+    type, dtype, shape or ceiling."""
+    ceiling = value_ceiling(pixels, ceiling, name)
     return Image(np.ascontiguousarray(pixels), ceiling, "png")
 
 

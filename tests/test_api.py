@@ -70,9 +70,9 @@ def test_ceiling_keeps_12_bit_data_within_its_bits(key):
 
 def test_bad_arguments_and_refusals_are_typed(key):
     x = phantom()
-    with pytest.raises(TypeError, match="dtype uint8 or uint16, got float32"):
+    with pytest.raises(TypeError, match="must be uint8 or uint16, got dtype float32"):
         medrae.protect(x.astype(np.float32), key)
-    with pytest.raises(ValueError, match=r"2-D grayscale image \(H, W\), got shape \(224, 224, 3\)"):
+    with pytest.raises(ValueError, match=r"must be 2-D \(H, W\), got shape \(224, 224, 3\)"):
         medrae.protect(np.stack([x] * 3, -1), key)
     with pytest.raises(ValueError, match="too small"):
         medrae.protect(x[:20, :20], key)

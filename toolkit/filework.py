@@ -474,16 +474,23 @@ def verify_pairs(original: Path, protected: Path) -> list[tuple[Path, Path]]:
     raise UsageError(f"{original} and {protected} must both be files or both be directories")
 
 
-def _start_verify(pairs: list[tuple[Path, Path]], on_start: Callable[[int], None],
-                  on_result: Callable[[FileResult], None]) -> tuple[list[FileResult], Callable[[FileResult], None], list[tuple[Path, Path]]]:
-    """:func:`_start` for verify: a pair whose protected file is missing has failed already."""
-    on_start(len(pairs))
+def _recorder(n: int, on_start: Callable[[int], None],
+              on_result: Callable[[FileResult], None]) -> tuple[list[FileResult], Callable[[FileResult], None]]:
+    """A batch of ``n`` files starts: ``(results, done)``; ``done`` records a result and reports it."""
+    on_start(n)
     results: list[FileResult] = []
 
     def done(r: FileResult) -> None:
         results.append(r)
         on_result(r)
 
+    return results, done
+
+
+def _start_verify(pairs: list[tuple[Path, Path]], on_start: Callable[[int], None],
+                  on_result: Callable[[FileResult], None]) -> tuple[list[FileResult], Callable[[FileResult], None], list[tuple[Path, Path]]]:
+    """:func:`_start` for verify: a pair whose protected file is missing has failed already."""
+    results, done = _recorder(len(pairs), on_start, on_result)
     todo = []
     for o, p in pairs:
         if STORE.exists(p):
@@ -497,13 +504,7 @@ def _start(pairs: list[tuple[Path, Path]], overwrite: bool, on_start: Callable[[
            on_result: Callable[[FileResult], None]) -> tuple[list[FileResult], Callable[[FileResult], None], list[tuple[Path, Path]]]:
     """A batch's bookkeeping: ``(results, done, todo)``; ``done`` records a result and reports it,
     and the pairs whose output exists are already done (skipped) unless ``overwrite``."""
-    on_start(len(pairs))
-    results: list[FileResult] = []
-
-    def done(r: FileResult) -> None:
-        results.append(r)
-        on_result(r)
-
+    results, done = _recorder(len(pairs), on_start, on_result)
     todo = []
     for s, d in pairs:
         if not overwrite and STORE.exists(d):
