@@ -221,3 +221,53 @@ def test_the_providers_line_is_printed_once(tmp_path):
                               "--key", str(tmp_path / "k"), "--workers", workers], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-2000:]
         assert (out.stdout + out.stderr).count("onnxruntime providers:") == 1, out.stderr
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """medrae's modules and the medrae modules each imports, at any depth of its code (lazy imports
+    included); a submodule's import of its own parent package is not an edge."""
+    mods = {f"medrae.{p.parent.name}.{p.stem}".removesuffix(".__init__"): p
+            for folder in ("toolkit", "kernels", "evaluation", "models", "export") for p in (ROOT / folder).glob("*.py")}
+    mods.update({"medrae": ROOT / "__init__.py", "medrae.api": ROOT / "api.py", "medrae.cli": ROOT / "cli.py"})
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, path in mods.items():
+        pkg = m if path.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods] or [target]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[m].update(t for t in targets if t in mods and t != m and not m.startswith(t + "."))
+    return graph
+
+
+def test_no_import_circles():
+    graph = _module_graph()
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                circles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert graph["medrae.toolkit.batch"] and not circles, circles
+
+
+def test_docs_python_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = [(p.name, b) for p in sorted((ROOT / "docs").glob("*.md")) for b in re.findall(r"```python\n(.*?)```", p.read_text(), re.S)]
+    assert blocks
+    for name, code in blocks:
+        exec(compile(code, name, "exec"), {})

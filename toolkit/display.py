@@ -7,7 +7,8 @@ human or model, sees it through a window (the DICOM VOI window, or the data's ow
 by the bit depth instead gave the networks a dim, low-contrast view unlike the one an analysing
 model takes, and a perturbation measured in the wrong units: on 90 cxr3 val X-rays mapped to
 500..3050 of 12 bits, protect fooled ResNet18 on 93 % of the full-scale views but on only 44 % of
-the windowed ones, where its changes reached 19 levels for eps 8 (one-off probe; see the README).
+the windowed ones, where its changes reached 19 levels for eps 8 (benchmarks/probe_window.py
+against the code before this module; docs/USAGE.md).
 """
 from __future__ import annotations
 

@@ -366,13 +366,13 @@ ROI_THRESHOLD = 0.01
 # ROI 4.4 % / 23.5 / 91.4 %; hull 3.7 % / 9.9 / 86.3 %; hull + 3 px margin 5.6 % / 11.0 / 89.8 %.
 ROI_CONVEX = False
 # test-time views whose lungs join the ROI (toolkit.qc.VIEWS); all of them always shape the hiding's guard and QC
-# cxr3/test, 270 images (/tmp one-off on Protector(roi_views=...), before spare_flat): images whose perturbation reached
+# cxr3/test, 270 images (Protector(roi_views=...) through a script not kept, before spare_flat): images whose perturbation reached
 # true-lung pixels / white-box ASR: own view 11 / 85.6 %, + mirror 5 / 85.2 %, + both gammas too 5 / 84.1 %
 ROI_VIEWS: tuple[str, ...] = ("mirror",)
 # The transfer pattern keeps this many more px (224x224 view) from the ROI than the refinement does.
 # Every test X-ray whose perturbation reached true lung (5 of 270, at most 34 px, each within 3 px
-# of the ROI) had it on pattern cells. cxr3/test (benchmarks/probe_lungs.py --list; the one-off
-# variant was this constant): 0 -> 2 px: reached 5 -> 2 images (22 px), white-box 81.96 -> 82.28 %;
+# of the ROI) had it on pattern cells. cxr3/test (benchmarks/probe_lungs.py --list with this
+# constant set): 0 -> 2 px: reached 5 -> 2 images (22 px), white-box 81.96 -> 82.28 %;
 # val 9 -> 6, 85.26 % both. medrae evaluate --transfer, two runs each: held-out median 14.5 / 13.7 ->
 # 11.6 / 12.0 % (Xception-150's), mean unchanged (12.0 / 11.9 -> 12.0 / 12.1 %), the weakest target up
 # 1.3 points. The refinement's own cells near the ROI are where the attack works (a 2 px keep-out for

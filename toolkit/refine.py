@@ -28,7 +28,7 @@ class RefineSettings:
     ``python benchmarks/probe_refine.py --all ...``, then with the segmenter's own mask as the ROI,
     ``--roi-threshold 0.5``): fraction 0.04 and margin 2: 92.5 % / 38.6 dB /
     0.237 bpp; 0.05 and 2: 92.9 % / 38.3 / 0.249; 0.05 and 1: 93.3 % / 39.7 / 0.221 (the default).
-    In one-off runs on 90 of them, 80 steps instead of 40, per-pixel cells (factor 1), step 8,
+    In runs on 90 of them (a script not kept in the repository), 80 steps instead of 40, per-pixel cells (factor 1), step 8,
     momentum, or starting from the generator's output did not do better. Rerun on all 270 with the
     default ROI, 5 % lung probability (91.4 % / 39.4 dB / 0.226 bpp, payload outside the ROI on 85.6 %): fraction 0.1 is
     faster (154 vs 198 ms per image) but reaches 90.2 % / 38.5 / 0.260, 79.3 %; doubling the
@@ -44,12 +44,12 @@ class RefineSettings:
     robust: bool = False  # also fool the classifier on a half-size-and-back copy (EOT; ~3.5x the time)
     # the flattest free cells are left alone: a step there kills the hiding's best capacity (prediction
     # errors near 0), so the payload stops fitting outside the lungs. cxr3/test, 270 images, with the
-    # lungs kept to one level (/tmp one-off, toolkit.refine.spare_flat): 0 -> white-box ASR 84.8 %,
+    # lungs kept to one level (benchmarks/probe_lungs.py with this field set): 0 -> white-box ASR 84.8 %,
     # 29 images coarsened; 0.1 -> 86.4 %, 11; 0.2 -> 86.8 %, 5; 0.3 -> 79.8 %, 6
     spare_flat: float = 0.1
     # (step, margin): an image whose margin is still above ``margin`` after ``step`` steps is out of
     # reach and stops there (its grid so far is kept). cxr3/val, 270 images, the default with the
-    # pattern (/tmp one-off over the 10-, 20- and 40-step runs): margin < -1 on 81.5 -> 81.1 % of the
+    # pattern (probe_lungs.py's 10-, 20- and 40-step runs compared by a script not kept): margin < -1 on 81.5 -> 81.1 % of the
     # images, mean steps 11.1 -> 6.8 (the images that end unfooled took 40 each); () never gives up
     give_up: tuple = ((10, 1.0), (20, 0.0))
 
