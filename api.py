@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .kernels.rdh import value_ceiling
-from .kernels import KEY_BYTES, CapacityError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError, inspect_array, restore_array
+from .kernels import KEY_BYTES, CapacityError, KeylessError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError, inspect_array, restore_array
 from .toolkit.imageio import Image, ImageError, OutputExists, encode_image, read_image, write_atomic
 from .toolkit.keys import KeyFileError, load_key as _load_key_file
 from .toolkit.ort import ModelsError
@@ -32,7 +32,7 @@ from .toolkit.settings import ProtectSettings
 
 __all__ = ["protect", "restore", "verify", "inspect", "protect_file", "restore_file", "verify_file", "new_key", "load_key",
            "Protected", "ProtectSettings", "ProtectError", "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError",
-           "PayloadError", "ImageError", "KeyFileError", "ModelsError"]
+           "KeylessError", "PayloadError", "ImageError", "KeyFileError", "ModelsError"]
 
 class ProtectError(MedraeError):
     """An image that could not be protected; ``str()`` is the reason, ``result`` the full report."""
@@ -150,7 +150,7 @@ def protect(pixels: np.ndarray, key: Optional[bytes], settings: Optional[Protect
     return Protected(marked, report)
 
 
-def restore(pixels: np.ndarray, key: Optional[bytes], *, ceiling: Optional[int] = None) -> np.ndarray:
+def restore(pixels: np.ndarray, key: Optional[bytes], *, ceiling: Optional[int] = None, allow_keyless: bool = False) -> np.ndarray:
     """The original image, bit for bit, from a protected one (no neural network runs).
 
     Parameters
@@ -161,6 +161,9 @@ def restore(pixels: np.ndarray, key: Optional[bytes], *, ceiling: Optional[int] 
         The key it was protected with (None for a keyless image).
     ceiling : int, optional
         The ceiling it was protected with (default the dtype's maximum).
+    allow_keyless : bool
+        With a ``key``, also restore a keyless image (``key=None`` at protect), which anyone with
+        medrae could have made; refused by default (:class:`KeylessError`).
 
     Returns
     -------
@@ -169,19 +172,21 @@ def restore(pixels: np.ndarray, key: Optional[bytes], *, ceiling: Optional[int] 
 
     Raises
     ------
-    NotProtectedError, KeyMismatchError, PayloadError
-        No medrae payload; a key other than the one it was protected with; damaged or tampered.
+    NotProtectedError, KeyMismatchError, KeylessError, PayloadError
+        No medrae payload; a key other than the one it was protected with; a key given for a
+        keyless image; damaged or tampered.
     """
     image = _as_image(pixels, ceiling, "pixels")
-    return restore_array(image.pixels, key, image.kernel_ceiling)
+    return restore_array(image.pixels, key, image.kernel_ceiling, allow_keyless)
 
 
-def verify(original: np.ndarray, protected: np.ndarray, key: Optional[bytes], *, ceiling: Optional[int] = None) -> bool:
+def verify(original: np.ndarray, protected: np.ndarray, key: Optional[bytes], *, ceiling: Optional[int] = None,
+           allow_keyless: bool = False) -> bool:
     """True when ``protected`` restores, with ``key``, to exactly ``original`` (same shape, dtype and pixels).
 
     Raises what :func:`restore` raises when ``protected`` cannot be restored at all.
     """
-    back = restore(protected, key, ceiling=ceiling)
+    back = restore(protected, key, ceiling=ceiling, allow_keyless=allow_keyless)
     return back.shape == original.shape and back.dtype == original.dtype and bool(np.array_equal(back, original))
 
 
@@ -214,7 +219,7 @@ def protect_file(src: str | Path, dst: str | Path, key: Optional[bytes], setting
     return asdict(result)
 
 
-def restore_file(src: str | Path, dst: str | Path, key: Optional[bytes], *, overwrite: bool = False) -> Path:
+def restore_file(src: str | Path, dst: str | Path, key: Optional[bytes], *, overwrite: bool = False, allow_keyless: bool = False) -> Path:
     """Restore a protected file into ``dst`` (same format; a DICOM keeps every other element).
     The pixels are the original's bit for bit; see README "What is identical after restore" for the bytes.
 
@@ -227,15 +232,15 @@ def restore_file(src: str | Path, dst: str | Path, key: Optional[bytes], *, over
     if src.resolve() == dst.resolve():
         raise ImageError(dst, "output is the input; medrae never overwrites an input")
     image = read_image(src)
-    original = restore_array(image.pixels, key, image.kernel_ceiling)
+    original = restore_array(image.pixels, key, image.kernel_ceiling, allow_keyless)
     if dst.exists() and not overwrite:
         raise OutputExists(dst, "output exists (overwrite=True to replace it)")
     write_atomic(dst, encode_image(image, original), overwrite)
     return dst
 
 
-def verify_file(original: str | Path, protected: str | Path, key: Optional[bytes]) -> bool:
+def verify_file(original: str | Path, protected: str | Path, key: Optional[bytes], *, allow_keyless: bool = False) -> bool:
     """True when the protected file restores to exactly the pixels of the original file."""
     ref, prot = read_image(original), read_image(protected)
-    back = restore_array(prot.pixels, key, prot.kernel_ceiling)
+    back = restore_array(prot.pixels, key, prot.kernel_ceiling, allow_keyless)
     return back.shape == ref.pixels.shape and back.dtype == ref.pixels.dtype and bool(np.array_equal(back, ref.pixels))

@@ -25,6 +25,8 @@ LUNGS = "Advanced: lungs (ROI) and hiding"
 RUNTIME = "Advanced: runtime"
 
 KEY_HELP = "key file (medrae keygen); default: $MEDRAE_KEY_FILE"
+ALLOW_KEYLESS_HELP = ("with a key: also restore files protected with --no-encrypt, which anyone with medrae could have made "
+                      "(default: refused, since they authenticate nothing)")
 RAY_HELP = ("run on a Ray cluster (pip install 'medrae\\[ray]'): local (start one on this machine for the command), auto (the "
             "cluster this machine belongs to) or HOST:PORT; --workers is then the number of actors (0: one per CPU). "
             "Input and output must be on a filesystem every node sees")
@@ -67,6 +69,8 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
     from medrae.toolkit.batch import UsageError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if report is not None:
+        _check_report_path(report)
     console = Console(stderr=True)
     with Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(total_label, total=None)
@@ -78,9 +82,29 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
         typer.echo(f"failed {r.input}: {r.reason}", err=True)
     _summary(console, rep)
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(rep.to_json(), indent=1))
+        from medrae.toolkit.imageio import ImageError, write_atomic
+
+        try:  # a temporary, synced, then renamed: a full disk leaves no partial report
+            write_atomic(report, json.dumps(rep.to_json(), indent=1).encode(), overwrite=True)
+        except ImageError as exc:
+            typer.echo(f"error: {report}: report not written: {exc.reason}", err=True)
+            raise typer.Exit(1)
     raise typer.Exit(1 if rep.failed else 0)
+
+
+def _check_report_path(report: Path) -> None:
+    """Refuse a --report path that cannot take the report, before any work is done."""
+    import os
+
+    if report.is_dir():
+        _fail(f"{report}: is a directory; --report takes a file path (e.g. {report / 'report.json'})")
+    parent = report.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"{report}: cannot create the report's directory: {exc.strerror or exc}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"{report}: the directory {parent} is not writable")
 
 
 def _summary(console, rep) -> None:
@@ -208,11 +232,13 @@ def restore(
     report: Optional[Path] = typer.Option(None, "--report"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
+    allow_keyless: bool = typer.Option(False, "--allow-keyless", help=ALLOW_KEYLESS_HELP),
 ) -> None:
     """Restore the originals' pixels, bit for bit, checked against the SHA-256 inside (no neural network runs)."""
     from medrae.toolkit.batch import restore_paths
 
-    _run_batch(restore_paths, "restore", report, src=input, dst=output, key=_key(key, required=False), workers=workers, overwrite=overwrite, ray=ray)
+    _run_batch(restore_paths, "restore", report, src=input, dst=output, key=_key(key, required=False), workers=workers, overwrite=overwrite, ray=ray,
+               allow_keyless=allow_keyless)
 
 
 @app.command()
@@ -223,6 +249,7 @@ def verify(
     workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
     report: Optional[Path] = typer.Option(None, "--report"),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
+    allow_keyless: bool = typer.Option(False, "--allow-keyless", help=ALLOW_KEYLESS_HELP),
 ) -> None:
     """Restore each protected file in memory and compare its pixels with the original's, bit for bit
     (exit 0 only if all are identical). Pixels, shape and sample type are compared, not file bytes:
@@ -230,7 +257,8 @@ def verify(
     bytes (compression, metadata chunks) may differ (README "What is identical after restore")."""
     from medrae.toolkit.batch import verify_paths
 
-    _run_batch(verify_paths, "verify", report, original=original, protected=protected, key=_key(key, required=False), workers=workers, ray=ray)
+    _run_batch(verify_paths, "verify", report, original=original, protected=protected, key=_key(key, required=False), workers=workers, ray=ray,
+               allow_keyless=allow_keyless)
 
 
 @app.command()
@@ -268,7 +296,7 @@ def _info_tree(root: Path) -> None:
     for e in entries:
         rel = str(Path(e["file"]).relative_to(root))
         if e["status"] == "protected":
-            table.add_row(rel, e["status"], e["rdh_method"], e["codec"], str(e["payload_bits"]), str(e["encrypted"]),
+            table.add_row(rel, e["status"], e["rdh_method"], e["codec"], str(e["payload_bits"]), "yes" if e["encrypted"] else "no: keyless, anyone could have made it",
                           f"{e['rdh_frozen_fraction']:.3f}", "any" if e["rdh_roi_max_change"] is None else str(e["rdh_roi_max_change"]))
         else:
             table.add_row(rel, e["status"] + (f": {e['reason']}" if "reason" in e else ""), *[""] * 6)

@@ -12,7 +12,7 @@ Public API (other parts of medrae build on these names)::
 """
 from .codecs import CODECS, decode_perturbation, encode_perturbation
 from .container import KEY_BYTES, key_check_value, pixel_digest, read_header, seal, unseal
-from .errors import CapacityError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError
+from .errors import CapacityError, KeylessError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError
 from .rdh import MIN_SIDE, RDH_METHODS, SIDE_BITS, band_region, capacity, embed, extract, frozen_region, hiding_bounds
 from .resample import downsample, grid_shape, upsample
 from .reversible import ProtectInfo, inspect_array, protect_array, restore_array
@@ -23,5 +23,5 @@ __all__ = [
     "protect_array", "restore_array", "inspect_array", "ProtectInfo",
     "seal", "unseal", "read_header", "pixel_digest", "key_check_value",
     "upsample", "downsample", "grid_shape",
-    "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError", "PayloadError",
+    "MedraeError", "CapacityError", "KeyMismatchError", "KeylessError", "NotProtectedError", "PayloadError",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import KeyMismatchError, NotProtectedError, PayloadError
+from .errors import KeylessError, KeyMismatchError, NotProtectedError, PayloadError
 
 MAGIC = b"MRAE"
 VERSION = 1
@@ -112,19 +112,30 @@ def read_header(payload: bytes) -> Header:
     return Header(version, encrypted, codec_id, rdh_id, DTYPES[code], (h, w), eps, size)
 
 
-def unseal(payload: bytes, key: Optional[bytes]) -> tuple[Header, bytes, bytes]:
+KEYLESS_REASON = ("the payload carries no key (made with --no-encrypt): anyone with medrae could have made it, "
+                  "so it authenticates nothing; restore it only if you trust its source (--allow-keyless)")
+
+
+def unseal(payload: bytes, key: Optional[bytes], allow_keyless: bool = False) -> tuple[Header, bytes, bytes]:
     """Check and open a payload: ``(header, pixel SHA-256, coded perturbation)``.
+
+    ``allow_keyless``: open a plaintext payload although a ``key`` was given (without a key, a
+    plaintext payload is what was asked for and always opens).
 
     Raises
     ------
     NotProtectedError
         Not a medrae payload.
+    KeylessError
+        A key was given, the payload is plaintext, and not ``allow_keyless``.
     KeyMismatchError
         Encrypted and ``key`` is missing or is not the key it was sealed with.
     PayloadError
-        Corrupt, truncated or tampered with.
+        Corrupt, truncated or tampered with (also when only the key check value was damaged).
     """
     hdr = read_header(payload)
+    if not hdr.encrypted and key is not None and not allow_keyless:
+        raise KeylessError(KEYLESS_REASON)
     if not hdr.encrypted:
         body, crc = payload[: -4], struct.unpack(">I", payload[-4:])[0]
         if binascii.crc32(body) != crc:
@@ -135,9 +146,16 @@ def unseal(payload: bytes, key: Optional[bytes]) -> tuple[Header, bytes, bytes]:
         raise KeyMismatchError("payload is encrypted and no key was given")
     key = _check_key(key)
     header = payload[: hdr.size]
-    if not hmac.compare_digest(header[-KCV_BYTES:], key_check_value(key)):
-        raise KeyMismatchError("payload was encrypted under a different key")
     nonce = header[_FIXED.size : _FIXED.size + NONCE_BYTES]
+    kcv = key_check_value(key)
+    if not hmac.compare_digest(header[-KCV_BYTES:], kcv):
+        # a wrong key, or the right key and damaged check-value bits: with the right key the rest
+        # authenticates under the check value this key gives (it is part of the associated data)
+        try:
+            AESGCM(key).decrypt(nonce, payload[hdr.size :], header[:-KCV_BYTES] + kcv)
+        except InvalidTag:
+            raise KeyMismatchError("payload was encrypted under a different key") from None
+        raise PayloadError("payload is damaged (its key check value was altered; the key is right)")
     try:
         body = AESGCM(key).decrypt(nonce, payload[hdr.size :], header)
     except InvalidTag:

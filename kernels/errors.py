@@ -33,3 +33,9 @@ class PayloadError(MedraeError):
 
 class KeyMismatchError(MedraeError):
     """The payload was encrypted under a different key (or a key is missing)."""
+
+
+class KeylessError(KeyMismatchError):
+    """A key was given but the payload carries none (made with ``--no-encrypt``): anyone with
+    medrae could have made it, so it authenticates nothing. Restore it only when asked to
+    (``allow_keyless``)."""

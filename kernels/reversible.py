@@ -115,16 +115,18 @@ def protect_array(
     return marked, ProtectInfo(8 * len(payload), 8 * len(coded), codecs.codec_name(coded), m.name, passes)
 
 
-def restore_array(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[int] = None) -> np.ndarray:
+def restore_array(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[int] = None, allow_keyless: bool = False) -> np.ndarray:
     """The original image, bit for bit, from a protected one (``ceiling`` as given to protect).
+    ``allow_keyless``: restore a keyless (``--no-encrypt``) image although a ``key`` was given.
 
     Raises
     ------
-    NotProtectedError, KeyMismatchError, PayloadError
-        Not protected; wrong or missing key; corrupt or tampered (the pixel SHA-256 is checked).
+    NotProtectedError, KeyMismatchError, KeylessError, PayloadError
+        Not protected; wrong or missing key; a key given for a keyless image; corrupt or tampered
+        (the pixel SHA-256 is checked).
     """
     adversarial, payload, method = rdh.extract_with_method(marked, ceiling=ceiling)
-    hdr, digest, coded = container.unseal(payload, key)
+    hdr, digest, coded = container.unseal(payload, key, allow_keyless)
     if rdh.RDH_METHODS.get(method).id != hdr.rdh_id:
         raise PayloadError(f"payload names RDH id {hdr.rdh_id} but the image was marked with {method!r}")
     if hdr.shape != marked.shape or hdr.dtype != marked.dtype:

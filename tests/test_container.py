@@ -47,8 +47,13 @@ def test_flip_classes():
     with pytest.raises(kernels.NotProtectedError):
         container.unseal(b"X" + payload[1:], KEY)  # magic
     kcv_at = container._FIXED.size + container.NONCE_BYTES
-    with pytest.raises(kernels.KeyMismatchError):
-        container.unseal(payload[:kcv_at] + bytes([payload[kcv_at] ^ 1]) + payload[kcv_at + 1 :], KEY)
+    damaged_kcv = payload[:kcv_at] + bytes([payload[kcv_at] ^ 1]) + payload[kcv_at + 1 :]
+    # a damaged key check value is damage, not a wrong key, when the key is right ...
+    with pytest.raises(kernels.PayloadError, match="key check value was altered; the key is right"):
+        container.unseal(damaged_kcv, KEY)
+    # ... and still a wrong key when it is not
+    with pytest.raises(kernels.KeyMismatchError, match="different key"):
+        container.unseal(damaged_kcv, os.urandom(32))
     with pytest.raises(kernels.PayloadError):
         container.unseal(payload[:-1] + bytes([payload[-1] ^ 1]), KEY)  # tag
     with pytest.raises(kernels.PayloadError):
@@ -83,3 +88,12 @@ def test_pixel_digest_depends_on_shape_and_dtype():
     # pinned against hashlib over the documented layout (docs/FORMAT.md)
     expected = hashlib.sha256(bytes([1]) + (4).to_bytes(4, "big") + (8).to_bytes(4, "big") + bytes(32)).digest()
     assert container.pixel_digest(a) == expected
+
+
+def test_a_keyless_payload_is_refused_when_a_key_is_given():
+    plain = container.seal(b"\x01abc", bytes(32), shape=(40, 40), dtype=np.uint8, eps=8, codec_id=1, rdh_id=2, key=None)
+    with pytest.raises(kernels.KeylessError, match="anyone with medrae could have made it"):
+        container.unseal(plain, KEY)
+    assert issubclass(kernels.KeylessError, kernels.KeyMismatchError)
+    assert container.unseal(plain, KEY, allow_keyless=True)[2] == b"\x01abc"
+    assert container.unseal(plain, None)[2] == b"\x01abc"  # no key given: keyless is what was asked for

@@ -202,24 +202,26 @@ def _describe_in_worker(settings: ProtectSettings, threads: int) -> dict:
 
 
 def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 0, overwrite: bool = False, ray: Optional[str] = None,
+                  allow_keyless: bool = False,
                   on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                   command: str = "restore") -> BatchReport:
     """Restore one file or a tree of protected files into ``dst`` (same names). ``ray``: as for
-    :func:`protect_paths`."""
+    :func:`protect_paths`. With a ``key``, keyless files fail unless ``allow_keyless``."""
     if ray is not None:
         from .cluster import run_on_cluster
 
         return run_on_cluster("restore", src, dst, key, address=ray, workers=workers, overwrite=overwrite, on_start=on_start,
-                              on_result=on_result, command=command)
+                              on_result=on_result, command=command, allow_keyless=allow_keyless)
     t0 = time.perf_counter()
     results, done, todo = _start(pair_paths(src, dst, map_name=False), overwrite, on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
-        for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite) for s, d in todo]):
+        for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite, allow_keyless) for s, d in todo]):
             done(r)
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
 def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, workers: int = 0, ray: Optional[str] = None,
+                 allow_keyless: bool = False,
                  on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
                  command: str = "verify") -> BatchReport:
     """Restore each protected file in memory and compare it with its original, bit for bit.
@@ -228,11 +230,11 @@ def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, worke
         from .cluster import run_on_cluster
 
         return run_on_cluster("verify", original, protected, key, address=ray, workers=workers, on_start=on_start,
-                              on_result=on_result, command=command)
+                              on_result=on_result, command=command, allow_keyless=allow_keyless)
     t0 = time.perf_counter()
     results, done, todo = _start_verify(verify_pairs(original, protected), on_start, on_result)
     with executor(auto_workers(workers, len(todo))) as pool:
-        for r in _ordered(pool, _verify_one, [(str(o), str(p), key) for o, p in todo]):
+        for r in _ordered(pool, _verify_one, [(str(o), str(p), key, allow_keyless) for o, p in todo]):
             done(r)
     return BatchReport(command, results, time.perf_counter() - t0)
 

@@ -108,6 +108,7 @@ class Job:
     key: Optional[bytes]
     overwrite: bool = False
     settings: Optional[ProtectSettings] = None
+    allow_keyless: bool = False  # restore / verify: keyless files although a key was given
 
 
 class MedraeWorker:
@@ -138,9 +139,9 @@ class MedraeWorker:
         if job.kind == "protect":
             results = protect_chunk(self.protector, chunk, job.key, job.settings, job.overwrite)
         elif job.kind == "restore":
-            results = [_restore_one(s, d, job.key, job.overwrite) for s, d in chunk]
+            results = [_restore_one(s, d, job.key, job.overwrite, job.allow_keyless) for s, d in chunk]
         else:
-            results = [_verify_one(o, p, job.key) for o, p in chunk]
+            results = [_verify_one(o, p, job.key, job.allow_keyless) for o, p in chunk]
         for r in results:
             r.node = self.node
         return results
@@ -153,7 +154,7 @@ def _actor(ray, n_cpus: float, n_gpus: float):
 def run_on_cluster(kind: str, src: Path, dst: Path, key: Optional[bytes], *, address: str, settings: Optional[ProtectSettings] = None,
                    workers: int = 0, overwrite: bool = False, gpus_per_actor: float = 0.0,
                    on_start: Callable[[int], None] = lambda n: None, on_result: Callable[[FileResult], None] = lambda r: None,
-                   command: Optional[str] = None) -> BatchReport:
+                   command: Optional[str] = None, allow_keyless: bool = False) -> BatchReport:
     """The batch of ``toolkit.batch.{protect,restore,verify}_paths`` on a Ray cluster.
 
     ``kind``: protect | restore | verify (for verify, ``src`` is the originals and ``dst`` the
@@ -172,7 +173,7 @@ def run_on_cluster(kind: str, src: Path, dst: Path, key: Optional[bytes], *, add
     if todo:
         with connected(address) as ray:
             n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            job = Job(kind, key, overwrite, settings if kind == "protect" else None)
+            job = Job(kind, key, overwrite, settings if kind == "protect" else None, allow_keyless)
             actors = [_actor(ray, 1, gpus_per_actor).remote(job, 1) for _ in range(n)]
             try:
                 described = ray.get([a.describe.remote() for a in actors])

@@ -315,15 +315,16 @@ def protect_image(protector, image: Image, key: Optional[bytes], settings: Prote
     return res, marked
 
 
-def _restore_core(src: str, key: Optional[bytes]) -> tuple[FileResult, Optional[Image], Optional[np.ndarray]]:
-    """Read and restore one protected file in memory: (result, protected image, original pixels)."""
+def _restore_core(src: str, key: Optional[bytes], allow_keyless: bool = False) -> tuple[FileResult, Optional[Image], Optional[np.ndarray]]:
+    """Read and restore one protected file in memory: (result, protected image, original pixels).
+    With a ``key``, a keyless file fails unless ``allow_keyless``."""
     t = time.perf_counter()
     res = FileResult(src, None, "failed")
     try:
         image = STORE.read(src)
         res.shape = list(image.pixels.shape)
         t1 = time.perf_counter()
-        original = kernels.restore_array(image.pixels, key, image.kernel_ceiling)
+        original = kernels.restore_array(image.pixels, key, image.kernel_ceiling, allow_keyless)
         res.stages = {"decode": t1 - t, "extract_restore": time.perf_counter() - t1}
         res.status = "restored"
         res.psnr = metrics.psnr(original, image.pixels, data_range=image.ceiling)
@@ -332,6 +333,8 @@ def _restore_core(src: str, key: Optional[bytes]) -> tuple[FileResult, Optional[
         res.reason = exc.reason
     except kernels.NotProtectedError as exc:
         res.reason = f"not a medrae-protected image ({exc})"
+    except kernels.KeylessError as exc:
+        res.reason = f"not authenticated: {exc}"
     except kernels.KeyMismatchError as exc:
         res.reason = f"wrong or missing key: {exc}"
     except kernels.PayloadError as exc:
@@ -339,9 +342,9 @@ def _restore_core(src: str, key: Optional[bytes]) -> tuple[FileResult, Optional[
     return res, None, None
 
 
-def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool) -> FileResult:
+def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool, allow_keyless: bool = False) -> FileResult:
     """Restore one file and write it (checked to read back identically). Runs in a worker."""
-    res, image, original = _restore_core(src, key)
+    res, image, original = _restore_core(src, key, allow_keyless)
     res.output = dst
     if original is not None:
         t = time.perf_counter()
@@ -359,9 +362,9 @@ def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool) -> F
     return res
 
 
-def _verify_one(original: str, protected: str, key: Optional[bytes]) -> FileResult:
+def _verify_one(original: str, protected: str, key: Optional[bytes], allow_keyless: bool = False) -> FileResult:
     """Restore ``protected`` in memory and compare with ``original`` bit for bit. Runs in a worker."""
-    res, _, restored = _restore_core(protected, key)
+    res, _, restored = _restore_core(protected, key, allow_keyless)
     res.input, res.output = original, protected
     if restored is None:
         return res
@@ -561,7 +564,10 @@ def _done(job: _Job, r: FileResult, done: Callable[[FileResult], None]) -> None:
 def info(path: Path) -> dict:
     """What a protected file carries (no key needed); raises ImageError or kernels errors."""
     image = STORE.read(path)
-    return {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
+    d = {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
+    d["authenticity"] = ("encrypted: only the key's holder could have made it" if d["encrypted"] else
+                         "keyless: anyone with medrae could have made it (restore and verify refuse it with a key unless --allow-keyless)")
+    return d
 
 
 def info_entry(path: Path) -> dict:

@@ -42,10 +42,7 @@ def load_key(path: Optional[Path | str]) -> bytes:
         if not path:
             raise KeyFileError(f"no key: pass --key KEYFILE or set {ENV_VAR} (create one with: medrae keygen KEYFILE)")
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    data = _read_key_file(path)
     _warn_if_shared(path)
     if len(data) == KEY_BYTES:
         return data
@@ -57,6 +54,35 @@ def load_key(path: Optional[Path | str]) -> bytes:
     if len(key) != KEY_BYTES:
         raise KeyFileError(f"{path}: not a medrae key (expected {2 * KEY_BYTES} hex digits or {KEY_BYTES} raw bytes)")
     return key
+
+
+MAX_KEY_FILE_BYTES = 1024  # a key file is 65 bytes (64 hex digits and a newline) or 32 raw ones
+
+
+def _read_key_file(path: Path) -> bytes:
+    """The bytes of a key file, read only once it is known to be a small regular file: a FIFO, a
+    device (/dev/zero) or a huge file is refused before anything is read. Opened without blocking
+    (a FIFO with no writer would hang a plain open), then checked on the open descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file"
+            raise KeyFileError(f"{path}: not a key file ({kind}); a key file is a regular file written by medrae keygen")
+        if st.st_size > MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"{path}: not a medrae key ({st.st_size:,} bytes; a key file has {2 * KEY_BYTES} hex digits or {KEY_BYTES} raw bytes)")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            return f.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _warn_if_shared(path: Path) -> None:
