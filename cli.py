@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -72,7 +73,8 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
     if report is not None:
         _check_report_path(report)
     console = Console(stderr=True)
-    with Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+    with Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar, \
+            _stop_on_signals() as stopped:
         task = bar.add_task(total_label, total=None)
         try:
             rep = run(on_start=lambda n: bar.update(task, total=n), on_result=lambda r: bar.advance(task), **kw)
@@ -81,6 +83,9 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
     for r in rep.failed:  # plain lines: one per file, never wrapped
         typer.echo(f"failed {r.input}: {r.reason}", err=True)
     _summary(console, rep)
+    if stopped:
+        typer.echo(f"stopped by {stopped[0]}: the files in flight were finished; {rep.count('skipped')} file(s) not started "
+                   f"(rerun the command to finish them)", err=True)
     if report is not None:
         from medrae.toolkit.imageio import ImageError, write_atomic
 
@@ -89,7 +94,37 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
         except ImageError as exc:
             typer.echo(f"error: {report}: report not written: {exc.reason}", err=True)
             raise typer.Exit(1)
+    if stopped:
+        raise typer.Exit(128 + int(stopped[1]))  # the shell's convention for a command ended by a signal
     raise typer.Exit(1 if rep.failed else 0)
+
+
+@contextmanager
+def _stop_on_signals():
+    """During a batch, SIGTERM and Ctrl-C (SIGINT) ask it to stop after the files in flight
+    (:data:`medrae.toolkit.stopping.STOP`); a second one aborts at once. Yields a list that holds
+    the signal's name and number once one came."""
+    import signal
+
+    from medrae.toolkit.stopping import STOP
+
+    stopped: list = []
+    STOP.clear()
+
+    def handle(signum, frame):  # noqa: ARG001
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+        stopped[:] = [signal.Signals(signum).name, signum]
+        typer.echo(f"{signal.Signals(signum).name}: stopping after the files in flight (again to abort)", err=True)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopped
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        STOP.clear()
 
 
 def _check_report_path(report: Path) -> None:

@@ -8,6 +8,9 @@ and the batch goes on. On CPUs each of ``workers`` processes protects whole chun
 own networks (as a Ray actor does); with CUDA, or with one worker, the networks run in the calling
 process, batched, and decoding, coding, embedding, checking and writing in the workers. A file
 that kills its CPU worker fails alone; the others are protected (:func:`_protect_in_workers`).
+Worker processes die with the process that started them; once :data:`stopping.STOP` is set (SIGTERM
+or Ctrl-C in a command) no more files are started, the ones in flight finish, and the rest are
+reported skipped.
 """
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, w
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 from . import ort
 from .filework import (BatchReport, FileResult, UsageError, _Inline, _chunks, _collect, _protect_report, _refine_again, _restore_one,  # noqa: F401
                        _start, _start_verify, _submit_chunk, _verify_one, describe, info, info_entry, info_tree, pair_paths,
                        protect_chunk, verify_pairs)
 from .settings import ProtectSettings
+from .stopping import STOP, interrupted, worker_init
 
 
 def _warm(_: int = 0) -> int:
@@ -49,7 +53,8 @@ def executor(workers: int) -> Executor:
     if workers <= 1:
         return _Inline()
     method = "spawn" if ort.sessions_started() else "fork"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=worker_init,
+                               initargs=(os.getpid(),))
     list(pool.map(_warm, range(workers)))  # start every worker now, while this process is still simple
     return pool
 
@@ -79,7 +84,11 @@ def protect_paths(src: Path, dst: Path, key: Optional[bytes], settings: Optional
         protector = settings.protector() if todo else None
         pending: list = []  # the previous chunk's jobs, collected after this chunk's inference
         retry: list = []  # files to refine again without the pattern, batched as the chunks are
-        for chunk in _chunks(todo, settings.batch_size):
+        for i, chunk in enumerate(_chunks(todo, settings.batch_size)):
+            if STOP.is_set():
+                for r in interrupted(todo[i * settings.batch_size :]):
+                    done(r)
+                break
             jobs = _submit_chunk(protector, pool, chunk, key, settings, overwrite, done)
             _collect(pending, done, retry)  # workers ran these while this chunk was decoded and inferred
             pending = jobs
@@ -108,7 +117,7 @@ def _protect_in_workers(todo: list, key: Optional[bytes], settings: ProtectSetti
     queue = [[(str(s), str(d)) for s, d in chunk] for chunk in _chunks(todo, settings.batch_size)][::-1]
     suspects: list = []  # files whose chunk's worker died: each is redone alone
     about: dict = {}
-    while queue or suspects:
+    while (queue or suspects) and not STOP.is_set():
         with executor(workers) as pool:
             if not about and todo:
                 about = pool.submit(_describe_in_worker, settings, threads).result()  # a bad --models fails here, once
@@ -119,6 +128,8 @@ def _protect_in_workers(todo: list, key: Optional[bytes], settings: ProtectSetti
                 _run_chunks(queue, workers, submit_chunk, done, suspects)
             except BrokenProcessPool:
                 continue  # a fresh pool for what is left
+    for r in interrupted([pair for chunk in queue for pair in chunk] + suspects):  # empty unless stopped
+        done(r)
     return _protect_report(command, results, time.perf_counter() - t0, about)
 
 
@@ -153,7 +164,7 @@ def _run_chunks(queue: list, workers: int, submit_chunk: Callable, done: Callabl
         raise BrokenProcessPool("a worker process died")
 
     def submit() -> None:
-        if queue:
+        if queue and not STOP.is_set():
             try:
                 future = submit_chunk(queue[-1])
             except BrokenProcessPool:  # the pool broke since the last wait: the chunk stays queued
@@ -214,9 +225,9 @@ def restore_paths(src: Path, dst: Path, key: Optional[bytes], *, workers: int = 
                               on_result=on_result, command=command, allow_keyless=allow_keyless)
     t0 = time.perf_counter()
     results, done, todo = _start(pair_paths(src, dst, map_name=False), overwrite, on_start, on_result)
-    with executor(auto_workers(workers, len(todo))) as pool:
-        for r in _ordered(pool, _restore_one, [(str(s), str(d), key, overwrite, allow_keyless) for s, d in todo]):
-            done(r)
+    n = auto_workers(workers, len(todo))
+    with executor(n) as pool:
+        _run_ordered(pool, n, _restore_one, [(str(s), str(d), key, overwrite, allow_keyless) for s, d in todo], todo, done)
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
@@ -233,14 +244,26 @@ def verify_paths(original: Path, protected: Path, key: Optional[bytes], *, worke
                               on_result=on_result, command=command, allow_keyless=allow_keyless)
     t0 = time.perf_counter()
     results, done, todo = _start_verify(verify_pairs(original, protected), on_start, on_result)
-    with executor(auto_workers(workers, len(todo))) as pool:
-        for r in _ordered(pool, _verify_one, [(str(o), str(p), key, allow_keyless) for o, p in todo]):
-            done(r)
+    n = auto_workers(workers, len(todo))
+    with executor(n) as pool:
+        _run_ordered(pool, n, _verify_one, [(str(o), str(p), key, allow_keyless) for o, p in todo], todo, done)
     return BatchReport(command, results, time.perf_counter() - t0)
 
 
-def _ordered(pool: Executor, fn, arglists: Iterable[tuple]) -> Iterator[FileResult]:
-    """Results in input order."""
-    futures = [pool.submit(fn, *a) for a in arglists]
-    for f in futures:
-        yield f.result()
+def _run_ordered(pool: Executor, workers: int, fn, arglists: list[tuple], pairs: list, done: Callable[[FileResult], None]) -> None:
+    """``fn(*args)`` for each of ``arglists`` in ``pool``, results reported in input order, at most
+    two calls per worker in flight; once :data:`STOP` is set nothing more starts and the ``pairs``
+    not started are reported skipped."""
+    from collections import deque
+
+    window: deque = deque()
+    started = 0
+    while started < len(arglists) or window:
+        while started < len(arglists) and len(window) < 2 * max(1, workers) and not STOP.is_set():
+            window.append(pool.submit(fn, *arglists[started]))
+            started += 1
+        if not window:
+            break
+        done(window.popleft().result())
+    for r in interrupted(pairs[started:]):
+        done(r)

@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Optional
 from ._quiet import quiet_stderr
 from .filework import BatchReport, FileResult, _chunks, describe, _restore_one, _start, _start_verify, _verify_one, pair_paths, protect_chunk, verify_pairs
 from .settings import ProtectSettings
+from .stopping import STOP, interrupted
 
 RAY_HINT = "pip install 'medrae[ray]'"
 TASK_RETRIES = 3  # a chunk whose worker died is retried this often (on the restarted actor) before its files fail
@@ -200,7 +201,7 @@ def _schedule(ray, actors: list, chunks: list[list[tuple[str, str]]], done: Call
     running: dict = {}  # ObjectRef -> (actor, chunk)
 
     def submit(actor) -> None:
-        if queue:
+        if queue and not STOP.is_set():
             chunk = queue.pop()
             running[actor.run.remote(chunk)] = (actor, chunk)
 
@@ -218,3 +219,5 @@ def _schedule(ray, actors: list, chunks: list[list[tuple[str, str]]], done: Call
             for s, d in chunk:
                 done(FileResult(s, d, "failed", reason))
         submit(actor)
+    for r in interrupted([pair for chunk in reversed(queue) for pair in chunk]):  # empty unless stopped
+        done(r)
