@@ -19,7 +19,7 @@ from numba import njit
 from . import _rangecoder as rc
 from ._registry import Registry, register
 from .errors import PayloadError
-from .resample import MODES, downsample, grid_shape, upsample
+from .resample import MAX_FACTOR, MODES, downsample, grid_shape, upsample
 from . import patterns
 
 CODECS: Registry["Codec"] = Registry("perturbation codec")
@@ -299,7 +299,7 @@ class CoarseGrid(Codec):
         return best
 
     def decode_body(self, body, shape):
-        if len(body) < 2 or not 1 <= body[0] <= 64 or body[1] >= len(MODES):
+        if len(body) < 2 or not 1 <= body[0] <= MAX_FACTOR or body[1] >= len(MODES):
             raise PayloadError("grid: bad factor or mode")
         f, mode = body[0], MODES[body[1]]
         gshape = grid_shape(shape, f)
@@ -343,7 +343,7 @@ class Pattern(Codec):
         return head + _ac_encode([cover.astype(np.int64), g - base, p - upsample(g, factor, p.shape)])
 
     def decode_body(self, body, shape):
-        if len(body) < 4 or not 1 <= body[2] <= 64:
+        if len(body) < 4 or not 1 <= body[2] <= MAX_FACTOR:
             raise PayloadError("pattern: bad header")
         pid, cls, f = body[0], body[1], body[2]
         unit_z, pos = _read_varint(body, 3)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 MODES = ("nearest", "linear")
+MAX_FACTOR = 64  # the largest cell side the grid and pattern codecs accept (docs/FORMAT.md)
 
 
 def _check_grid(grid: np.ndarray, factor: int) -> np.ndarray:
     if not isinstance(grid, np.ndarray) or grid.ndim != 2 or not np.issubdtype(grid.dtype, np.integer):
         raise TypeError(f"grid must be a 2-D integer array, got {getattr(grid, 'dtype', type(grid))} {getattr(grid, 'shape', '')}")
-    if not isinstance(factor, (int, np.integer)) or not 1 <= factor <= 64:
-        raise ValueError(f"factor must be an integer in 1..64, got {factor!r}")
+    if not isinstance(factor, (int, np.integer)) or not 1 <= factor <= MAX_FACTOR:
+        raise ValueError(f"factor must be an integer in 1..{MAX_FACTOR}, got {factor!r}")
     return grid.astype(np.int64)
 
 

@@ -439,3 +439,27 @@ def test_lungs_with_black_and_white_pixels_are_protected_at_full_resolution(with
     except kernels.CapacityError:
         return
     assert (old_level, old_mode) != (0, "open1")
+
+
+def test_a_coarse_grid_on_a_large_image_is_mapped_onto_cells_the_codec_carries():
+    """A 28x28 grid (a refinement grid coarsened twice for capacity) on a 2048x2048 image would need
+    73-pixel cells; the codecs carry at most 64 (kernels.resample.MAX_FACTOR), so the grid is
+    resampled onto 64-pixel cells and the file still restores (it used to fail: 'factor must be an
+    integer in 1..64, got 73')."""
+    from PIL import Image as PILImage
+
+    from medrae import kernels
+    from medrae.kernels.resample import MAX_FACTOR
+    from medrae.toolkit.imageio import Image
+    from medrae.toolkit.protect import plan_perturbation, protect_planned
+
+    img, lungs = chest_phantom(3)
+    big = np.asarray(PILImage.fromarray(img).resize((2048, 2048), PILImage.BILINEAR))
+    grid = np.random.default_rng(0).integers(-8, 9, size=(28, 28))
+    image = Image(big.copy(), 255, "png")
+    plan = plan_perturbation(image, lungs.astype(bool), grid, 8)
+    assert plan.hints["factor"] == MAX_FACTOR == 64 and plan.hints["grid"].shape == (32, 32)
+    assert not np.any(plan.adversarial[plan.roi] != big[plan.roi])
+    key = os.urandom(32)
+    marked, _ = protect_planned(image, plan, key, hiding="anywhere")
+    assert np.array_equal(kernels.restore_array(marked, key), big)

@@ -27,7 +27,7 @@ import numpy as np
 from medrae import kernels
 from medrae.kernels import patterns as transfer_patterns
 from medrae.kernels.codecs import PatternHint
-from medrae.kernels.resample import grid_shape, upsample
+from medrae.kernels.resample import MAX_FACTOR, grid_shape, upsample
 
 from .display import level_size, to_view
 from .imageio import Image
@@ -123,7 +123,9 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
     sign = -1 if image.monochrome1 else 1
     roi_full = resize_nearest(roi, (h, w)) if roi.shape != (h, w) else roi
     side = grid.shape[0]
-    factor = max(1, min(h, w) // side)
+    # cells of factor x factor pixels; beyond MAX_FACTOR (a large image, or a grid coarsened for
+    # capacity) the grid is resampled onto more, smaller cells, which the codec's format carries
+    factor = max(1, min(MAX_FACTOR, min(h, w) // side))
     g = resize_nearest(grid, grid_shape((h, w), factor)).astype(np.int64)
     g[cells_touching(roi_full, factor)] = 0  # no change on any cell the ROI touches
     g *= step * sign
