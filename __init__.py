@@ -21,7 +21,7 @@ __version__ = "0.2.0"
 
 _API = ("protect", "restore", "verify", "inspect", "protect_file", "restore_file", "verify_file", "new_key", "load_key",
         "Protected", "ProtectSettings", "ProtectError", "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError",
-        "KeylessError", "PayloadError", "ImageError", "KeyFileError", "ModelsError")
+        "KeylessError", "PayloadError", "HeaderChangedError", "ImageError", "KeyFileError", "ModelsError")
 
 __all__ = ["__version__", *_API]
 

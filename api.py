@@ -7,8 +7,9 @@ takes them; files are PNG, TIFF, JPEG (written back as PNG) or DICOM. Errors are
 * :class:`ProtectError` (a :class:`MedraeError`): the image cannot be protected (its payload does
   not fit, quality control refused its lung mask, it already carries a payload); ``.result`` has
   the details.
-* :class:`KeyMismatchError`, :class:`PayloadError` (damaged or tampered), :class:`NotProtectedError`:
-  restore refused the image. Restore never returns pixels the payload does not authenticate.
+* :class:`KeyMismatchError`, :class:`KeylessError`, :class:`PayloadError` (damaged or tampered;
+  :class:`HeaderChangedError` for an edited DICOM header), :class:`NotProtectedError`: restore
+  refused the image. Restore never returns pixels the payload does not authenticate.
 * :class:`ImageError`: a file that cannot be read or written; :class:`KeyFileError`: a bad key
   file; :class:`ModelsError`: a missing or unloadable model; ``TypeError`` / ``ValueError``: a bad
   argument (the message names the shape or dtype).
@@ -26,13 +27,14 @@ import numpy as np
 from .kernels.rdh import value_ceiling
 from .kernels import KEY_BYTES, CapacityError, KeylessError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError, inspect_array, restore_array
 from .toolkit.imageio import Image, ImageError, OutputExists, encode_image, read_image, write_atomic
+from .toolkit.headers import HeaderChangedError
 from .toolkit.keys import KeyFileError, load_key as _load_key_file
 from .toolkit.ort import ModelsError
 from .toolkit.settings import ProtectSettings
 
 __all__ = ["protect", "restore", "verify", "inspect", "protect_file", "restore_file", "verify_file", "new_key", "load_key",
            "Protected", "ProtectSettings", "ProtectError", "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError",
-           "KeylessError", "PayloadError", "ImageError", "KeyFileError", "ModelsError"]
+           "KeylessError", "PayloadError", "HeaderChangedError", "ImageError", "KeyFileError", "ModelsError"]
 
 class ProtectError(MedraeError):
     """An image that could not be protected; ``str()`` is the reason, ``result`` the full report."""
@@ -231,8 +233,10 @@ def restore_file(src: str | Path, dst: str | Path, key: Optional[bytes], *, over
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ImageError(dst, "output is the input; medrae never overwrites an input")
+    from .toolkit.filework import restore_image
+
     image = read_image(src)
-    original = restore_array(image.pixels, key, image.kernel_ceiling, allow_keyless)
+    original, _ = restore_image(image, key, allow_keyless)  # a DICOM's header is authenticated too
     if dst.exists() and not overwrite:
         raise OutputExists(dst, "output exists (overwrite=True to replace it)")
     write_atomic(dst, encode_image(image, original), overwrite)
@@ -240,7 +244,12 @@ def restore_file(src: str | Path, dst: str | Path, key: Optional[bytes], *, over
 
 
 def verify_file(original: str | Path, protected: str | Path, key: Optional[bytes], *, allow_keyless: bool = False) -> bool:
-    """True when the protected file restores to exactly the pixels of the original file."""
+    """True when the protected file restores to exactly the pixels of the original file and, for
+    a DICOM, the header it authenticates is the original's."""
+    from .toolkit.filework import restore_image
+    from .toolkit.headers import same_header
+
     ref, prot = read_image(original), read_image(protected)
-    back = restore_array(prot.pixels, key, prot.kernel_ceiling, allow_keyless)
-    return back.shape == ref.pixels.shape and back.dtype == ref.pixels.dtype and bool(np.array_equal(back, ref.pixels))
+    back, rec = restore_image(prot, key, allow_keyless)
+    same = back.shape == ref.pixels.shape and back.dtype == ref.pixels.dtype and bool(np.array_equal(back, ref.pixels))
+    return same and same_header(ref, rec) is None

@@ -6,13 +6,15 @@ Outcomes (:func:`restore_outcome`):
 
 * ``refused``: a typed refusal, ``NotProtectedError`` / ``KeyMismatchError`` / ``PayloadError``
   (the payload, its key check, its SHA-256) or ``ImageError`` (the file itself is unreadable);
-* ``intact``: the restore gave the original pixels, bit for bit (the damage hit bytes that carry
-  no pixel: a PNG ancillary chunk, a DICOM element other than the pixel data);
+* ``intact``: the restore gave the original pixels, bit for bit, and (DICOM) the header the
+  payload authenticates (the damage hit bytes that carry neither: a PNG ancillary chunk, a DICOM
+  file's preamble);
 * ``wrong``: the restore gave other pixels (must never happen);
 * ``crash``: any other exception (must never happen).
 
 Damages (:data:`DAMAGES`) are applied to the file's bytes or, re-encoded as a valid file, to its
-decoded pixels (a flipped pixel bit in a well-formed file is what tampering looks like).
+decoded pixels (a flipped pixel bit in a well-formed file is what tampering looks like); header
+edits (:data:`HEADER_EDITS`, DICOM only) change one element of a class, saved as a valid file.
 """
 from __future__ import annotations
 
@@ -26,12 +28,16 @@ import numpy as np
 
 from medrae import kernels
 
+from medrae.toolkit.filework import restore_image
 from medrae.toolkit.imageio import Image, ImageError, encode_image, read_image
 
 OUTCOMES = ("refused", "intact", "wrong", "crash")
 # where a single flipped bit lands: file bytes by region, or decoded pixels by their role
 BIT_CLASSES = ("file-head", "file-body", "file-tail", "pixel-side-info", "pixel-border", "pixel-roi", "pixel-other")
 DAMAGES = BIT_CLASSES + ("bytes-overwrite", "bytes-truncate", "bytes-insert", "bytes-zero-run")
+# a DICOM header edited as a tamperer would, one element class each (the file stays valid DICOM)
+HEADER_EDITS = ("header-patient", "header-geometry", "header-photometric", "header-windowing", "header-private", "header-meta",
+                "header-removed")
 
 
 @dataclass
@@ -94,6 +100,41 @@ def damage_file(data: bytes, image: Image, roi: np.ndarray, damage: str, rng: np
     raise ValueError(f"unknown damage {damage!r}; one of {', '.join(DAMAGES)}")
 
 
+def edit_header(data: bytes, edit: str, rng: np.random.Generator) -> Case:
+    """Apply ``edit`` (one of :data:`HEADER_EDITS`) to a protected DICOM file's bytes: one element
+    of that class changed (or added, or removed), saved again as a valid DICOM file."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    token = f"{int(rng.integers(0, 10**6)):06d}"
+    if edit == "header-patient":
+        ds.PatientID, detail = f"EVIL{token}", "PatientID"
+    elif edit == "header-geometry":
+        ds.PixelSpacing, detail = [f"0.{token[:3]}", f"0.{token[3:]}"], "PixelSpacing"
+    elif edit == "header-photometric":
+        ds.PhotometricInterpretation = "MONOCHROME1" if ds.get("PhotometricInterpretation") != "MONOCHROME1" else "MONOCHROME2"
+        detail = "PhotometricInterpretation"
+    elif edit == "header-windowing":
+        ds.WindowCenter, ds.WindowWidth, detail = int(token[:3]) + 1, int(token[3:]) + 2, "WindowCenter/WindowWidth"
+    elif edit == "header-private":
+        ds.add_new(0x00091010 + int(rng.integers(0, 16)), "LO", token)
+        detail = "a private element"
+    elif edit == "header-meta":
+        ds.file_meta.ImplementationVersionName, detail = f"EVIL{token}", "ImplementationVersionName (file meta)"
+    elif edit == "header-removed":
+        names = [e.keyword for e in ds if e.keyword and e.keyword not in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored",
+                                                                             "HighBit", "PixelRepresentation", "SamplesPerPixel")]
+        detail = names[int(rng.integers(0, len(names)))]
+        delattr(ds, detail)
+    else:
+        raise ValueError(f"unknown header edit {edit!r}; one of {', '.join(HEADER_EDITS)}")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return Case(edit, detail, buf.getvalue())
+
+
 def restore_outcome(data: bytes, suffix: str, key: Optional[bytes], original: np.ndarray,
                     workdir: Optional[Path] = None) -> tuple[str, str]:
     """Write ``data`` to a file named ``*suffix``, read and restore it as ``medrae restore`` does;
@@ -104,7 +145,7 @@ def restore_outcome(data: bytes, suffix: str, key: Optional[bytes], original: np
             f.write(data)
         try:
             image = read_image(name)
-            pixels = kernels.restore_array(image.pixels, key, image.kernel_ceiling)
+            pixels, _ = restore_image(image, key)  # a DICOM's header is checked against its record too
         except (ImageError, kernels.NotProtectedError, kernels.KeyMismatchError, kernels.PayloadError) as exc:
             return "refused", type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - the campaign counts these; there must be none

@@ -15,12 +15,12 @@ from .container import KEY_BYTES, key_check_value, pixel_digest, read_header, se
 from .errors import CapacityError, KeylessError, KeyMismatchError, MedraeError, NotProtectedError, PayloadError
 from .rdh import MIN_SIDE, RDH_METHODS, SIDE_BITS, band_region, capacity, embed, extract, frozen_region, hiding_bounds
 from .resample import downsample, grid_shape, upsample
-from .reversible import ProtectInfo, inspect_array, protect_array, restore_array
+from .reversible import ProtectInfo, inspect_array, protect_array, restore_array, restore_with_metadata
 
 __all__ = [
     "CODECS", "RDH_METHODS", "KEY_BYTES", "MIN_SIDE", "SIDE_BITS",
     "capacity", "embed", "extract", "frozen_region", "band_region", "hiding_bounds", "encode_perturbation", "decode_perturbation",
-    "protect_array", "restore_array", "inspect_array", "ProtectInfo",
+    "protect_array", "restore_array", "restore_with_metadata", "inspect_array", "ProtectInfo",
     "seal", "unseal", "read_header", "pixel_digest", "key_check_value",
     "upsample", "downsample", "grid_shape",
     "MedraeError", "CapacityError", "KeyMismatchError", "KeylessError", "NotProtectedError", "PayloadError",

@@ -28,6 +28,7 @@ TAG_BYTES = 16
 KCV_BYTES = 8
 SHA_BYTES = 32
 FLAG_ENCRYPTED = 0x01
+FLAG_METADATA = 0x02  # the body carries a metadata record (e.g. a DICOM header's digests), authenticated with it
 DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
 # magic, version, flags, codec id, rdh id, dtype code, height, width, eps
 _FIXED = struct.Struct(">4sBBBBBIIH")
@@ -45,6 +46,7 @@ class Header:
     shape: tuple[int, int]
     eps: int
     size: int  # header bytes, including nonce and key check value when encrypted
+    has_metadata: bool = False  # the body carries a metadata record (FLAG_METADATA)
 
 
 def key_check_value(key: bytes) -> bytes:
@@ -75,8 +77,11 @@ def seal(
     codec_id: int,
     rdh_id: int,
     key: Optional[bytes],
+    metadata: bytes = b"",
 ) -> bytes:
-    """Build a payload. ``key=None`` gives the paper's keyless mode (plaintext, CRC-32 checked)."""
+    """Build a payload. ``key=None`` gives the paper's keyless mode (plaintext, CRC-32 checked).
+    ``metadata``: a record authenticated with the pixels (encrypted with them when there is a key),
+    e.g. the digests of a DICOM header; empty: none (the flag stays off, the layout as before)."""
     dtype = np.dtype(dtype)
     code = {v: k for k, v in DTYPES.items()}.get(dtype)
     if code is None:
@@ -85,9 +90,9 @@ def seal(
         raise ValueError("digest must be a SHA-256 (32 bytes)")
     if not 0 <= eps <= 0xFFFF:
         raise ValueError(f"eps must fit 16 bits, got {eps}")
-    flags = FLAG_ENCRYPTED if key is not None else 0
+    flags = (FLAG_ENCRYPTED if key is not None else 0) | (FLAG_METADATA if metadata else 0)
     fixed = _FIXED.pack(MAGIC, VERSION, flags, codec_id, rdh_id, code, shape[0], shape[1], eps)
-    body = digest + coded
+    body = digest + (struct.pack(">I", len(metadata)) + metadata if metadata else b"") + coded
     if key is None:
         return fixed + body + struct.pack(">I", binascii.crc32(fixed + body))
     key = _check_key(key)
@@ -103,13 +108,13 @@ def read_header(payload: bytes) -> Header:
     magic, version, flags, codec_id, rdh_id, code, h, w, eps = _FIXED.unpack_from(payload)
     if version != VERSION:
         raise PayloadError(f"unsupported payload version {version} (this medrae reads {VERSION})")
-    if flags & ~FLAG_ENCRYPTED or code not in DTYPES:
+    if flags & ~(FLAG_ENCRYPTED | FLAG_METADATA) or code not in DTYPES:
         raise PayloadError("payload header has unknown flags or dtype")
     encrypted = bool(flags & FLAG_ENCRYPTED)
     size = _FIXED.size + (NONCE_BYTES + KCV_BYTES if encrypted else 0)
     if len(payload) < size + SHA_BYTES + (TAG_BYTES if encrypted else 4):
         raise PayloadError("payload is truncated")
-    return Header(version, encrypted, codec_id, rdh_id, DTYPES[code], (h, w), eps, size)
+    return Header(version, encrypted, codec_id, rdh_id, DTYPES[code], (h, w), eps, size, bool(flags & FLAG_METADATA))
 
 
 KEYLESS_REASON = ("the payload carries no key (made with --no-encrypt): anyone with medrae could have made it, "
@@ -117,7 +122,35 @@ KEYLESS_REASON = ("the payload carries no key (made with --no-encrypt): anyone w
 
 
 def unseal(payload: bytes, key: Optional[bytes], allow_keyless: bool = False) -> tuple[Header, bytes, bytes]:
-    """Check and open a payload: ``(header, pixel SHA-256, coded perturbation)``.
+    """Check and open a payload: ``(header, pixel SHA-256, coded perturbation)``; :func:`open_payload`
+    also gives the metadata record."""
+    opened = open_payload(payload, key, allow_keyless)
+    return opened.header, opened.digest, opened.coded
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An authenticated payload's contents."""
+
+    header: Header
+    digest: bytes  # SHA-256 of the original pixels
+    metadata: bytes  # the metadata record (b"": none)
+    coded: bytes  # the coded perturbation
+
+
+def _split_body(hdr: Header, body: bytes) -> Opened:
+    digest, rest = body[:SHA_BYTES], body[SHA_BYTES:]
+    metadata = b""
+    if hdr.has_metadata:
+        if len(rest) < 4 or struct.unpack(">I", rest[:4])[0] > len(rest) - 4:
+            raise PayloadError("payload's metadata record is truncated")
+        n = struct.unpack(">I", rest[:4])[0]
+        metadata, rest = rest[4 : 4 + n], rest[4 + n :]
+    return Opened(hdr, digest, metadata, rest)
+
+
+def open_payload(payload: bytes, key: Optional[bytes], allow_keyless: bool = False) -> Opened:
+    """Check and open a payload: its header, pixel SHA-256, metadata record and coded perturbation.
 
     ``allow_keyless``: open a plaintext payload although a ``key`` was given (without a key, a
     plaintext payload is what was asked for and always opens).
@@ -140,8 +173,7 @@ def unseal(payload: bytes, key: Optional[bytes], allow_keyless: bool = False) ->
         body, crc = payload[: -4], struct.unpack(">I", payload[-4:])[0]
         if binascii.crc32(body) != crc:
             raise PayloadError("plaintext payload fails its CRC-32 (corrupt or modified)")
-        rest = body[hdr.size :]
-        return hdr, rest[:SHA_BYTES], rest[SHA_BYTES:]
+        return _split_body(hdr, body[hdr.size :])
     if key is None:
         raise KeyMismatchError("payload is encrypted and no key was given")
     key = _check_key(key)
@@ -160,4 +192,4 @@ def unseal(payload: bytes, key: Optional[bytes], allow_keyless: bool = False) ->
         body = AESGCM(key).decrypt(nonce, payload[hdr.size :], header)
     except InvalidTag:
         raise PayloadError("payload fails authentication (corrupt or tampered with)") from None
-    return hdr, body[:SHA_BYTES], body[SHA_BYTES:]
+    return _split_body(hdr, body)

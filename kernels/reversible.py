@@ -50,6 +50,7 @@ def protect_array(
     frozen: Optional[np.ndarray] = None,
     open_first: bool = False,
     band: int = 0,
+    metadata: bytes = b"",
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -78,6 +79,9 @@ def protect_array(
     band : int
         With ``frozen``: blocks around it that only the first group of passes may use, one level
         at most there (:func:`kernels.embed`).
+    metadata : bytes
+        A record authenticated (and encrypted) with the pixels, returned by
+        :func:`restore_with_metadata` (protect: the digests of a DICOM header).
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -108,6 +112,7 @@ def protect_array(
         codec_id=coded[0],
         rdh_id=m.id,
         key=key,
+        metadata=metadata,
     )
     marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen, open_first, band)
     if check and not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
@@ -116,6 +121,13 @@ def protect_array(
 
 
 def restore_array(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[int] = None, allow_keyless: bool = False) -> np.ndarray:
+    """The original image, bit for bit, from a protected one (``ceiling`` as given to protect); see
+    :func:`restore_with_metadata`, which also returns the authenticated metadata record."""
+    return restore_with_metadata(marked, key, ceiling, allow_keyless)[0]
+
+
+def restore_with_metadata(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[int] = None,
+                          allow_keyless: bool = False) -> tuple[np.ndarray, bytes]:
     """The original image, bit for bit, from a protected one (``ceiling`` as given to protect).
     ``allow_keyless``: restore a keyless (``--no-encrypt``) image although a ``key`` was given.
 
@@ -126,7 +138,8 @@ def restore_array(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[in
         (the pixel SHA-256 is checked).
     """
     adversarial, payload, method = rdh.extract_with_method(marked, ceiling=ceiling)
-    hdr, digest, coded = container.unseal(payload, key, allow_keyless)
+    opened = container.open_payload(payload, key, allow_keyless)
+    hdr, digest, coded = opened.header, opened.digest, opened.coded
     if rdh.RDH_METHODS.get(method).id != hdr.rdh_id:
         raise PayloadError(f"payload names RDH id {hdr.rdh_id} but the image was marked with {method!r}")
     if hdr.shape != marked.shape or hdr.dtype != marked.dtype:
@@ -143,7 +156,7 @@ def restore_array(marked: np.ndarray, key: Optional[bytes], ceiling: Optional[in
     original = original.astype(marked.dtype)
     if container.pixel_digest(original) != digest:
         raise PayloadError("restored pixels do not match the SHA-256 stored in the payload")
-    return original
+    return original, opened.metadata
 
 
 def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
@@ -154,6 +167,7 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
     return {
         "format_version": hdr.version,
         "encrypted": hdr.encrypted,
+        "metadata_record": hdr.has_metadata,
         "codec": codecs.CODECS.by_id(hdr.codec_id).name if codecs.CODECS.has_id(hdr.codec_id) else f"id {hdr.codec_id}",
         "rdh_method": rdh.RDH_METHODS.by_id(hdr.rdh_id).name if rdh.RDH_METHODS.has_id(hdr.rdh_id) else f"id {hdr.rdh_id}",
         "shape": list(hdr.shape),

@@ -90,6 +90,63 @@ def test_damaged_files_are_refused_never_restored_wrong(protected, kind, tmp_pat
     check()
 
 
+@settings(max_examples=int(os.environ.get("MEDRAE_HEADER_CASES", "140")), deadline=None, suppress_health_check=list(HealthCheck),
+          database=None)
+@given(edit=st.sampled_from(faults.HEADER_EDITS), seed=st.integers(0, 2**32 - 1))
+def test_every_class_of_dicom_header_edit_is_refused(protected, tmp_path_factory, edit, seed):
+    """Patient, geometry, photometric, windowing, private and file-meta elements, and a removed
+    element: the edited file is refused (the header record in the payload no longer matches, or,
+    for a removed element the image needs, the file no longer reads), never restored into an
+    "original" with the edited header."""
+    data, _, _, original, suffix = protected["dcm"]
+    case = faults.edit_header(data, edit, np.random.default_rng(seed))
+    outcome, what = faults.restore_outcome(case.data, suffix, KEY, original, tmp_path_factory.getbasetemp())
+    # HeaderChangedError; ImageError where the edit left no readable image (e.g. PhotometricInterpretation removed)
+    assert outcome == "refused" and what in ("HeaderChangedError", "ImageError"), f"{edit} {case.detail}: {outcome} {what}"
+    assert what == "HeaderChangedError" or edit == "header-removed", f"{edit} {case.detail}: {what}"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(pick=st.integers(0, 10**6), value=st.text(alphabet="ABCDEFGHIJ0123456789.^ ", min_size=1, max_size=12), remove=st.booleans())
+def test_random_dicom_header_edits_are_refused_or_change_nothing(protected, tmp_path_factory, pick, value, remove):
+    """Any one element of the protected DICOM's header (pixel data aside) set to a random string or
+    removed: restore refuses it, naming a changed element, unless the edit left the element's bytes
+    as they were."""
+    import io
+
+    import pydicom
+
+    from medrae.toolkit.filework import restore_image
+    from medrae.toolkit.headers import HeaderChangedError
+    from medrae.toolkit.imageio import ImageError, decode_bytes
+
+    data, marked, _, original, _ = protected["dcm"]
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    elems = [e for e in ds if int(e.tag) != 0x7FE00010 and e.VR in ("LO", "SH", "CS", "DS", "IS", "PN", "UI", "DA", "TM", "LT", "ST")]
+    elem = elems[pick % len(elems)]
+    before = elem.value
+    if remove:
+        del ds[elem.tag]
+    else:
+        try:
+            elem.value = value
+        except (ValueError, TypeError):
+            return
+    buf = io.BytesIO()
+    try:
+        ds.save_as(buf, enforce_file_format=False)
+        image = decode_bytes(buf.getvalue(), marked, "edited.dcm")
+    except ImageError:  # e.g. a geometry element no longer matching the pixel data: refused before restore
+        return
+    except Exception:  # noqa: BLE001 - pydicom refused to write the value: not a file anyone could pass on
+        return
+    if not remove and str(before) == str(value):
+        np.testing.assert_array_equal(restore_image(image, KEY)[0], original)
+        return
+    with pytest.raises(HeaderChangedError, match="DICOM header changed since protect"):
+        restore_image(image, KEY)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.binary(min_size=0, max_size=400), key=st.sampled_from([None, KEY]))
 def test_container_parser_fuzz(data, key):

@@ -200,3 +200,35 @@ def test_sigterm_stops_after_the_files_in_flight(tmp_path, many, keyfile):
     r = invoke("protect", many, out, "--key", keyfile)  # the rerun finishes the rest
     assert r.exit_code == 0 and len(list(out.glob("*.png"))) == 24
     assert invoke("verify", many, out, "--key", keyfile).exit_code == 0
+
+
+def test_an_edited_dicom_header_is_refused_naming_the_element(tmp_path, keyfile):
+    import pydicom
+
+    from test_api import _dicom
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _dicom(src / "a.dcm", chest_phantom(2)[0].astype(np.uint16) * 16)
+    assert invoke("protect", src, tmp_path / "out", "--key", keyfile).exit_code == 0
+    edits = {"PatientID": "EVIL", "PhotometricInterpretation": "MONOCHROME1", "Modality": "CT"}
+    for name, value in edits.items():
+        ds = pydicom.dcmread(tmp_path / "out" / "a.dcm")
+        setattr(ds, name, value)
+        edited = tmp_path / f"edited_{name}"
+        edited.mkdir()
+        ds.save_as(edited / "a.dcm")
+        r = invoke("restore", edited, tmp_path / f"back_{name}", "--key", keyfile)
+        lines = [line for line in r.output.splitlines() if line.startswith("failed")]
+        assert r.exit_code == 1 and len(lines) == 1 and f"{name} changed" in lines[0] and "tampered" in lines[0], r.output
+        assert not list((tmp_path / f"back_{name}").rglob("*.dcm")) if (tmp_path / f"back_{name}").exists() else True
+        r = invoke("verify", src, edited, "--key", keyfile)
+        assert r.exit_code == 1 and f"{name} changed" in r.output
+    # untouched: restored byte for byte, and verify compares the header too
+    assert invoke("restore", tmp_path / "out", tmp_path / "back", "--key", keyfile).exit_code == 0
+    assert (tmp_path / "back" / "a.dcm").read_bytes() == (src / "a.dcm").read_bytes()
+    ds = pydicom.dcmread(src / "a.dcm")
+    ds.PatientID = "CHANGED-AFTER"
+    ds.save_as(src / "a.dcm")  # the original edited after protect: verify says so
+    r = invoke("verify", src, tmp_path / "out", "--key", keyfile)
+    assert r.exit_code == 1 and "of the original differs" in r.output and "PatientID" in r.output

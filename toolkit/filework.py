@@ -18,7 +18,7 @@ import numpy as np
 
 from medrae import kernels
 
-from . import metrics
+from . import headers, metrics
 from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image, output_name
 from .storage import STORE
 from .protect import (RetryWithoutPattern, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change,
@@ -258,8 +258,12 @@ def _finish_protect(src: str, dst: str, image: Image, roi: np.ndarray, grid: np.
         t1 = time.perf_counter()
         data = encode_image(image, marked)
         back = decode_bytes(data, image, dst)  # exactly what goes to disk
-        if not np.array_equal(kernels.restore_array(back.pixels, key, image.kernel_ceiling), image.pixels):
-            res.reason = "internal error: the encoded file does not restore to the original; not written"
+        try:
+            restored, _ = restore_image(back, key)
+        except kernels.MedraeError as exc:
+            restored, res.reason = None, f"internal error: the encoded file does not restore ({exc}); not written"
+        if restored is None or not np.array_equal(restored, image.pixels):
+            res.reason = res.reason or "internal error: the encoded file does not restore to the original; not written"
             return res
         stages["verify"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -315,20 +319,29 @@ def protect_image(protector, image: Image, key: Optional[bytes], settings: Prote
     return res, marked
 
 
-def _restore_core(src: str, key: Optional[bytes], allow_keyless: bool = False) -> tuple[FileResult, Optional[Image], Optional[np.ndarray]]:
-    """Read and restore one protected file in memory: (result, protected image, original pixels).
-    With a ``key``, a keyless file fails unless ``allow_keyless``."""
+def restore_image(image: Image, key: Optional[bytes], allow_keyless: bool = False) -> tuple[np.ndarray, bytes]:
+    """The original pixels of a protected image and its payload's metadata record, once both the
+    pixels and (DICOM) the header are authenticated; raises the kernels' errors, and
+    :class:`~medrae.toolkit.headers.HeaderChangedError` for an edited DICOM header."""
+    original, rec = kernels.restore_with_metadata(image.pixels, key, image.kernel_ceiling, allow_keyless)
+    headers.check(image, rec)
+    return original, rec
+
+
+def _restore_core(src: str, key: Optional[bytes], allow_keyless: bool = False) -> tuple[FileResult, Optional[Image], Optional[np.ndarray], bytes]:
+    """Read and restore one protected file in memory: (result, protected image, original pixels,
+    metadata record). With a ``key``, a keyless file fails unless ``allow_keyless``."""
     t = time.perf_counter()
     res = FileResult(src, None, "failed")
     try:
         image = STORE.read(src)
         res.shape = list(image.pixels.shape)
         t1 = time.perf_counter()
-        original = kernels.restore_array(image.pixels, key, image.kernel_ceiling, allow_keyless)
+        original, rec = restore_image(image, key, allow_keyless)
         res.stages = {"decode": t1 - t, "extract_restore": time.perf_counter() - t1}
         res.status = "restored"
         res.psnr = metrics.psnr(original, image.pixels, data_range=image.ceiling)
-        return res, image, original
+        return res, image, original, rec
     except ImageError as exc:
         res.reason = exc.reason
     except kernels.NotProtectedError as exc:
@@ -337,14 +350,16 @@ def _restore_core(src: str, key: Optional[bytes], allow_keyless: bool = False) -
         res.reason = f"not authenticated: {exc}"
     except kernels.KeyMismatchError as exc:
         res.reason = f"wrong or missing key: {exc}"
+    except headers.HeaderChangedError as exc:
+        res.reason = f"tampered: {exc}"
     except kernels.PayloadError as exc:
         res.reason = f"corrupt or tampered: {exc}"
-    return res, None, None
+    return res, None, None, b""
 
 
 def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool, allow_keyless: bool = False) -> FileResult:
     """Restore one file and write it (checked to read back identically). Runs in a worker."""
-    res, image, original = _restore_core(src, key, allow_keyless)
+    res, image, original, _ = _restore_core(src, key, allow_keyless)
     res.output = dst
     if original is not None:
         t = time.perf_counter()
@@ -364,7 +379,7 @@ def _restore_one(src: str, dst: str, key: Optional[bytes], overwrite: bool, allo
 
 def _verify_one(original: str, protected: str, key: Optional[bytes], allow_keyless: bool = False) -> FileResult:
     """Restore ``protected`` in memory and compare with ``original`` bit for bit. Runs in a worker."""
-    res, _, restored = _restore_core(protected, key, allow_keyless)
+    res, _, restored, rec = _restore_core(protected, key, allow_keyless)
     res.input, res.output = original, protected
     if restored is None:
         return res
@@ -374,9 +389,12 @@ def _verify_one(original: str, protected: str, key: Optional[bytes], allow_keyle
         res.status, res.reason = "failed", exc.reason
         return res
     same = ref.pixels.shape == restored.shape and ref.pixels.dtype == restored.dtype and np.array_equal(ref.pixels, restored)
-    res.status = "identical" if same else "differs"
+    header = headers.same_header(ref, rec) if same else None
+    res.status = "identical" if same and header is None else "differs"
     if not same:
         res.reason = "restored pixels differ from the original"
+    elif header:
+        res.reason = header
     res.seconds = sum(res.stages.values())
     return res
 

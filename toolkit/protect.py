@@ -31,7 +31,7 @@ from medrae.kernels.resample import MAX_FACTOR, grid_shape, upsample
 
 from .display import level_size, to_view
 from .imageio import Image
-from . import qc
+from . import headers, qc
 from .masks import dilate, postprocess
 from .ort import ModelsError, file_sha256, normalize, require_file, session  # noqa: F401  (normalize: protect's network input, re-exported)
 from .refine import Refiner, RefineSettings, TransferSettings, TransferStage, spare_flat, upsample_cells
@@ -165,7 +165,7 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
     frozen = plan.hiding_region if hiding != "anywhere" and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
                                  ceiling=image.kernel_ceiling, frozen=frozen, open_first=hiding == "open1" and frozen is not None,
-                                 band=plan.band, **plan.hints)
+                                 band=plan.band, metadata=headers.record(image), **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
