@@ -232,3 +232,34 @@ def test_an_edited_dicom_header_is_refused_naming_the_element(tmp_path, keyfile)
     ds.save_as(src / "a.dcm")  # the original edited after protect: verify says so
     r = invoke("verify", src, tmp_path / "out", "--key", keyfile)
     assert r.exit_code == 1 and "of the original differs" in r.output and "PatientID" in r.output
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc")
+def test_ray_local_leaves_nothing_running_when_killed(tmp_path, many, keyfile):
+    """``--ray local`` starts Ray below the command; killed with SIGKILL, the command takes the
+    actors and every Ray process it started with it (Ray's agents used to stay)."""
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "protect", str(many), str(out), "--key", str(keyfile), "--ray", "local", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_outputs(out, 2, proc, seconds=180)
+    assert proc.poll() is None, "the command ended before it could be killed"
+
+    def below(root: int) -> list[int]:
+        found, todo = [], [root]
+        while todo:
+            kids = _children(todo.pop())
+            found += kids
+            todo += kids
+        return found
+
+    started = [p for p in below(proc.pid) if _alive(p)]
+    assert len(started) >= 3  # Ray's processes and the actors
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(_alive(p) for p in started):
+        time.sleep(0.2)
+    assert not [p for p in started if _alive(p)], "processes started by the killed command are still running"
+    written = sorted(out.glob("*.png"))
+    assert written and all(invoke("verify", many / f.name, f, "--key", keyfile).exit_code == 0 for f in written)

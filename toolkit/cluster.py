@@ -60,6 +60,70 @@ def _check_reachable(address: str) -> None:
         raise RuntimeError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
+# Run by the reaper process (Linux): while the command lives, note every process below it; when it is
+# gone without saying "done" (SIGKILL), kill what is left of them. ``ray.init`` starts the local Ray's
+# processes below the command, and some of them (its agents) outlive a killed command otherwise.
+_REAPER = r"""
+import os, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the command's to handle
+parent, me = int(sys.argv[1]), os.getpid()
+said = []
+threading.Thread(target=lambda: said.append(sys.stdin.read()), daemon=True).start()
+def below(root):
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                kids.setdefault(int(fields[1]), []).append((int(d), fields[19]))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        for pid, start in kids.get(todo.pop(), []):
+            out.append((pid, start)); todo.append(pid)
+    return out
+seen = {}
+while os.getppid() == parent and not said:
+    seen.update(below(parent)); time.sleep(0.5)
+time.sleep(0.2)
+if said and "done" in said[0]:
+    sys.exit(0)
+for pid, start in seen.items():
+    if pid == me:
+        continue
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[19] == start:
+                os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+"""
+
+
+def _reaper():
+    """A watcher that kills the local Ray's processes if this command dies without stopping them
+    (Linux; elsewhere None)."""
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc"):
+        return None
+    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def _dismiss(reaper) -> None:
+    """The command stopped its Ray itself: the reaper leaves."""
+    try:
+        reaper.stdin.write("done")
+        reaper.stdin.close()
+        reaper.wait(timeout=10)
+    except (OSError, ValueError, Exception):  # noqa: BLE001 - a reaper that is already gone is fine
+        reaper.kill()
+
+
 @contextmanager
 def connected(address: str) -> Iterator[object]:
     """Ray, connected for the duration: ``local`` starts a Ray on this machine and stops it after,
@@ -70,12 +134,14 @@ def connected(address: str) -> Iterator[object]:
         yield ray
         return
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    reaper = None
     if address != "local":
         _check_reachable(address)
     try:
         with quiet_stderr():  # Ray's C++ core logs each failed connection attempt there
             if address == "local":
                 ray.init(num_cpus=os.cpu_count() or 1, **quiet)
+                reaper = _reaper()
             else:
                 ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -88,6 +154,8 @@ def connected(address: str) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+        if address == "local" and reaper is not None:
+            _dismiss(reaper)
 
 
 def _auth_refused(exc: BaseException) -> bool:
