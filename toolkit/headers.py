@@ -60,7 +60,7 @@ def record(image: Image) -> bytes:
     """The header record of ``image`` as restore will read it back (b"" for PNG, TIFF, JPEG).
     Computed on the dataset written and read once, as protect writes it, so that the protected
     file's header gives the same record."""
-    if image.kind != "dicom":
+    if image.kind != "dicom" or image.dataset is None:  # no header to write back (e.g. pixels in memory)
         return b""
     return _record(_as_written(image))
 
@@ -120,6 +120,8 @@ def check(image: Image, rec: bytes) -> None:
     record and is not checked (docs/FORMAT.md)."""
     if image.kind != "dicom" or not rec:
         return
+    if image.dataset is None:
+        raise HeaderChangedError("the payload authenticates a DICOM header, and this image has none")
     why = changes(image.dataset, rec)
     if why:
         raise HeaderChangedError(why)
