@@ -27,13 +27,17 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def phantoms(folder: Path, n: int) -> Path:
+    """``n`` chest phantoms as PNGs in ``folder``."""
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(chest_phantom(i)[0]).save(folder / f"p{i:02d}.png")
+    return folder
+
+
 @pytest.fixture
 def tree(tmp_path) -> Path:
-    d = tmp_path / "in"
-    d.mkdir()
-    for i in range(2):
-        Image.fromarray(chest_phantom(i)[0]).save(d / f"p{i}.png")
-    return d
+    return phantoms(tmp_path / "in", 2)
 
 
 @pytest.fixture
@@ -55,7 +59,7 @@ def test_a_keyless_file_is_refused_with_a_key_unless_allowed(tmp_path, tree, key
     assert r.exit_code == 0, r.output
     assert all(np.array_equal(read_image(f).pixels, read_image(tmp_path / "r2" / f.name).pixels) for f in tree.glob("*.png"))
     assert invoke("verify", tree, tmp_path / "nk", "--key", keyfile, "--allow-keyless").exit_code == 0
-    r = invoke("info", tmp_path / "nk" / "p0.png")
+    r = invoke("info", tmp_path / "nk" / "p00.png")
     assert r.exit_code == 0 and "keyless: anyone with medrae could have made it" in r.output
 
 
@@ -158,11 +162,7 @@ def _wait_for_outputs(out: Path, n: int, proc: subprocess.Popen, seconds: float 
 
 @pytest.fixture
 def many(tmp_path) -> Path:
-    d = tmp_path / "many"
-    d.mkdir()
-    for i in range(24):
-        Image.fromarray(chest_phantom(i)[0]).save(d / f"p{i:02d}.png")
-    return d
+    return phantoms(tmp_path / "many", 24)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc")
