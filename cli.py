@@ -80,11 +80,16 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
             rep = run(on_start=lambda n: bar.update(task, total=n), on_result=lambda r: bar.advance(task), **kw)
         except (UsageError, FileNotFoundError, ValueError, RuntimeError) as exc:
             _fail(str(exc))
+        except KeyboardInterrupt:  # a second SIGTERM / Ctrl-C: what was written is complete, the rest is not
+            _fail("aborted; every output written is complete (rerun the command to finish)", 130)
     for r in rep.failed:  # plain lines: one per file, never wrapped
         typer.echo(f"failed {r.input}: {r.reason}", err=True)
     _summary(console, rep)
     if stopped:
-        typer.echo(f"stopped by {stopped[0]}: the files in flight were finished; {rep.count('skipped')} file(s) not started "
+        from medrae.toolkit.stopping import INTERRUPTED
+
+        left = sum(r.reason == INTERRUPTED for r in rep.results)
+        typer.echo(f"stopped by {stopped[0]}: the files in flight were finished; {left} file(s) not started "
                    f"(rerun the command to finish them)", err=True)
     if report is not None:
         from medrae.toolkit.imageio import ImageError, write_atomic
