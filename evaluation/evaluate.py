@@ -517,8 +517,25 @@ def transfer_table(results: dict) -> tuple[str, list[str], list[list[str]]]:
             f"never used to make a perturbation; clean accuracy: {clean})", ["method", "condition", "median", "min"] + names, rows)
 
 
-def _markdown(results: dict) -> str:
-    lines = [f"# medrae evaluation: {results['dataset']}", "",
+def _title(results: dict) -> str:
+    """The dataset as a reader names it (its last two folders, e.g. ``cxr3/test``), not a machine path."""
+    parts = Path(results["dataset"]).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else results["dataset"]
+
+
+def _figures(results: dict, written: dict) -> list[tuple[str, str, str]]:
+    """(heading, file, caption) of the figures :func:`write_reports` wrote; only those."""
+    out = []
+    if written.get("examples"):
+        out.append(("Examples", "examples.png", written["examples"]))
+    if written.get("curves"):
+        out.append(("ASR and PSNR against eps", "curves.svg", "Each attack method's white-box ASR (left) and PSNR (right) at "
+                    "every eps evaluated, on the saved 8-bit files."))
+    return out
+
+
+def _markdown(results: dict, written: Optional[dict] = None) -> str:
+    lines = [f"# medrae evaluation: {_title(results)}", "",
              f"{results['evaluated']} of {results['images']} images (those the white-box {results['white_box']} classifies right). "
              f"Clean accuracy: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in results["clean_accuracy"].items()), ""]
     for title, header, rows in tables(results):
@@ -526,72 +543,158 @@ def _markdown(results: dict) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     if results["skipped"]:
         lines += ["## Not run", ""] + [f"* {m}: {why}" for m, why in results["skipped"].items()] + [""]
-    lines += ["Published numbers: the reference paper (ResNet50 target, its own data); '-' where none was given.",
-              "![examples](examples.png)", "", "![ASR and PSNR against eps](curves.svg)", ""]
+    lines += ["Published numbers: the reference paper (ResNet50 target, its own data); '-' where none was given.", ""]
+    for heading, file, caption in _figures(results, written or {}):
+        lines += [f"## {heading}", "", f"![{heading}]({file})", "", caption, ""]
     return "\n".join(lines)
 
 
-def _html(results: dict) -> str:
-    parts = [f"<html><head><meta charset='utf-8'><title>medrae evaluation</title><style>table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:2px 6px}}</style></head><body>",
-             f"<h1>medrae evaluation: {html.escape(results['dataset'])}</h1>"]
-    for title, header, rows in tables(results):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1d2733; margin: 0 auto;
+       max-width: 1180px; padding: 24px 32px 48px; line-height: 1.45; background: #fff; }
+h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 8px; border-bottom: 1px solid #d8dee6; padding-bottom: 4px; }
+.meta { color: #56606d; font-size: 14px; margin: 0 0 16px; }
+table { border-collapse: collapse; font-size: 13px; margin: 6px 0 4px; }
+th { background: #eef2f6; text-align: left; font-weight: 600; } th, td { border: 1px solid #d0d7de; padding: 4px 8px; }
+tr:nth-child(even) td { background: #f8fafc; } td:not(:first-child) { font-variant-numeric: tabular-nums; }
+figure { margin: 8px 0 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; } figcaption { color: #56606d; font-size: 13px; }
+ul.skipped { color: #56606d; font-size: 13px; }
+"""
+
+
+def _html(results: dict, written: Optional[dict] = None) -> str:
+    title = html.escape(_title(results))
+    clean = ", ".join(f"{html.escape(k)} {100 * v:.2f} %" for k, v in results["clean_accuracy"].items())
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medrae evaluation: {title}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>medrae evaluation: {title}</h1>",
+             f"<p class='meta'>{results['evaluated']} of {results['images']} images (those the white-box {html.escape(results['white_box'])} "
+             f"classifies right); clean accuracy {clean}; medrae {html.escape(str(results.get('medrae_version', '')))}. "
+             f"ASR is measured on the saved 8-bit files.</p>"]
+    for title_, header, rows in tables(results):
+        parts.append(f"<h2>{html.escape(title_)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
-    parts.append("<h2>Examples</h2><img src='examples.png'><h2>ASR and PSNR against eps</h2><img src='curves.svg'></body></html>")
+    parts.append("<p class='meta'>Published numbers: the reference paper (ResNet50 target, its own data); '-' where none was given.</p>")
+    for heading, file, caption in _figures(results, written or {}):
+        parts.append(f"<h2>{html.escape(heading)}</h2><figure><img src='{file}' alt='{html.escape(heading)}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if results["skipped"]:
+        parts.append("<h2>Not run</h2><ul class='skipped'>" + "".join(f"<li>{html.escape(m)}: {html.escape(w)}</li>"
+                                                                       for m, w in results["skipped"].items()) + "</ul>")
+    parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _curves_svg(results: dict) -> str:
-    """Two small line charts (ASR %, PSNR dB against eps) for the AE methods, as plain SVG."""
+def _curves_svg(results: dict) -> Optional[str]:
+    """ASR % and PSNR dB against eps for the AE methods, with axes, ticks and a legend; None when
+    fewer than two eps were evaluated (a curve needs two points)."""
     eps = results["eps"]
-    W, H, pad = 320, 220, 40
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{2 * W + 40}' height='{H + 40}' font-family='sans-serif' font-size='11'>"]
-    for panel, (key, lo, hi, label) in enumerate((("asr", 0, 100, "ASR %"), ("psnr", 20, 60, "PSNR dB"))):
-        ox = panel * (W + 40)
-        svg.append(f"<text x='{ox + W / 2}' y='14'>{label}</text><rect x='{ox + pad}' y='20' width='{W - pad}' height='{H - pad}' fill='none' stroke='#999'/>")
-        for k, m in enumerate(m for m in AE_METHODS if m in results["methods"]):
+    methods = [m for m in AE_METHODS if m in results["methods"]]
+    if len(eps) < 2 or not methods:
+        return None
+    W, H, left, top, bottom = 360, 240, 48, 28, 44
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+    legend_h = 16 * len(methods) + 8
+    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{2 * W + 40}' height='{H + legend_h}' font-family='sans-serif' font-size='11'>",
+           "<rect width='100%' height='100%' fill='white'/>"]
+    for panel, (key, lo, hi, label) in enumerate((("asr", 0, 100, "white-box ASR (%)"), ("psnr", 20, 60, "PSNR (dB)"))):
+        ox, pw, ph = panel * (W + 40), W - left - 8, H - top - bottom
+        x0, y0 = ox + left, top
+        svg.append(f"<text x='{x0 + pw / 2}' y='16' text-anchor='middle' font-size='13' font-weight='bold'>{label} against eps</text>")
+        svg.append(f"<rect x='{x0}' y='{y0}' width='{pw}' height='{ph}' fill='none' stroke='#888'/>")
+        for t in np.linspace(lo, hi, 5):
+            py = y0 + ph * (1 - (t - lo) / (hi - lo))
+            svg.append(f"<line x1='{x0}' x2='{x0 + pw}' y1='{py:.1f}' y2='{py:.1f}' stroke='#eee'/>"
+                       f"<text x='{x0 - 6}' y='{py + 4:.1f}' text-anchor='end'>{t:g}</text>")
+        xs = {e: x0 + pw * (i / (len(eps) - 1)) for i, e in enumerate(eps)}
+        for e, px in xs.items():
+            svg.append(f"<text x='{px:.1f}' y='{y0 + ph + 16}' text-anchor='middle'>{e}</text>")
+        svg.append(f"<text x='{x0 + pw / 2}' y='{y0 + ph + 34}' text-anchor='middle'>eps (1/255)</text>")
+        svg.append(f"<text transform='translate({ox + 12},{y0 + ph / 2}) rotate(-90)' text-anchor='middle'>{label}</text>")
+        for k, m in enumerate(methods):
             pts = []
-            for i, e in enumerate(eps):
+            for e in eps:
                 r = results["methods"][m].get(str(e))
                 if r is None or r.get(key) is None or not np.isfinite(r[key]):
                     continue
                 v = 100 * r[key] if key == "asr" else r[key]
-                px = ox + pad + (W - pad) * (i / max(1, len(eps) - 1))
-                py = 20 + (H - pad) * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))
-                pts.append(f"{px:.1f},{py:.1f}")
-            svg.append(f"<polyline points='{' '.join(pts)}' fill='none' stroke='{colors[k % 6]}' stroke-width='2'/>")
-            svg.append(f"<text x='{ox + pad + 4}' y='{34 + 12 * k}' fill='{colors[k % 6]}'>{m}</text>")
-        for i, e in enumerate(eps):
-            svg.append(f"<text x='{ox + pad + (W - pad) * (i / max(1, len(eps) - 1)) - 4:.1f}' y='{H + 2}'>{e}</text>")
-        svg.append(f"<text x='{ox + pad - 30}' y='{H - pad + 24}'>{lo}</text><text x='{ox + pad - 30}' y='28'>{hi}</text>")
+                pts.append((xs[e], y0 + ph * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))))
+            c = colors[k % len(colors)]
+            if len(pts) > 1:
+                svg.append(f"<polyline points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}' fill='none' stroke='{c}' stroke-width='2'/>")
+            svg += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3' fill='{c}'/>" for a, b in pts]
+    for k, m in enumerate(methods):  # one legend for both panels
+        c, ly = colors[k % len(colors)], H + 8 + 16 * k
+        svg.append(f"<line x1='{left}' x2='{left + 18}' y1='{ly - 4}' y2='{ly - 4}' stroke='{c}' stroke-width='3'/>"
+                   f"<text x='{left + 24}' y='{ly}'>{m}</text>")
     svg.append("</svg>")
     return "\n".join(svg)
 
 
-def _examples_png(path: Path, x, masks, y, classes, examples: dict, per_class: int = 2) -> None:
-    """Grid per image: original | AE (ours) | RAE (ours) | |diff| x10 | mask."""
-    from PIL import Image as PILImage
+def _contour(mask: np.ndarray) -> np.ndarray:
+    """The outline (1 px) of a boolean mask."""
+    m = mask.astype(bool)
+    inner = m.copy()
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return m & ~inner
 
-    ae, rae = examples.get("ours_ae"), examples.get("ours_rae")
-    if ae is None or rae is None:
-        return
-    rows = []
+
+def _examples_png(path: Path, x, masks, y, classes, examples: dict, per_class: int = 2) -> Optional[str]:
+    """Per image a row: original | protected | |difference| x10 (heat) | with the true lung
+    contour (green) on the first two, from the best method that ran (ours_rae, else ours_ae, else
+    any). Returns the caption, or None when no method's output is there (nothing written)."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    method = next((m for m in ("ours_rae", "ours_ae") if m in examples), next(iter(examples), None))
+    if method is None:
+        return None
+    out = examples[method]
+    tiles, labels = [], []
     for c in range(len(classes)):
         for k in np.flatnonzero(y == c)[:per_class]:
-            diff = np.clip(np.abs(rae[k].astype(int) - x[k]) * 10, 0, 255).astype(np.uint8)
-            mask = (masks[k] * 255).astype(np.uint8) if masks is not None else np.zeros_like(x[k])
-            rows.append(np.concatenate([x[k], ae[k], rae[k], diff, mask], axis=1))
-    if rows:
-        PILImage.fromarray(np.concatenate(rows, axis=0)).save(path)
+            edge = _contour(masks[k]) if masks is not None else np.zeros(x[k].shape, bool)
+            row = []
+            for img in (x[k], out[k]):
+                rgb = np.repeat(img[..., None], 3, axis=2).astype(np.uint8)
+                rgb[edge] = (40, 220, 90)
+                row.append(rgb)
+            d = np.clip(np.abs(out[k].astype(int) - x[k]) * 10, 0, 255).astype(np.uint8)
+            heat = np.stack([d, (d * 0.45).astype(np.uint8), (255 - d) // 4], axis=2)
+            row.append(heat)
+            tiles.append(np.concatenate(row, axis=1))
+            labels.append(classes[c])
+    if not tiles:
+        return None
+    h, w = tiles[0].shape[:2]
+    head = 22
+    sheet = PILImage.new("RGB", (tiles[0].shape[1], head + h * len(tiles)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, name in enumerate(("original", f"protected ({method})", "|difference| x10")):
+        draw.text((i * (w // 3) + 6, 5), name, fill=(20, 30, 40))
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        sheet.paste(PILImage.fromarray(tile), (0, head + i * h))
+        draw.text((6, head + i * h + 4), label, fill=(255, 230, 80))
+    sheet.save(path)
+    contour = "; green: the true lung mask's outline" if masks is not None else ""
+    return (f"{len(tiles)} images ({per_class} per class): the original, the file {method} saved, and their absolute "
+            f"difference x10{contour}. medrae keeps the perturbation outside the lungs.")
 
 
 def write_reports(results: dict, report: Path, x, masks, y, classes, examples: dict) -> None:
-    (report / "report.md").write_text(_markdown(results))
-    (report / "report.html").write_text(_html(results))
-    (report / "curves.svg").write_text(_curves_svg(results))
-    _examples_png(report / "examples.png", x, masks, y, classes, examples)
+    """report.md and report.html, with the figures that can be drawn (never a heading without its
+    figure): examples.png when a method's outputs are there, curves.svg when two or more eps ran."""
+    written: dict = {}
+    for stale in ("examples.png", "curves.svg"):
+        (report / stale).unlink(missing_ok=True)
+    written["examples"] = _examples_png(report / "examples.png", x, masks, y, classes, examples)
+    curves = _curves_svg(results)
+    if curves:
+        (report / "curves.svg").write_text(curves)
+        written["curves"] = True
+    (report / "report.md").write_text(_markdown(results, written))
+    (report / "report.html").write_text(_html(results, written))
 
 
 def run(data: Path, report: Path, settings: EvaluateSettings) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,8 +131,11 @@ def test_evaluate_quick_on_phantoms(phantom_dataset, tmp_path):
     # provenance: every shipped model file's digest, so that the numbers can be traced to models
     assert res["models"]["classifier_resnet18.onnx"] == file_sha256(MODELS_DIR / "classifier_resnet18.onnx")
     assert set(res["models"]) == {f.name for f in MODELS_DIR.glob("*.onnx")} and res["medrae_version"]
-    for f in ("report.md", "report.html", "curves.svg"):
+    for f in ("report.md", "report.html"):
         assert (out / f).stat().st_size > 100
+    # one eps: no curve to draw, so neither the file nor its heading (it used to be an empty chart)
+    assert not (out / "curves.svg").exists() and "against eps" not in (out / "report.html").read_text()
+    assert (out / "examples.png").exists() == ("Examples" in (out / "report.html").read_text())
     if res["evaluated"]:
         rae = res["methods"]["ours_rae"]["8"]
         assert rae["restored_fraction"] in (1.0, None) and 0 <= rae["asr"] <= 1 and rae["psnr"] > 20
@@ -216,3 +220,55 @@ def test_seed_generators_run_alone(tmp_path):
     want = h.csm.analyse(x, 8, region=False).grids  # the generator's grids on the whole image
     got = h.run("csm_gan", x, np.zeros(2, np.int64), 8, {}).images
     assert np.array_equal(got, np.clip(x.astype(int) + np.repeat(np.repeat(want, 2, 1), 2, 2), 0, 255))
+
+
+CHROMIUM = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
+_CHECK = """<script>
+window.addEventListener('load', () => {
+  const bad = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
+  document.body.setAttribute('data-images', String(document.images.length));
+  document.body.setAttribute('data-broken', bad.join(' '));
+});
+</script>"""
+
+
+def _render(page: Path, screenshot: Path | None = None) -> tuple[int, list[str]]:
+    """Open ``page`` in headless Chromium: (images on the page, those that failed to load)."""
+    import re
+    import subprocess
+    import tempfile
+
+    probe = page.with_name("_render_check.html")
+    probe.write_text(page.read_text().replace("</body>", _CHECK + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--virtual-time-budget=5000"]
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+        if screenshot is not None:
+            subprocess.run([CHROMIUM, *flags, f"--user-data-dir={profile}", "--window-size=1280,2400", f"--screenshot={screenshot}",
+                            page.as_uri()], capture_output=True, timeout=120)
+    probe.unlink()
+    n = re.search(r'data-images="(\d+)"', dom)
+    broken = re.search(r'data-broken="([^"]*)"', dom)
+    assert n and broken is not None, f"the page did not finish loading in Chromium: {dom[:300]}"
+    return int(n.group(1)), broken.group(1).split()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_evaluate_report_renders_in_a_browser_with_every_figure(phantom_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from medrae.cli import app
+
+    out = tmp_path / "r"
+    r = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--limit", "6", "--eps", "4,8",
+                                 "--methods", "ours_rae,fgsm,pgd"])
+    assert r.exit_code == 0, r.output
+    page = (out / "report.html").read_text()
+    assert "<title>medrae evaluation: " in page and str(phantom_dataset) not in page.split("</title>")[0]  # no machine path
+    assert "<style>" in page and "ASR and PSNR against eps" in page and "Examples" in page
+    images, broken = _render(out / "report.html", tmp_path / "report.png")
+    assert images == 2 and broken == [], broken
+    svg = (out / "curves.svg").read_text()
+    assert "eps (1/255)" in svg and "fgsm" in svg and "pgd" in svg  # axes and legend
