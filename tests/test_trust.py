@@ -147,8 +147,19 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _protect_in_background(src: Path, out: Path, keyfile: Path) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, "protect", str(src), str(out), "--key", str(keyfile), "--workers", "2", "--batch-size", "2"],
+def _survivors_of_a_kill(proc: subprocess.Popen, pids: list[int], seconds: float) -> list[int]:
+    """SIGKILL ``proc``, then the ``pids`` (its processes) still alive after ``seconds``."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def _protect_in_background(src: Path, out: Path, keyfile: Path, *options: str) -> subprocess.Popen:
+    """``medrae protect`` with 2 workers (default: chunks of 2 files) in a process of its own."""
+    return subprocess.Popen([*CLI, "protect", str(src), str(out), "--key", str(keyfile), "--workers", "2", *(options or ("--batch-size", "2"))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -172,12 +183,7 @@ def test_no_worker_outlives_a_killed_command(tmp_path, many, keyfile):
     _wait_for_outputs(out, 2, proc)
     workers = _children(proc.pid)
     assert proc.poll() is None and len(workers) >= 2, "the command ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    end = time.monotonic() + 5
-    while time.monotonic() < end and any(_alive(w) for w in workers):
-        time.sleep(0.1)
-    assert not [w for w in workers if _alive(w)], "worker processes outlived the killed command"
+    assert not _survivors_of_a_kill(proc, workers, seconds=5), "worker processes outlived the killed command"
     written = sorted(out.glob("*.png"))
     n_before = len(written)
     time.sleep(1)  # nothing goes on writing
@@ -240,8 +246,7 @@ def test_ray_local_leaves_nothing_running_when_killed(tmp_path, many, keyfile):
     actors and every Ray process it started with it (Ray's agents used to stay)."""
     pytest.importorskip("ray")
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "protect", str(many), str(out), "--key", str(keyfile), "--ray", "local", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _protect_in_background(many, out, keyfile, "--ray", "local")
     _wait_for_outputs(out, 2, proc, seconds=180)
     assert proc.poll() is None, "the command ended before it could be killed"
 
@@ -255,11 +260,6 @@ def test_ray_local_leaves_nothing_running_when_killed(tmp_path, many, keyfile):
 
     started = [p for p in below(proc.pid) if _alive(p)]
     assert len(started) >= 3  # Ray's processes and the actors
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    end = time.monotonic() + 10
-    while time.monotonic() < end and any(_alive(p) for p in started):
-        time.sleep(0.2)
-    assert not [p for p in started if _alive(p)], "processes started by the killed command are still running"
+    assert not _survivors_of_a_kill(proc, started, seconds=10), "processes started by the killed command are still running"
     written = sorted(out.glob("*.png"))
     assert written and all(invoke("verify", many / f.name, f, "--key", keyfile).exit_code == 0 for f in written)
