@@ -121,10 +121,11 @@ def test_evaluate_quick_on_phantoms(phantom_dataset, tmp_path):
 
     out = tmp_path / "r"
     r = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--quick",
-                                 "--methods", "ours_ae,ours_rae,fgsm,liu_rae,ours_rae_noregion,paper_rae"])
+                                 "--methods", "ours_ae,ours_rae,fgsm,liu_rae,ours_rae_noregion,paper_rae,csm_gan"])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
-    assert set(res["methods"]) <= {"ours_ae", "ours_rae", "fgsm", "liu_rae", "ours_rae_noregion"}
+    assert set(res["methods"]) <= {"ours_ae", "ours_rae", "fgsm", "liu_rae", "ours_rae_noregion", "csm_gan"}
+    assert "csm_gan" in res["methods"] and "csm_gan" not in res["skipped"]  # the seed's CSM-GAN generator ships
     from medrae.toolkit.ort import file_sha256
     from medrae.toolkit.protect import MODELS_DIR
 
