@@ -73,13 +73,18 @@ def _as_written(image: Image) -> Any:
     return dcmread(io.BytesIO(encode_image(image, image.pixels)), force=True)
 
 
-def _record(ds: Any) -> bytes:
-    elems = _elements(ds)
+def _digests(elems: list[tuple[int, str, bytes]]) -> tuple[bytes, bytes]:
+    """The SHA-256 over all ``elems`` and one byte of each element's own SHA-256."""
     whole = hashlib.sha256()
     for tag, _, data in elems:
         whole.update(struct.pack("<I", tag) + struct.pack("<I", len(data)) + data)
-    per = bytes(hashlib.sha256(data).digest()[0] for _, _, data in elems)
-    return MAGIC + whole.digest() + struct.pack(">I", len(elems)) + per
+    return whole.digest(), bytes(hashlib.sha256(data).digest()[0] for _, _, data in elems)
+
+
+def _record(ds: Any) -> bytes:
+    elems = _elements(ds)
+    whole, per = _digests(elems)
+    return MAGIC + whole + struct.pack(">I", len(elems)) + per
 
 
 def _parse(rec: bytes) -> tuple[bytes, bytes]:
@@ -95,11 +100,10 @@ def _parse(rec: bytes) -> tuple[bytes, bytes]:
 def changes(ds: Any, rec: bytes) -> Optional[str]:
     """None when ``ds``'s header is the one ``rec`` records, else what changed, in one line."""
     whole, per = _parse(rec)
-    now = _record(ds)
-    if now[4 : 4 + _SHA] == whole:
-        return None
     elems = _elements(ds)
-    mine = bytes(hashlib.sha256(data).digest()[0] for _, _, data in elems)
+    now, mine = _digests(elems)
+    if now == whole:
+        return None
     named: list[str] = []
     for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=list(per), b=list(mine), autojunk=False).get_opcodes():
         if op == "replace" and a1 - a0 == b1 - b0:
