@@ -67,7 +67,7 @@ def _run_batch(run, total_label: str, report: Optional[Path], **kw):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from medrae.toolkit.batch import UsageError
+    from medrae.toolkit.filework import UsageError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if report is not None:
@@ -306,7 +306,7 @@ def info(file: Path = typer.Argument(..., help="an image file, or a directory (o
     """Is FILE protected? Format version, RDH method, codec, payload bits, encryption, and the share
     of the image the hiding left bit-exact (protect keeps it out of the lungs) (no key needed).
     On a directory: one line per image; exit 0 only if every image is protected."""
-    from medrae.toolkit.batch import info_entry
+    from medrae.toolkit.filework import info_entry
 
     if file.is_dir():
         _info_tree(file)
@@ -327,7 +327,7 @@ def _info_tree(root: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from medrae.toolkit.batch import info_tree
+    from medrae.toolkit.filework import info_tree
 
     entries = info_tree(root)
     if not entries:

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import ort
-from .filework import (BatchReport, FileResult, UsageError, _Inline, _chunks, _collect, _protect_report, _refine_again, _restore_one,  # noqa: F401
-                       _start, _start_verify, _submit_chunk, _verify_one, describe, info, info_entry, info_tree, pair_paths,
-                       protect_chunk, verify_pairs)
+from .filework import (BatchReport, FileResult, _Inline, _chunks, _collect, _protect_report, _refine_again, _restore_one, _start,
+                       _start_verify, _submit_chunk, _verify_one, describe, pair_paths, protect_chunk, verify_pairs)
 from .settings import ProtectSettings
 from .stopping import STOP, interrupted, worker_init
 
