@@ -121,11 +121,11 @@ def protect(pixels: np.ndarray, key: Optional[bytes], settings: Optional[Protect
         32-byte key (:func:`new_key`, :func:`load_key`). ``None``: the paper's keyless mode, which
         anyone with medrae can restore.
     settings : ProtectSettings, optional
-        The protect options (``medrae protect``'s: ``eps``, ``refine_steps``, ``models``, ...).
+        The protect options (``medrae protect``'s: ``strength`` ("standard" or "strong"), ``eps``, ``refine_steps``, ``models``, ...).
     ceiling : int, optional
         Largest value a pixel may take (e.g. 4095 for 12-bit data in ``uint16``); default the dtype's maximum.
     **options
-        Field overrides of ``settings``, e.g. ``eps=4``.
+        Field overrides of ``settings``, e.g. ``strength="strong"`` or ``eps=4``.
 
     Returns
     -------

@@ -200,7 +200,8 @@ def protect(
     input: Path = typer.Argument(..., help="image file or directory (recursive): PNG, TIFF, JPEG, DICOM"),
     output: Path = typer.Argument(..., help="output file or directory (mirrors the input tree)"),
     key: Optional[Path] = typer.Option(None, "--key", help=KEY_HELP),
-    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="strength: perturbation bound outside the lungs in 1/255 of the display window (default 8; larger fools more models, lower image quality)"),
+    strength: str = typer.Option("standard", "--strength", help="standard (PSNR ~34.5 dB, the image as read) or strong (the reference paper's quality, ~29.5 dB: more unseen models fooled); the lungs are kept the same at both"),
+    eps: Optional[int] = typer.Option(None, "--eps", min=1, max=16, help="perturbation bound outside the lungs in 1/255 of the display window (default: the strength's, 8 / 16)", rich_help_panel=PERTURB),
     workers: int = typer.Option(0, "--workers", min=0, help="processes (0: one per core, max 4)"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here (per file: status, PSNR/SSIM, payload, white-box margin, ...)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs (default: skip them, so a rerun resumes)"),
@@ -209,7 +210,9 @@ def protect(
     refine_steps: Optional[int] = typer.Option(None, "--refine-steps", min=0, help="at most N sparse gradient steps on the white-box classifier (default 40); 0: the generator alone (~3x faster, far weaker)", rich_help_panel=PERTURB),
     white_box: str = typer.Option("resnet18", "--white-box", help="classifier(s) the refinement fools, comma-separated (each needs models/gradient_<name>.onnx)", rich_help_panel=PERTURB),
     margin: Optional[float] = typer.Option(None, "--margin", min=0, help="logit margin by which the white box must be wrong (default 1)", rich_help_panel=PERTURB),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="public transfer pattern laid outside the ROI first (default: the shipped one; none: off)", rich_help_panel=PERTURB),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="transfer pattern laid outside the ROI first (default: the shipped one; none: off)", rich_help_panel=PERTURB),
+    pattern_eps: Optional[int] = typer.Option(None, "--pattern-eps", min=1, max=16, help="the transfer pattern's amplitude (default: the strength's, at most --eps)", rich_help_panel=PERTURB),
+    public_placement: bool = typer.Option(False, "--public-placement", help="lay the pattern where it was trained, not where the key puts it (anyone with medrae can then subtract it)", rich_help_panel=PERTURB),
     transfer_steps: Optional[int] = typer.Option(None, "--transfer-steps", min=0, help="first N dense steps against the zoo surrogates, for models never seen (off by default; 10 recommended)", rich_help_panel=PERTURB),
     transfer_eps: Optional[int] = typer.Option(None, "--transfer-eps", min=1, max=16, help="with the transfer stage: its bound outside the ROI (default 4, less in flat areas)", rich_help_panel=PERTURB),
     robust: bool = typer.Option(False, "--robust", help="also fool the classifier after a half-size-and-back resize (~4x slower)", rich_help_panel=PERTURB),
@@ -253,7 +256,11 @@ def protect(
         _fail(f"--pattern: {exc}")
     if on_uncertain_roi not in ("widen", "skip", "proceed"):
         _fail(f"--on-uncertain-roi must be widen, skip or proceed, got {on_uncertain_roi!r}")
-    settings = ProtectSettings(eps=eps, models=models or MODELS_DIR, device=device, batch_size=batch_size, method=method, codec=codec,
+    from medrae.toolkit.settings import STRENGTHS
+
+    if strength not in STRENGTHS:
+        _fail(f"--strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
+    settings = ProtectSettings(strength=strength, pattern_eps=pattern_eps, keyed_pattern=not public_placement, eps=eps, models=models or MODELS_DIR, device=device, batch_size=batch_size, method=method, codec=codec,
                                with_ssim=report is not None, max_rdh_change=max_rdh_change,
                                max_roi_change=None if rdh_in_roi else 0 if lungs_exact else 1, refine_steps=refine_steps, robust=robust,
                                gradients=tuple(f"gradient_{n.strip()}.onnx" for n in white_box.split(",") if n.strip()), margin=margin,
@@ -332,14 +339,14 @@ def _info_tree(root: Path) -> None:
     entries = info_tree(root)
     if not entries:
         _fail(f"{root}: no images below it (PNG, TIFF, JPEG or DICOM)", 1)
-    table = Table("file", "status", "method", "codec", "payload bits", "encrypted", "ROI share", "max change in ROI")
+    table = Table("file", "status", "strength", "method", "codec", "payload bits", "encrypted", "ROI share", "max change in ROI")
     for e in entries:
         rel = str(Path(e["file"]).relative_to(root))
         if e["status"] == "protected":
-            table.add_row(rel, e["status"], e["rdh_method"], e["codec"], str(e["payload_bits"]), "yes" if e["encrypted"] else "no: keyless, anyone could have made it",
+            table.add_row(rel, e["status"], e["strength"], e["rdh_method"], e["codec"], str(e["payload_bits"]), "yes" if e["encrypted"] else "no: keyless, anyone could have made it",
                           f"{e['rdh_frozen_fraction']:.3f}", "any" if e["rdh_roi_max_change"] is None else str(e["rdh_roi_max_change"]))
         else:
-            table.add_row(rel, e["status"] + (f": {e['reason']}" if "reason" in e else ""), *[""] * 6)
+            table.add_row(rel, e["status"] + (f": {e['reason']}" if "reason" in e else ""), *[""] * 7)
     Console(width=160).print(table)
     counts = {s: sum(e["status"] == s for e in entries) for s in ("protected", "not protected", "failed")}
     typer.echo(f"{len(entries)} image{'s' * (len(entries) != 1)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -404,6 +411,7 @@ def evaluate(
     zoo: Path = typer.Option(Path("runs/zoo"), "--zoo", help="where python -m medrae.models.zoo train put the zoo"),
     transfer_conditions: str = typer.Option("file,jpeg90,jpeg75", "--transfer-conditions", help="the held-out targets read the file as is and/or re-encoded as JPEG"),
     quick: bool = typer.Option(False, "--quick", help="CI subset: 30 images (unless --limit), eps 8, C&W 5 steps"),
+    frontier: bool = typer.Option(False, "--frontier", help="the strength frontier: every --strength level and eps, PSNR against white-box and held-out ASR, the same-PSNR noise floor, adaptive attacks (--methods none: only it)"),
 ) -> None:
     """Every method (ours, FGSM, BIM, PGD, C&W, Liu-RAE, ...) on a dataset directory: the paper's
     tables, transfer to the held-out zoo (--transfer), reports. Needs the train extra (PyTorch)."""
@@ -411,12 +419,13 @@ def evaluate(
         from medrae.evaluation.evaluate import ALL_METHODS, CONDITIONS, DEFAULT_METHODS, EvaluateSettings, run
         from medrae.toolkit.protect import MODELS_DIR
 
-        chosen = {"all": ALL_METHODS, "default": DEFAULT_METHODS}.get(methods) or _csv(methods)
+        chosen = {"all": ALL_METHODS, "default": DEFAULT_METHODS, "none": ()}.get(methods, None)
+        chosen = _csv(methods) if chosen is None else chosen
         settings = EvaluateSettings(
             methods=chosen, eps=(8,) if quick else tuple(int(e) for e in _csv(eps)), models=models or MODELS_DIR,
             limit=limit or (30 if quick else 0), cw_steps=5 if quick else 20,
             conditions=tuple(CONDITIONS) if conditions == "all" else _csv(conditions),
-            transfer=transfer, zoo=zoo, transfer_conditions=_csv(transfer_conditions))
+            transfer=transfer, zoo=zoo, transfer_conditions=_csv(transfer_conditions), frontier=frontier)
         run(data, report, settings)
     except ModuleNotFoundError as exc:
         _fail(f"{exc.name} is not installed; install the training extra: pip install 'medrae[train]'")

@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cxr3" / "test")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--strengths", action="store_true", help="only protect at every --strength level (images/s per level), then stop")
     args = ap.parse_args()
 
     from medrae.toolkit.imageio import read_image
@@ -92,6 +93,14 @@ def main() -> None:
         print(f"{n} images from {args.data if (tmp / 'in').exists() else 'phantoms'}\n")
         batch("protect_paths", tmp / "in", tmp / "warm", key, refine_steps=0)  # JIT cache, page cache
         speeds = {}
+        from medrae.toolkit.settings import STRENGTHS
+
+        for level in STRENGTHS:  # every level of medrae protect --strength
+            for w in workers:
+                speeds[(level, w)] = row(f"protect   workers={w} --strength {level}",
+                                         batch("protect_paths", tmp / "in", tmp / f"s{level}{w}", key, workers=w, strength=level), n)
+        if args.strengths:
+            return
         for w in workers:
             speeds[("protect", w)] = row(f"protect   workers={w}", batch("protect_paths", tmp / "in", tmp / f"p{w}", key, workers=w), n)
             rep = batch("restore_paths", tmp / f"p{w}", tmp / f"r{w}", key, workers=w)

@@ -302,6 +302,7 @@ class EvaluateSettings:
     transfer: bool = False  # the transfer matrix on the zoo's held-out targets (Table 8)
     zoo: Path = Path("runs/zoo")
     transfer_conditions: tuple[str, ...] = ("file", "jpeg90", "jpeg75")
+    frontier: bool = False  # the strength frontier (medrae.evaluation.frontier): levels and eps against quality, with the noise floor
 
     def __post_init__(self):
         from .transfer import CONDITIONS as TRANSFER_CONDITIONS
@@ -398,10 +399,31 @@ def evaluate(data: Path, report: Path, settings: EvaluateSettings = EvaluateSett
             results["methods"][method][str(eps)] = row
             if eps == max(eps_list) or method in RAE_METHODS:
                 examples[method] = adv
+    if settings.frontier and not len(x):
+        results["skipped"]["frontier"] = "no image the white-box classifier gets right"
+    elif settings.frontier:
+        from .frontier import frontier
+
+        flab = None
+        if lab is not None and "file" in lab.conditions:
+            flab = lab
+        elif Path(settings.zoo).is_dir() and _has_targets(settings.zoo):
+            from .transfer import TransferLab
+
+            flab = TransferLab(settings.zoo, x, y, ("file",))
+        else:
+            results["skipped"]["frontier held-out targets"] = f"{settings.zoo}: no trained zoo (python -m medrae.models.zoo train)"
+        results["frontier"] = frontier(x, y, masks, lambda imgs: predict(clfs[WHITE_BOX], imgs), flab, models=models, on_progress=on_progress)
     report.mkdir(parents=True, exist_ok=True)
     (report / "results.json").write_text(json.dumps(results, indent=1))
     write_reports(results, report, x, masks, y, split.classes, examples)
     return results
+
+
+def _has_targets(zoo_dir: Path) -> bool:
+    from medrae.models import zoo
+
+    return bool(zoo.trained(zoo_dir, "target"))
 
 
 def _measure(adv, x, y, masks, clfs, clean, ok, secs) -> dict:
@@ -494,7 +516,12 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     ["method", "eps"] + results["defended"], rows))
     if results.get("zoo"):
         out.append(transfer_table(results))
-    return out
+    if results.get("frontier", {}).get("points"):
+        from .frontier import table
+
+        out.append(("Strength frontier: each level and eps on the saved files (held-out targets: ASR over the images each gets right; "
+                    "kept: the held-out median after an adaptive attack over the median before it)", *table(results["frontier"])))
+    return [t for t in out if t[2]] if not M else out
 
 
 def transfer_table(results: dict) -> tuple[str, list[str], list[list[str]]]:
@@ -528,6 +555,10 @@ def _figures(results: dict, written: dict) -> list[tuple[str, str, str]]:
     out = []
     if written.get("examples"):
         out.append(("Examples", "examples.png", written["examples"]))
+    if written.get("frontier"):
+        out.append(("Strength frontier", "frontier.svg", "PSNR (x) against white-box ASR (left) and the held-out zoo targets' median ASR "
+                    "(right) for each strength level and eps, on the saved files; the cross is the reference paper's point; grey squares "
+                    "and the dashed line: uniform noise on the same pixels, scaled to each file's PSNR (the floor), scored by the same targets."))
     if written.get("curves"):
         out.append(("ASR and PSNR against eps", "curves.svg", "Each attack method's white-box ASR (left) and PSNR (right) at "
                     "every eps evaluated, on the saved 8-bit files."))
@@ -686,8 +717,13 @@ def write_reports(results: dict, report: Path, x, masks, y, classes, examples: d
     """report.md and report.html, with the figures that can be drawn (never a heading without its
     figure): examples.png when a method's outputs are there, curves.svg when two or more eps ran."""
     written: dict = {}
-    for stale in ("examples.png", "curves.svg"):
+    for stale in ("examples.png", "curves.svg", "frontier.svg"):
         (report / stale).unlink(missing_ok=True)
+    if results.get("frontier", {}).get("points"):
+        from .frontier import svg
+
+        (report / "frontier.svg").write_text(svg(results["frontier"]))
+        written["frontier"] = True
     written["examples"] = _examples_png(report / "examples.png", x, masks, y, classes, examples)
     curves = _curves_svg(results)
     if curves:

@@ -34,6 +34,13 @@ class PatternHint(NamedTuple):
     cls: int
     cover: np.ndarray  # bool, the coarse grid's shape
     unit: int
+    placement: patterns.Placement = patterns.IDENTITY  # secret (key-drawn) placement: coded by ``keyed_pattern``
+    clip: int = 0  # the pattern's levels clipped to -clip..clip (0: as trained)
+
+    @property
+    def codec(self) -> str:
+        """The codec that carries this hint: ``pattern`` as published, ``keyed_pattern`` placed or clipped."""
+        return "pattern" if self.placement == patterns.IDENTITY and not self.clip else "keyed_pattern"
 DEFAULT_CODEC = "auto"
 MAX_PIXELS = 1 << 28  # refuse to allocate planes larger than this from a header
 VALUE_LIMIT = 32767  # int16
@@ -329,35 +336,74 @@ class Pattern(Codec):
     name = "pattern"
     id = 7
 
+    def _head(self, pattern: PatternHint) -> bytes:
+        return b""
+
+    def _read_head(self, body: bytes, pos: int) -> tuple[patterns.Placement, int, int]:
+        return patterns.IDENTITY, 0, pos
+
     def encode_body(self, p, grid=None, factor=None, pattern=None, **hints):
         if grid is None or factor is None or pattern is None:
-            raise ValueError("the pattern codec needs the grid, factor and pattern hints")
+            raise ValueError(f"the {self.name} codec needs the grid, factor and pattern hints")
         g = np.asarray(grid, dtype=np.int64)
         if g.shape != grid_shape(p.shape, factor):
             raise ValueError(f"grid shape {g.shape} != {grid_shape(p.shape, factor)} for {p.shape} at factor {factor}")
         cover = np.asarray(pattern.cover, dtype=bool)
         if cover.shape != g.shape:
             raise ValueError(f"pattern cover shape {cover.shape} != grid shape {g.shape}")
-        base = patterns.on_grid(pattern.pattern_id, pattern.cls, g.shape) * pattern.unit * cover
-        head = bytes([pattern.pattern_id, pattern.cls, factor]) + _varint(_zigzag(int(pattern.unit)))
+        base = patterns.on_grid(pattern.pattern_id, pattern.cls, g.shape, pattern.placement, pattern.clip) * pattern.unit * cover
+        head = bytes([pattern.pattern_id, pattern.cls, factor]) + self._head(pattern) + _varint(_zigzag(int(pattern.unit)))
         return head + _ac_encode([cover.astype(np.int64), g - base, p - upsample(g, factor, p.shape)])
 
     def decode_body(self, body, shape):
         if len(body) < 4 or not 1 <= body[2] <= MAX_FACTOR:
-            raise PayloadError("pattern: bad header")
+            raise PayloadError(f"{self.name}: bad header")
         pid, cls, f = body[0], body[1], body[2]
-        unit_z, pos = _read_varint(body, 3)
+        placement, clip, pos = self._read_head(body, 3)
+        unit_z, pos = _read_varint(body, pos)
         unit = _unzigzag(unit_z)
         if not 1 <= abs(unit) <= VALUE_LIMIT:
-            raise PayloadError(f"pattern: implausible unit {unit}")
+            raise PayloadError(f"{self.name}: implausible unit {unit}")
         gshape = grid_shape(shape, f)
         cover, rgrid, rpix = _ac_decode(body[pos:], [gshape, gshape, shape], self.name)
         if cover.min(initial=0) < 0 or cover.max(initial=0) > 1:
-            raise PayloadError("pattern: cover plane is not 0/1")
-        g = patterns.on_grid(pid, cls, gshape) * unit * cover + rgrid
+            raise PayloadError(f"{self.name}: cover plane is not 0/1")
+        g = patterns.on_grid(pid, cls, gshape, placement, clip) * unit * cover + rgrid
         if np.abs(g).max(initial=0) > 2 * VALUE_LIMIT:
-            raise PayloadError("pattern: decoded grid out of range")
+            raise PayloadError(f"{self.name}: decoded grid out of range")
         return upsample(g, f, shape) + rpix
+
+
+@register(CODECS)
+class KeyedPattern(Pattern):
+    """A shipped transfer pattern placed where the key put it (:class:`kernels.patterns.Placement`)
+    and clipped to protect's level for it; otherwise as ``pattern``. The placement is part of the
+    coded perturbation, so it is encrypted with it: only the key's holder learns it.
+
+    Body: ``pattern id u8 | class u8 | factor u8 | keyed u8 (0/1) | seed 16 bytes | varint block |
+    varint clip | varint zigzag(unit)`` then the planes of ``pattern``.
+    """
+
+    name = "keyed_pattern"
+    id = 8
+
+    def _head(self, pattern: PatternHint) -> bytes:
+        pl = pattern.placement
+        seed = pl.seed or bytes(patterns.SEED_BYTES)
+        return bytes([1 if pl.seed else 0]) + seed + _varint(int(pl.block)) + _varint(int(pattern.clip))
+
+    def _read_head(self, body: bytes, pos: int) -> tuple[patterns.Placement, int, int]:
+        if pos >= len(body) or body[pos] > 1:
+            raise PayloadError(f"{self.name}: bad placement flag")
+        keyed = bool(body[pos])
+        seed = body[pos + 1 : pos + 1 + patterns.SEED_BYTES]
+        if len(seed) != patterns.SEED_BYTES:
+            raise PayloadError(f"{self.name}: truncated placement seed")
+        block, pos = _read_varint(body, pos + 1 + patterns.SEED_BYTES)
+        clip, pos = _read_varint(body, pos)
+        if block > 255 or clip > VALUE_LIMIT or (not keyed and (any(seed) or block)):
+            raise PayloadError(f"{self.name}: implausible placement or clip")
+        return (patterns.Placement(seed, block) if keyed else patterns.IDENTITY), clip, pos
 
 
 @register(CODECS)
@@ -498,7 +544,8 @@ class Auto(Codec):
             pattern = hints.pop("pattern", None)
             best = bytes([CODECS.get("grid").id]) + CODECS.get("grid").encode_body(p, **hints)
             if pattern is not None:
-                body = bytes([CODECS.get("pattern").id]) + CODECS.get("pattern").encode_body(p, pattern=pattern, **hints)
+                codec = CODECS.get(pattern.codec)
+                body = bytes([codec.id]) + codec.encode_body(p, pattern=pattern, **hints)
                 best = body if len(body) < len(best) else best
             return best
         hints.pop("pattern", None)

@@ -11,8 +11,10 @@ reads the pattern as data; no network runs.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -48,16 +50,78 @@ def load(pattern_id: int) -> np.ndarray:
     return out
 
 
-def on_grid(pattern_id: int, cls: int, shape: tuple[int, int]) -> np.ndarray:
-    """Class ``cls`` of the pattern mapped onto a grid of ``shape`` cells by nearest index
-    (``(i * G) // rows``: integer-exact, the rule protect's plan uses for its grids)."""
+class Placement(NamedTuple):
+    """Where a pattern goes on the image. ``seed`` (16 bytes, drawn from the key and the image by
+    :func:`draw_placement`; empty: where it was trained) picks, for the whole pattern (``block`` 0)
+    or independently for each ``block x block`` square of its cells, a left-right mirror and a
+    cyclic shift by whole cells (:func:`block_moves`). A party without the key cannot tell which
+    placement a file carries; the seed travels only inside the encrypted payload."""
+
+    seed: bytes = b""
+    block: int = 0
+
+
+IDENTITY = Placement()
+SEED_BYTES = 16
+
+
+def draw_placement(key: bytes, image_digest: bytes, block: int = 0) -> Placement:
+    """The placement for one image: a seed = HMAC-SHA256 of the image's digest under ``key``
+    (first 16 bytes), so the same key and image always give the same protected pixels and another
+    image or key an unrelated placement."""
+    mac = hmac.new(bytes(key), b"medrae pattern placement v1" + bytes(image_digest), hashlib.sha256).digest()
+    return Placement(mac[:SEED_BYTES], int(block))
+
+
+def block_moves(placement: Placement, side: int) -> np.ndarray:
+    """(blocks_y, blocks_x, 3) int64: each block's (shift_y, shift_x, mirror) for a pattern of
+    ``side x side`` cells: bytes 0-3 and 4-7 (big-endian) of SHA-256(seed | by | bx) mod ``side``,
+    and the low bit of byte 8 (``by = bx = 0`` and a single block when ``block`` is 0)."""
+    if len(placement.seed) != SEED_BYTES or not 0 <= placement.block <= side:
+        raise PayloadError(f"bad pattern placement (seed of {len(placement.seed)} bytes, block {placement.block})")
+    n = 1 if placement.block == 0 else -(-side // placement.block)
+    out = np.empty((n, n, 3), np.int64)
+    for by in range(n):
+        for bx in range(n):
+            h = hashlib.sha256(placement.seed + bytes([by, bx])).digest()
+            out[by, bx] = (int.from_bytes(h[0:4], "big") % side, int.from_bytes(h[4:8], "big") % side, h[8] & 1)
+    return out
+
+
+def moved(p: np.ndarray, shift_y: int, shift_x: int, mirror: bool) -> np.ndarray:
+    """``p`` mirrored left-right (if ``mirror``), then rolled cyclically by whole cells."""
+    out = p[:, ::-1] if mirror else p
+    return np.roll(out, (int(shift_y), int(shift_x)), axis=(0, 1)) if shift_y or shift_x else out
+
+
+def placed(pattern_id: int, cls: int, placement: Placement = IDENTITY, clip: Optional[int] = None) -> np.ndarray:
+    """Class ``cls`` of the pattern on its own ``G x G`` cells, placed (:class:`Placement`) and
+    clipped to ``-clip..clip`` levels (``None`` or 0: as trained)."""
     p = load(pattern_id)
     if not 0 <= cls < p.shape[0]:
         raise PayloadError(f"transfer pattern {pattern_id}: class {cls} out of range (it has {p.shape[0]})")
     g = p.shape[1]
+    out = p[cls]
+    if placement.seed:
+        moves = block_moves(placement, g)
+        b = placement.block or g
+        out = np.empty_like(p[cls])
+        for by in range(moves.shape[0]):
+            for bx in range(moves.shape[1]):
+                sy, sx, mirror = moves[by, bx]
+                out[by * b : (by + 1) * b, bx * b : (bx + 1) * b] = moved(p[cls], sy, sx, bool(mirror))[by * b : (by + 1) * b, bx * b : (bx + 1) * b]
+    return np.clip(out, -clip, clip) if clip else out
+
+
+def on_grid(pattern_id: int, cls: int, shape: tuple[int, int], placement: Placement = IDENTITY,
+            clip: Optional[int] = None) -> np.ndarray:
+    """Class ``cls`` of the pattern (:func:`placed`) mapped onto a grid of ``shape`` cells by
+    nearest index (``(i * G) // rows``: integer-exact, the rule protect's plan uses for its grids)."""
+    p = placed(pattern_id, cls, placement, clip)
+    g = p.shape[0]
     rows = (np.arange(shape[0], dtype=np.int64) * g) // shape[0]
     cols = (np.arange(shape[1], dtype=np.int64) * g) // shape[1]
-    return p[cls][rows][:, cols]
+    return p[rows][:, cols]
 
 
 def pattern_id(name: str) -> int:

@@ -141,6 +141,39 @@ def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return x if size is None else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 224)
 
 
+# (mode, antialias) of the downscalers unknown pipelines use: nearest, bilinear without antialiasing
+# (OpenCV's and TensorFlow's default), bilinear and bicubic with it (PIL), area (OpenCV INTER_AREA)
+RESIZERS = (("nearest", False), ("bilinear", False), ("bilinear", True), ("bicubic", True), ("area", False))
+
+
+def pipeline_view(x: torch.Tensor, gen: torch.Generator, sizes: tuple[int, int] = (128, 320)) -> torch.Tensor:
+    """``x`` (0..255) as one random unknown pipeline sees it (expectation over transformations):
+    a small crop (up to 6 % a side, so a shift), a gamma or window change (0.8-1.25), then a resize
+    to 128-320 px by one of :data:`RESIZERS`. Differentiable (nearest passes gradients to the
+    pixels it picks)."""
+    n, _, h, w = x.shape
+    r = lambda: float(torch.rand(1, generator=gen))  # noqa: E731
+    top, left, bottom, right = (int(r() * 0.06 * h) for _ in range(4))
+    x = x[..., top : h - bottom, left : w - right]
+    if r() < 0.5:
+        gamma = float(torch.exp(torch.empty(1).uniform_(-0.223, 0.223, generator=gen)))
+        x = 255.0 * (x.clamp(0, 255) / 255.0 + 1e-6) ** gamma
+    size = int(torch.randint(sizes[0], sizes[1] + 1, (1,), generator=gen))
+    mode, aa = RESIZERS[int(torch.randint(len(RESIZERS), (1,), generator=gen))]
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(x, size=(size, size), mode=mode, antialias=aa and size < x.shape[-1], **kwargs)
+
+
+def place(pattern: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The pattern (classes, 1, G, G) at one random placement of those protect draws from the key
+    (:class:`kernels.patterns.Placement`: a left-right mirror, then a cyclic shift by whole cells)."""
+    g = pattern.shape[-1]
+    if float(torch.rand(1, generator=gen)) < 0.5:
+        pattern = pattern.flip(-1)
+    sy, sx = (int(v) for v in torch.randint(g, (2,), generator=gen))
+    return torch.roll(pattern, shifts=(sy, sx), dims=(-2, -1))
+
+
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
     own = logits.gather(1, y[:, None])[:, 0]
     other = logits.scatter(1, y[:, None], float("-inf")).max(1).values
@@ -194,7 +227,9 @@ def train(args: argparse.Namespace) -> dict:
         for i in range(0, len(perm), args.batch):
             b = perm[i : i + args.batch]
             x, y = X[b], Y[b]
-            delta = F.interpolate(pattern.clamp(-args.eps, args.eps), scale_factor=args.cell, mode="nearest")[y] * free[b]
+            p = place(pattern, gen) if args.placement else pattern
+            amp = float(args.clip_levels[int(torch.randint(len(args.clip_levels), (1,), generator=gen))]) if args.clip_levels else args.eps
+            delta = F.interpolate(p.clamp(-amp, amp), scale_factor=args.cell, mode="nearest")[y] * free[b]
             adv = x + delta
             adv = adv + (adv.clamp(0, 255) - adv).detach()  # clipping, straight-through
             loss_adv = 0.0
@@ -202,7 +237,8 @@ def train(args: argparse.Namespace) -> dict:
                 if isinstance(net, _LGV):
                     net.draw(gen)
                 size = int(torch.randint(112, 257, (1,), generator=gen)) if float(torch.rand(1, generator=gen)) < args.diversity else None
-                loss_adv = loss_adv + margin_loss(net(_resized(adv, size)), y, args.kappa).mean() / len(nets)
+                seen = pipeline_view(adv, gen) if args.pipelines and size is not None else _resized(adv, size)
+                loss_adv = loss_adv + margin_loss(net(seen), y, args.kappa).mean() / len(nets)
                 if args.feature:  # push the middle features away from the clean image's (feature disruption)
                     moved = taps[j]
                     with torch.no_grad():
@@ -226,6 +262,7 @@ def train(args: argparse.Namespace) -> dict:
     grid = np.round(pattern.detach().clamp(-args.eps, args.eps).numpy()[:, 0]).astype(np.int8)
     np.save(out / "pattern.npy", grid)
     result = {"command": "python -m medrae.models.train_pattern " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "surrogates": names,
+              "placement": bool(args.placement), "pipelines": bool(args.pipelines), "clip_levels": args.clip_levels,
               "classes": list(tr.classes), "history": history, "eps": args.eps, "grid": 224 // args.cell, "cell": args.cell}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if args.install:
@@ -240,7 +277,9 @@ def install(pattern_file: Path, dest: Path, result: dict) -> Path:
     np.save(dest.with_suffix(".npy"), grid)
     card = {"file": dest.with_suffix(".npy").name, "sha256": hashlib.sha256(np.ascontiguousarray(grid).tobytes()).hexdigest(),
             "shape": list(grid.shape), "dtype": "int8", "cell_px_on_224_view": result.get("cell", CELL), "classes": result["classes"], "eps": result["eps"],
-            "training": {"command": result["command"], "surrogates": result["surrogates"], "history": result["history"]}}
+            "placement": "key-drawn (mirror + cyclic shift)" if result.get("placement") else "as trained",
+            "training": {"command": result["command"], "surrogates": result["surrogates"], "history": result["history"],
+                         **{k: result[k] for k in ("pipelines", "clip_levels") if result.get(k)}}}
     dest.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return dest.with_suffix(".npy")
 
@@ -265,6 +304,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lgv", action="store_true", help="zoo surrogates with LGV weights (python -m medrae.models.zoo lgv) attack through a random one per step")
     p.add_argument("--feature", type=float, default=0.0, help="weight of a feature-disruption loss at each surrogate's middle layer (0: off)")
     p.add_argument("--sgm", type=float, default=1.0, help="skip-gradient factor on the ResNet surrogates' residual branches (1: off)")
+    p.add_argument("--placement", action="store_true", help="train for every placement protect draws from the key (a random mirror + cyclic shift per step)")
+    p.add_argument("--pipelines", action="store_true", help="random unknown pipelines instead of bilinear resizes: crops, gamma, nearest / bilinear / bicubic / area to 128-320 px")
+    p.add_argument("--clip-levels", type=lambda v: [float(t) for t in v.split(",")], default=None,
+                   help="comma-separated amplitudes the pattern is clipped to, one drawn per step (e.g. 8,16: one pattern for both strengths)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p

@@ -170,9 +170,10 @@ def test_version_and_help_panels():
         assert panel in r.output
     assert "medrae[ray]" in r.output
     everyday = r.output.split("Advanced:")[0]
-    for option in ("--key", "--eps", "--workers", "--report", "--ray", "--overwrite"):
+    for option in ("--key", "--strength", "--workers", "--report", "--ray", "--overwrite"):
         assert option in everyday
-    assert "--roi-threshold" not in everyday and "--codec" not in everyday
+    # the strength is the everyday dial; its parts (eps, the pattern's amplitude) are expert options
+    assert "--roi-threshold" not in everyday and "--codec" not in everyday and "--eps" not in everyday
 
 
 RUNTIME = ("toolkit", "kernels")

@@ -274,3 +274,32 @@ def test_evaluate_report_renders_in_a_browser_with_every_figure(phantom_dataset,
     assert images == 2 and broken == [], broken
     svg = (out / "curves.svg").read_text()
     assert "eps (1/255)" in svg and "fgsm" in svg and "pgd" in svg  # axes and legend
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_evaluate_frontier_draws_every_level(phantom_dataset, tmp_path):
+    """``--frontier`` protects at every strength level (and the eps between them) and draws PSNR
+    against white-box ASR with the paper's point; without a zoo the held-out part says why it is absent."""
+    from typer.testing import CliRunner
+
+    from medrae.cli import app
+    from medrae.toolkit.settings import STRENGTHS
+
+    out = tmp_path / "r"
+    r = CliRunner().invoke(app, ["evaluate", str(phantom_dataset / "test"), "--report", str(out), "--limit", "6", "--methods", "none",
+                                 "--frontier", "--zoo", str(tmp_path / "no_zoo")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    if not res["evaluated"]:
+        assert "frontier" in res["skipped"]
+        return
+    points = res["frontier"]["points"]
+    assert set(STRENGTHS) <= set(points) and "frontier held-out targets" in res["skipped"]
+    for p in points.values():
+        assert p["restored_fraction"] in (1.0, None) and p["roi_max_change"] <= 1 and 0 <= p["white_box"] <= 1
+    assert points["strong"]["eps"] > points["standard"]["eps"]
+    page = (out / "report.html").read_text()
+    assert "Strength frontier" in page and "Table 1" not in page  # no empty tables when only the frontier ran
+    images, broken = _render(out / "report.html")
+    assert images == 1 and broken == [], broken
+    assert "reference paper" in (out / "frontier.svg").read_text()

@@ -257,7 +257,7 @@ def run_on_cluster(kind: str, src: Path, dst: Path, key: Optional[bytes], *, add
     first = described[0] if described else {}
     providers = sorted({p for d in described for p in d.get("providers", [])})
     rep = BatchReport(command or kind, results, seconds, providers, first.get("mode"), first.get("roi"), first.get("eps"),
-                      first.get("models", {}))
+                      first.get("strength"), first.get("models", {}))
     rep.cluster = {"address": address, "actors": len(described), "nodes": sorted({d["node"] for d in described})}
     return rep
 

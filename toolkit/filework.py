@@ -23,7 +23,8 @@ from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image
 from .storage import STORE
 from .protect import (RetryWithoutPattern, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change,
                       uncertain_reason)
-from .settings import ProtectSettings
+from .display import level_size
+from .settings import STRENGTHS, ProtectSettings
 from .provenance import medrae_version
 
 
@@ -74,6 +75,7 @@ class BatchReport:
     mode: Optional[str] = None  # protect: where the perturbation came from (refine / generator)
     roi: Optional[str] = None  # protect: the rule that made the untouched region
     eps: Optional[int] = None  # protect: perturbation bound, 1/255 units
+    strength: Optional[str] = None  # protect: the operating point (toolkit.settings.STRENGTHS), "(custom)" where options changed it
     models: dict = field(default_factory=dict)  # protect: model file -> SHA-256, all that shaped the perturbation
     cluster: Optional[dict] = None  # --ray: address, actors, nodes (toolkit.cluster)
 
@@ -131,7 +133,7 @@ class BatchReport:
         return float(np.mean(np.array(margins) < 0)) if margins else None
 
     def to_json(self) -> dict:
-        return {"command": self.command, "medrae_version": medrae_version(), "mode": self.mode, "roi": self.roi, "eps": self.eps,
+        return {"command": self.command, "medrae_version": medrae_version(), "mode": self.mode, "roi": self.roi, "strength": self.strength, "eps": self.eps,
                 "models": self.models, "providers": self.providers, **({"cluster": self.cluster} if self.cluster else {}),
                 "totals": self.totals(), "files": [asdict(r) for r in self.results]}
 
@@ -291,7 +293,7 @@ def protect_image(protector, image: Image, key: Optional[bytes], settings: Prote
         res.reason = "already protected by medrae: restore it first; protecting it again would nest a second payload"
         return res, None
     view = network_view(image)
-    a = protector.analyse(view[None])
+    a = protector.analyse(view[None], key=key)
     res.roi_flags = a.assessments[0].flags
     if a.skip[0]:
         res.reason = uncertain_reason(a.assessments[0])
@@ -424,13 +426,13 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 def describe(protector) -> dict:
     """A protector's provenance for a report: the providers its sessions got, mode, ROI rule, eps, model files."""
     return {"providers": list(protector.seg.get_providers()), "mode": protector.mode, "roi": protector.roi_rule,
-            "eps": protector.eps, "models": dict(protector.model_files)}
+            "eps": protector.eps, "strength": getattr(protector, "strength", None), "models": dict(protector.model_files)}
 
 
 def _protect_report(command: str, results: list[FileResult], seconds: float, about: dict) -> BatchReport:
     """A protect batch's report; ``about``: :func:`describe` of its protector (empty: nothing was protected)."""
     return BatchReport(command, results, seconds, about.get("providers", []), about.get("mode"), about.get("roi"), about.get("eps"),
-                       about.get("models", {}))
+                       about.get("strength"), about.get("models", {}))
 
 
 def protect_chunk(protector, chunk: list[tuple[str, str]], key: Optional[bytes], settings: ProtectSettings,
@@ -468,7 +470,7 @@ def _submit_chunk(protector, pool: Executor, chunk: list, key: Optional[bytes], 
     if not ok:
         return []
     t = time.perf_counter()
-    a = protector.analyse(np.stack([item[1] for _, item in ok]))
+    a = protector.analyse(np.stack([item[1] for _, item in ok]), key=key)
     infer = (time.perf_counter() - t) / len(ok)
     refined = protector.refiner is not None
     jobs = []
@@ -583,6 +585,9 @@ def info(path: Path) -> dict:
     """What a protected file carries (no key needed); raises ImageError or kernels errors."""
     image = STORE.read(path)
     d = {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
+    # the level is read from the public bound (the header's eps; the pattern's placement is secret)
+    levels = int(round(d["eps"] / level_size(image)))
+    d["strength"] = next((n for n, s in STRENGTHS.items() if s.eps == levels), f"custom (eps {levels})")
     d["authenticity"] = ("encrypted: only the key's holder could have made it" if d["encrypted"] else
                          "keyless: anyone with medrae could have made it (restore and verify refuse it with a key unless --allow-keyless)")
     return d

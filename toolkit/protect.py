@@ -16,6 +16,7 @@ One perturbation level is 1/255 of the display window in native units (1 for 8-b
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -80,10 +81,12 @@ class PatternUse:
     pattern_id: int
     cls: int
     cover: np.ndarray
+    placement: transfer_patterns.Placement = transfer_patterns.IDENTITY  # drawn from the key (secret)
+    clip: int = 0  # the pattern's levels clipped to -clip..clip (0: as trained)
 
     def coarser(self, level: int) -> "PatternUse":
         """The same on the grid subsampled ``2**level`` times (as protect_with_fallback coarsens)."""
-        return PatternUse(self.pattern_id, self.cls, self.cover[:: 1 << level, :: 1 << level])
+        return replace(self, cover=self.cover[:: 1 << level, :: 1 << level])
 
 
 # Blocks (8 px of the 224x224 view each) around the hiding's region that only the first group of
@@ -141,7 +144,7 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
         if pattern.cover.shape != grid.shape:
             raise ValueError(f"pattern cover {pattern.cover.shape} != grid {grid.shape}")
         cover = resize_nearest(pattern.cover, g.shape) & ~cells_touching(roi_full, factor)
-        hints["pattern"] = PatternHint(pattern.pattern_id, pattern.cls, cover, step * sign)
+        hints["pattern"] = PatternHint(pattern.pattern_id, pattern.cls, cover, step * sign, pattern.placement, pattern.clip)
     if guard is not None:
         guard = roi_full | (resize_nearest(guard, (h, w)) if guard.shape != (h, w) else guard)
     return Plan(adv, roi_full, eps * step, hints, guard)
@@ -410,7 +413,8 @@ class Protector:
                  margin: Optional[float] = None, roi_threshold: Optional[float] = None, roi_convex: bool = ROI_CONVEX,
                  surrogates: Optional[list[str]] = None, transfer_steps: Optional[int] = None,
                  transfer_settings: Optional[TransferSettings] = None, on_uncertain_roi: str = qc.DEFAULT_POLICY,
-                 roi_views: tuple[str, ...] = ROI_VIEWS, pattern: Optional[int] = None):
+                 roi_views: tuple[str, ...] = ROI_VIEWS, pattern: Optional[int] = None, pattern_eps: Optional[int] = None,
+                 keyed_pattern: bool = True, pattern_block: int = 0):
         models_dir = Path(models_dir)
         if on_uncertain_roi not in qc.POLICIES:
             raise ValueError(f"on_uncertain_roi must be one of {', '.join(qc.POLICIES)}, got {on_uncertain_roi!r}")
@@ -471,6 +475,13 @@ class Protector:
                 raise ValueError("the transfer pattern needs the gradient refinement and excludes the transfer stage (--pattern none)")
             self.pattern_id = 0
         self.pattern_grid = transfer_patterns.load(self.pattern_id) if self.pattern_id else None
+        if pattern_eps is not None and not 1 <= pattern_eps <= 16:
+            raise ValueError(f"pattern_eps must be 1..16 (in 1/255 units), got {pattern_eps}")
+        self.pattern_eps = pattern_eps  # the pattern's amplitude (None: eps)
+        self.keyed_pattern = bool(keyed_pattern)  # each file's placement drawn from the key (kernels.patterns.draw_placement)
+        if self.pattern_grid is not None and not 0 <= pattern_block <= self.pattern_grid.shape[-1]:
+            raise ValueError(f"pattern_block must be 0..{self.pattern_grid.shape[-1]} cells, got {pattern_block}")
+        self.pattern_block = int(pattern_block)  # cells per independently placed square (0: one placement for the whole pattern)
         self.gen = None if self.refiner else session(models_dir / generator, device)
         self.model_files.update(self.refiner.files if self.refiner else {generator: file_sha256(models_dir / generator)})
         if self.transfer:
@@ -492,7 +503,9 @@ class Protector:
         robust = ", robust to resizing" if self.refiner.settings.robust else ""
         stage = f"transfer stage on {' + '.join(self.transfer.architectures)}, then " if self.transfer else ""
         if self.pattern_id:
-            stage = f"transfer pattern {transfer_patterns.PATTERNS[self.pattern_id][0]}, then "
+            amp = f" at {self.pattern_eps}" if self.pattern_eps else ""
+            keyed = (f", placed by the key ({self.pattern_block}-cell blocks)" if self.pattern_block else ", placed by the key") if self.keyed_pattern else ""
+            stage = f"transfer pattern {transfer_patterns.PATTERNS[self.pattern_id][0]}{amp}{keyed}, then "
         return f"{stage}refine (white box {' + '.join(self.refiner.architectures)}{robust})"
 
     @property
@@ -539,9 +552,11 @@ class Protector:
         lo, hi = cells.min(axis=(2, 4)).astype(np.int64), cells.max(axis=(2, 4)).astype(np.int64)
         return free & (lo + values >= 0) & (hi + values <= 255)
 
-    def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True) -> Analysis:
+    def analyse(self, views: np.ndarray, eps: Optional[int] = None, region: bool = True, key: Optional[bytes] = None) -> Analysis:
         """ROIs and integer grids for (N, 224, 224) uint8 ``views`` at ``eps`` (default: the
-        protector's). ``region=False``: no segmentation, an empty ROI (the whole image may change)."""
+        protector's). ``region=False``: no segmentation, an empty ROI (the whole image may change).
+        ``key``: the transfer pattern goes where the key puts it on each view (a secret placement,
+        :func:`kernels.patterns.draw_placement`); None (a keyless file): where it was trained."""
         if views.dtype != np.uint8 or views.ndim != 3 or views.shape[1:] != (NET_SIZE, NET_SIZE):
             raise ValueError(f"expected (N, {NET_SIZE}, {NET_SIZE}) uint8 views, got {views.shape} {views.dtype}")
         eps = self.eps if eps is None else eps
@@ -550,7 +565,7 @@ class Protector:
         rois[seg.skip] = True  # nothing to perturb on a skipped view (it is not written)
         n = len(views)
         if self.refiner:
-            r, uses = self._refine(views, rois, eps, pattern=True)
+            r, uses = self._refine(views, rois, eps, pattern=True, key=key)
             return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards, uses)
         raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
@@ -566,7 +581,14 @@ class Protector:
             raise ValueError("refine_without_pattern needs the gradient refinement")
         return self._refine(views, rois, self.eps if eps is None else eps, pattern=False)[0]
 
-    def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, pattern: bool):
+    def placements(self, views: np.ndarray, key: Optional[bytes]) -> list:
+        """Each view's pattern placement: drawn from ``key`` and the view's pixels, or the
+        trained one without a key (nothing secret to draw from) or with ``keyed_pattern`` off."""
+        if key is None or not self.keyed_pattern or not self.pattern_id:
+            return [transfer_patterns.IDENTITY] * len(views)
+        return [transfer_patterns.draw_placement(key, hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest(), self.pattern_block) for v in views]
+
+    def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, pattern: bool, key: Optional[bytes] = None):
         n = len(views)
         head, uses, clean = None, None, None
         free = ~cells_touching(rois, self.factor)
@@ -579,11 +601,15 @@ class Protector:
             clean = self.refiner.margins(views, np.full((len(self.refiner.sessions), n), -1, np.int64))[1]
             labels = clean[0]
             per = (NET_SIZE // self.factor) // self.pattern_grid.shape[-1]
-            values = np.clip(upsample_cells(self.pattern_grid[labels], per), -eps, eps)
+            amp = min(eps, self.pattern_eps or eps)
+            clip = amp if amp < int(np.abs(self.pattern_grid).max()) else 0  # 0: the pattern as trained
+            where = self.placements(views, key)
+            placed = np.stack([transfer_patterns.placed(self.pattern_id, int(c), pl, clip) for c, pl in zip(labels, where)])
+            values = upsample_cells(placed, per)
             near = cells_touching(np.stack([dilate(r, PATTERN_KEEP_OUT) for r in rois]), self.factor)
             cover = self._pattern_cover(views, free & ~near, values)
             head = values * cover
-            uses = [PatternUse(self.pattern_id, int(c), cover[k]) for k, c in enumerate(labels)]
+            uses = [PatternUse(self.pattern_id, int(c), cover[k], where[k], clip) for k, c in enumerate(labels)]
         spared = spare_flat(views, free, self.refiner.settings.spare_flat)
         if uses:  # the pattern's cells stay in the grid (the refinement zeroes cells it may not move)
             spared |= head != 0
@@ -593,7 +619,7 @@ class Protector:
         """Protect a batch (N, 224, 224) uint8 as ``medrae protect`` does (with its fallbacks);
         each result has been checked to restore, or carries the reason it was refused (payload
         does not fit), and nothing was produced for it."""
-        a = self.analyse(images)
+        a = self.analyse(images, key=key)
         out = []
         for k, fit in enumerate(fit_analysed(self, images, a, key, method=method)):
             roi = a.rois[k]
