@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT.parent))
 
-FIELDS = {"eps": int, "pattern_eps": int, "keyed_pattern": lambda v: v.lower() in ("1", "true", "yes"), "margin": float, "refine_steps": int}
+FIELDS = {"eps": int, "pattern_eps": int, "keyed_pattern": lambda v: v.lower() in ("1", "true", "yes"), "margin": float, "refine_steps": int,
+          "pattern_block": int, "pattern_spare_flat": float, "pattern_gain": int}
 
 
 def point(spec: str):

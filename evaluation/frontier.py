@@ -31,10 +31,12 @@ PAPER = {"label": "reference paper (NROI-AdvGAN + RDH)", "psnr": 29.54, "ssim": 
 
 
 def default_points() -> list[tuple[str, ProtectSettings]]:
-    """Every strength level, the eps between them, and the strong level with its pattern where it
-    was trained (public placement: what the key's placement costs or buys)."""
-    pts = [(name, ProtectSettings(strength=name)) for name in STRENGTHS]
-    pts.insert(1, ("eps 12", ProtectSettings(strength="strong", eps=12, pattern_eps=12)))
+    """The default before the strength levels (medrae 0.2: eps 8, the ``cxr3_v1`` pattern where it
+    was trained), every strength level, the pattern's gain between them, and the strong level with
+    its pattern where it was trained (public placement: what the key's placement buys)."""
+    before = ProtectSettings(eps=8, pattern_eps=8, pattern=1, keyed_pattern=False, pattern_block=0, pattern_spare_flat=0.0)
+    pts = [("before (0.2 default)", before)] + [(name, ProtectSettings(strength=name)) for name in STRENGTHS]
+    pts.insert(2, ("strong at gain 2", ProtectSettings(strength="strong", pattern_gain=2)))
     pts.append(("strong, public placement", ProtectSettings(strength="strong", keyed_pattern=False)))
     return pts
 

@@ -36,11 +36,12 @@ class PatternHint(NamedTuple):
     unit: int
     placement: patterns.Placement = patterns.IDENTITY  # secret (key-drawn) placement: coded by ``keyed_pattern``
     clip: int = 0  # the pattern's levels clipped to -clip..clip (0: as trained)
+    gain: int = 1  # the pattern's levels multiplied by this before the clip
 
     @property
     def codec(self) -> str:
-        """The codec that carries this hint: ``pattern`` as published, ``keyed_pattern`` placed or clipped."""
-        return "pattern" if self.placement == patterns.IDENTITY and not self.clip else "keyed_pattern"
+        """The codec that carries this hint: ``pattern`` as published, ``keyed_pattern`` placed, scaled or clipped."""
+        return "pattern" if self.placement == patterns.IDENTITY and not self.clip and self.gain == 1 else "keyed_pattern"
 DEFAULT_CODEC = "auto"
 MAX_PIXELS = 1 << 28  # refuse to allocate planes larger than this from a header
 VALUE_LIMIT = 32767  # int16
@@ -339,8 +340,8 @@ class Pattern(Codec):
     def _head(self, pattern: PatternHint) -> bytes:
         return b""
 
-    def _read_head(self, body: bytes, pos: int) -> tuple[patterns.Placement, int, int]:
-        return patterns.IDENTITY, 0, pos
+    def _read_head(self, body: bytes, pos: int) -> tuple[patterns.Placement, int, int, int]:
+        return patterns.IDENTITY, 0, 1, pos
 
     def encode_body(self, p, grid=None, factor=None, pattern=None, **hints):
         if grid is None or factor is None or pattern is None:
@@ -351,7 +352,9 @@ class Pattern(Codec):
         cover = np.asarray(pattern.cover, dtype=bool)
         if cover.shape != g.shape:
             raise ValueError(f"pattern cover shape {cover.shape} != grid shape {g.shape}")
-        base = patterns.on_grid(pattern.pattern_id, pattern.cls, g.shape, pattern.placement, pattern.clip) * pattern.unit * cover
+        if self.name == "pattern" and pattern.codec != "pattern":
+            raise ValueError("the pattern codec carries a pattern as published: a placed, scaled or clipped one needs keyed_pattern")
+        base = patterns.on_grid(pattern.pattern_id, pattern.cls, g.shape, pattern.placement, pattern.clip, pattern.gain) * pattern.unit * cover
         head = bytes([pattern.pattern_id, pattern.cls, factor]) + self._head(pattern) + _varint(_zigzag(int(pattern.unit)))
         return head + _ac_encode([cover.astype(np.int64), g - base, p - upsample(g, factor, p.shape)])
 
@@ -359,7 +362,7 @@ class Pattern(Codec):
         if len(body) < 4 or not 1 <= body[2] <= MAX_FACTOR:
             raise PayloadError(f"{self.name}: bad header")
         pid, cls, f = body[0], body[1], body[2]
-        placement, clip, pos = self._read_head(body, 3)
+        placement, clip, gain, pos = self._read_head(body, 3)
         unit_z, pos = _read_varint(body, pos)
         unit = _unzigzag(unit_z)
         if not 1 <= abs(unit) <= VALUE_LIMIT:
@@ -368,7 +371,7 @@ class Pattern(Codec):
         cover, rgrid, rpix = _ac_decode(body[pos:], [gshape, gshape, shape], self.name)
         if cover.min(initial=0) < 0 or cover.max(initial=0) > 1:
             raise PayloadError(f"{self.name}: cover plane is not 0/1")
-        g = patterns.on_grid(pid, cls, gshape, placement, clip) * unit * cover + rgrid
+        g = patterns.on_grid(pid, cls, gshape, placement, clip, gain) * unit * cover + rgrid
         if np.abs(g).max(initial=0) > 2 * VALUE_LIMIT:
             raise PayloadError(f"{self.name}: decoded grid out of range")
         return upsample(g, f, shape) + rpix
@@ -381,7 +384,7 @@ class KeyedPattern(Pattern):
     coded perturbation, so it is encrypted with it: only the key's holder learns it.
 
     Body: ``pattern id u8 | class u8 | factor u8 | keyed u8 (0/1) | seed 16 bytes | varint block |
-    varint clip | varint zigzag(unit)`` then the planes of ``pattern``.
+    varint clip | varint gain | varint zigzag(unit)`` then the planes of ``pattern``.
     """
 
     name = "keyed_pattern"
@@ -390,9 +393,9 @@ class KeyedPattern(Pattern):
     def _head(self, pattern: PatternHint) -> bytes:
         pl = pattern.placement
         seed = pl.seed or bytes(patterns.SEED_BYTES)
-        return bytes([1 if pl.seed else 0]) + seed + _varint(int(pl.block)) + _varint(int(pattern.clip))
+        return bytes([1 if pl.seed else 0]) + seed + _varint(int(pl.block)) + _varint(int(pattern.clip)) + _varint(int(pattern.gain))
 
-    def _read_head(self, body: bytes, pos: int) -> tuple[patterns.Placement, int, int]:
+    def _read_head(self, body: bytes, pos: int) -> tuple[patterns.Placement, int, int, int]:
         if pos >= len(body) or body[pos] > 1:
             raise PayloadError(f"{self.name}: bad placement flag")
         keyed = bool(body[pos])
@@ -401,9 +404,10 @@ class KeyedPattern(Pattern):
             raise PayloadError(f"{self.name}: truncated placement seed")
         block, pos = _read_varint(body, pos + 1 + patterns.SEED_BYTES)
         clip, pos = _read_varint(body, pos)
-        if block > 255 or clip > VALUE_LIMIT or (not keyed and (any(seed) or block)):
-            raise PayloadError(f"{self.name}: implausible placement or clip")
-        return (patterns.Placement(seed, block) if keyed else patterns.IDENTITY), clip, pos
+        gain, pos = _read_varint(body, pos)
+        if block > 255 or clip > VALUE_LIMIT or not 1 <= gain <= 64 or (not keyed and (any(seed) or block)):
+            raise PayloadError(f"{self.name}: implausible placement, clip or gain")
+        return (patterns.Placement(seed, block) if keyed else patterns.IDENTITY), clip, gain, pos
 
 
 @register(CODECS)

@@ -29,6 +29,7 @@ KCV_BYTES = 8
 SHA_BYTES = 32
 FLAG_ENCRYPTED = 0x01
 FLAG_METADATA = 0x02  # the body carries a metadata record (e.g. a DICOM header's digests), authenticated with it
+FLAG_LEVEL = 0x04  # one more header byte: the strength level protect ran at (public, authenticated; toolkit.settings.STRENGTHS)
 DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16)}
 # magic, version, flags, codec id, rdh id, dtype code, height, width, eps
 _FIXED = struct.Struct(">4sBBBBBIIH")
@@ -47,6 +48,7 @@ class Header:
     eps: int
     size: int  # header bytes, including nonce and key check value when encrypted
     has_metadata: bool = False  # the body carries a metadata record (FLAG_METADATA)
+    level: int = 0  # the strength level's id (FLAG_LEVEL; 0: not recorded)
 
 
 def key_check_value(key: bytes) -> bytes:
@@ -78,6 +80,7 @@ def seal(
     rdh_id: int,
     key: Optional[bytes],
     metadata: bytes = b"",
+    level: int = 0,
 ) -> bytes:
     """Build a payload. ``key=None`` gives the paper's keyless mode (plaintext, CRC-32 checked).
     ``metadata``: a record authenticated with the pixels (encrypted with them when there is a key),
@@ -90,8 +93,10 @@ def seal(
         raise ValueError("digest must be a SHA-256 (32 bytes)")
     if not 0 <= eps <= 0xFFFF:
         raise ValueError(f"eps must fit 16 bits, got {eps}")
-    flags = (FLAG_ENCRYPTED if key is not None else 0) | (FLAG_METADATA if metadata else 0)
-    fixed = _FIXED.pack(MAGIC, VERSION, flags, codec_id, rdh_id, code, shape[0], shape[1], eps)
+    if not 0 <= level <= 255:
+        raise ValueError(f"level must fit a byte, got {level}")
+    flags = (FLAG_ENCRYPTED if key is not None else 0) | (FLAG_METADATA if metadata else 0) | (FLAG_LEVEL if level else 0)
+    fixed = _FIXED.pack(MAGIC, VERSION, flags, codec_id, rdh_id, code, shape[0], shape[1], eps) + (bytes([level]) if level else b"")
     body = digest + (struct.pack(">I", len(metadata)) + metadata if metadata else b"") + coded
     if key is None:
         return fixed + body + struct.pack(">I", binascii.crc32(fixed + body))
@@ -108,13 +113,17 @@ def read_header(payload: bytes) -> Header:
     magic, version, flags, codec_id, rdh_id, code, h, w, eps = _FIXED.unpack_from(payload)
     if version != VERSION:
         raise PayloadError(f"unsupported payload version {version} (this medrae reads {VERSION})")
-    if flags & ~(FLAG_ENCRYPTED | FLAG_METADATA) or code not in DTYPES:
+    if flags & ~(FLAG_ENCRYPTED | FLAG_METADATA | FLAG_LEVEL) or code not in DTYPES:
         raise PayloadError("payload header has unknown flags or dtype")
     encrypted = bool(flags & FLAG_ENCRYPTED)
-    size = _FIXED.size + (NONCE_BYTES + KCV_BYTES if encrypted else 0)
+    fixed = _FIXED.size + (1 if flags & FLAG_LEVEL else 0)
+    size = fixed + (NONCE_BYTES + KCV_BYTES if encrypted else 0)
     if len(payload) < size + SHA_BYTES + (TAG_BYTES if encrypted else 4):
         raise PayloadError("payload is truncated")
-    return Header(version, encrypted, codec_id, rdh_id, DTYPES[code], (h, w), eps, size, bool(flags & FLAG_METADATA))
+    level = payload[_FIXED.size] if flags & FLAG_LEVEL else 0
+    if flags & FLAG_LEVEL and not level:
+        raise PayloadError("payload header records level 0 (the flag says one is there)")
+    return Header(version, encrypted, codec_id, rdh_id, DTYPES[code], (h, w), eps, size, bool(flags & FLAG_METADATA), level)
 
 
 KEYLESS_REASON = ("the payload carries no key (made with --no-encrypt): anyone with medrae could have made it, "
@@ -178,7 +187,7 @@ def open_payload(payload: bytes, key: Optional[bytes], allow_keyless: bool = Fal
         raise KeyMismatchError("payload is encrypted and no key was given")
     key = _check_key(key)
     header = payload[: hdr.size]
-    nonce = header[_FIXED.size : _FIXED.size + NONCE_BYTES]
+    nonce = header[-KCV_BYTES - NONCE_BYTES : -KCV_BYTES]
     kcv = key_check_value(key)
     if not hmac.compare_digest(header[-KCV_BYTES:], kcv):
         # a wrong key, or the right key and damaged check-value bits: with the right key the rest

@@ -26,6 +26,8 @@ PATTERN_DIR = Path(__file__).resolve().parent / "patterns"
 PATTERNS: dict[int, tuple[str, str]] = {
     # cxr3_v1.json: trained on cxr3/train against the 4 shipped classifiers + the zoo's 4 surrogates
     1: ("cxr3_v1", "f179fe6a39dfc19cd6e3fe42d222d44be63508f3186b484876ad3c1b87472655"),
+    # cxr3_v2.json: ±16, trained for every key-drawn placement and random unknown pipelines (docs/STRENGTH.md)
+    2: ("cxr3_v2", "8d143958e653b8371e2d8be9006e6e77ee6f83717f1f19686a9e8a33a2b4f205"),
 }
 DEFAULT_PATTERN = 1  # what protect adds unless told otherwise (--pattern none: 0)
 
@@ -94,9 +96,9 @@ def moved(p: np.ndarray, shift_y: int, shift_x: int, mirror: bool) -> np.ndarray
     return np.roll(out, (int(shift_y), int(shift_x)), axis=(0, 1)) if shift_y or shift_x else out
 
 
-def placed(pattern_id: int, cls: int, placement: Placement = IDENTITY, clip: Optional[int] = None) -> np.ndarray:
-    """Class ``cls`` of the pattern on its own ``G x G`` cells, placed (:class:`Placement`) and
-    clipped to ``-clip..clip`` levels (``None`` or 0: as trained)."""
+def placed(pattern_id: int, cls: int, placement: Placement = IDENTITY, clip: Optional[int] = None, gain: int = 1) -> np.ndarray:
+    """Class ``cls`` of the pattern on its own ``G x G`` cells, placed (:class:`Placement`),
+    multiplied by ``gain`` and clipped to ``-clip..clip`` levels (``None`` or 0: no clip)."""
     p = load(pattern_id)
     if not 0 <= cls < p.shape[0]:
         raise PayloadError(f"transfer pattern {pattern_id}: class {cls} out of range (it has {p.shape[0]})")
@@ -110,14 +112,16 @@ def placed(pattern_id: int, cls: int, placement: Placement = IDENTITY, clip: Opt
             for bx in range(moves.shape[1]):
                 sy, sx, mirror = moves[by, bx]
                 out[by * b : (by + 1) * b, bx * b : (bx + 1) * b] = moved(p[cls], sy, sx, bool(mirror))[by * b : (by + 1) * b, bx * b : (bx + 1) * b]
+    if gain != 1:
+        out = out * int(gain)
     return np.clip(out, -clip, clip) if clip else out
 
 
 def on_grid(pattern_id: int, cls: int, shape: tuple[int, int], placement: Placement = IDENTITY,
-            clip: Optional[int] = None) -> np.ndarray:
+            clip: Optional[int] = None, gain: int = 1) -> np.ndarray:
     """Class ``cls`` of the pattern (:func:`placed`) mapped onto a grid of ``shape`` cells by
     nearest index (``(i * G) // rows``: integer-exact, the rule protect's plan uses for its grids)."""
-    p = placed(pattern_id, cls, placement, clip)
+    p = placed(pattern_id, cls, placement, clip, gain)
     g = p.shape[0]
     rows = (np.arange(shape[0], dtype=np.int64) * g) // shape[0]
     cols = (np.arange(shape[1], dtype=np.int64) * g) // shape[1]

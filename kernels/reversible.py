@@ -51,6 +51,7 @@ def protect_array(
     open_first: bool = False,
     band: int = 0,
     metadata: bytes = b"",
+    level: int = 0,
     **hints,
 ) -> tuple[np.ndarray, ProtectInfo]:
     """Embed the exact applied perturbation into the adversarial image, encrypted under ``key``.
@@ -82,6 +83,8 @@ def protect_array(
     metadata : bytes
         A record authenticated (and encrypted) with the pixels, returned by
         :func:`restore_with_metadata` (protect: the digests of a DICOM header).
+    level : int
+        The strength level's id (1..255), recorded in the public header for ``medrae info``; 0: none.
     **hints
         Passed to the codec (e.g. ``grid=``, ``factor=``, ``mode=`` for the coarse-grid codec).
 
@@ -113,6 +116,7 @@ def protect_array(
         rdh_id=m.id,
         key=key,
         metadata=metadata,
+        level=level,
     )
     marked, passes = rdh.embed_counted(adversarial, payload, m.name, ceiling, frozen, open_first, band)
     if check and not np.array_equal(restore_array(marked, key, ceiling), original):  # never keep an unchecked result
@@ -173,6 +177,7 @@ def inspect_array(marked: np.ndarray, ceiling: Optional[int] = None) -> dict:
         "shape": list(hdr.shape),
         "dtype": str(hdr.dtype),
         "eps": hdr.eps,
+        "level": hdr.level,  # the strength level protect recorded (0: none)
         "payload_bits": 8 * len(payload),
         "rdh_passes": bounds["passes"],
         # share of the pixels the hiding kept out of (protect: the blocks around the lungs)

@@ -12,7 +12,7 @@ from medrae.kernels.codecs import CODECS
 from medrae.kernels.resample import downsample, grid_shape, upsample
 from medrae.toolkit.phantoms import chest_phantom
 
-ALL = [c for c in CODECS.names() if c != "pattern"]  # the pattern codec needs protect's hints: tested below
+ALL = [c for c in CODECS.names() if c not in ("pattern", "keyed_pattern")]  # the pattern codecs need protect's hints: tested below and in test_strength
 
 
 def lung_mask(shape):

@@ -10,6 +10,7 @@ from medrae.kernels.patterns import DEFAULT_PATTERN, PATTERNS, load, on_grid, pa
 from medrae.toolkit.imageio import Image
 from medrae.toolkit.phantoms import chest_phantom
 from medrae.toolkit.masks import dilate
+from medrae.toolkit.settings import STRENGTHS
 from medrae.toolkit.protect import PATTERN_KEEP_OUT, Protector, cells_touching, plan_perturbation, protect_with_fallback
 
 
@@ -208,7 +209,7 @@ def test_batch_refines_again_without_the_pattern_and_reports_it(tmp_path, views,
     _pattern_never_fits(monkeypatch)
     rep = protect_paths(tmp_path / "in", tmp_path / "out", key, workers=1, on_uncertain_roi="proceed")
     assert rep.count("protected") == len(views) and rep.totals()["without_pattern"] == len(views)
-    plain = Protector(device="cpu", on_uncertain_roi="proceed", pattern=0).analyse(views)
+    plain = Protector(device="cpu", on_uncertain_roi="proceed", pattern=0, eps=STRENGTHS["standard"].eps).analyse(views)
     for r in sorted(rep.results, key=lambda r: r.input):
         k = int(r.input[-5])
         assert r.transfer_pattern is False

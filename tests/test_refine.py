@@ -160,7 +160,7 @@ def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
     from medrae.toolkit.protect import Protector
 
     prot = Protector(refine_models, gradient="gradient_vgg16_small.onnx")
-    assert prot.mode == "transfer pattern cxr3_v1, then refine (white box vgg16_small)" and prot.gen is None
+    assert prot.mode == "transfer pattern cxr3_v1, placed by the key, then refine (white box vgg16_small)" and prot.gen is None
     images = np.stack([chest_phantom(s)[0] for s in range(2)])
     a = prot.analyse(images)
     assert a.grids.shape == (2, 112, 112) and np.isfinite(a.margins).all()
@@ -278,7 +278,7 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     runner = CliRunner()
     # "proceed": QC widens the phantoms' masks (synthetic images), which would hide the margin's effect
     for extra, mode in ((["--on-uncertain-roi", "proceed"], "refine"), (["--refine-steps", "0", "--roi-margin", "9", "--on-uncertain-roi", "proceed"], "generator")):
-        prefix = "transfer pattern cxr3_v1, then refine" if mode == "refine" else mode
+        prefix = "transfer pattern cxr3_v2 at 8, placed by the key (8-cell blocks), then refine" if mode == "refine" else mode
         out, rep = tmp_path / f"out{len(extra)}", tmp_path / f"r{len(extra)}.json"
         r = runner.invoke(app, ["protect", str(src), str(out), "--no-encrypt", "--report", str(rep), "--workers", "1", *extra])
         assert r.exit_code == 0, r.output
@@ -286,7 +286,7 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
         assert report["mode"].startswith(prefix) and report["totals"]["protected"] == 2
         margins = [f["white_box_margin"] for f in report["files"]]
         assert all((m is not None) == (mode == "refine") for m in margins)
-        assert f"perturbation: {prefix}" in r.output
+        assert f"perturbation: {prefix}" in " ".join(r.output.split())  # rich wraps long lines
         # the report names the networks that made the perturbation: the generator only when it ran
         assert "segmenter.onnx" in report["models"] and ("generator.onnx" in report["models"]) == (mode == "generator")
         assert ("gradient_resnet18.onnx" in report["models"]) == (mode == "refine")

@@ -88,18 +88,21 @@ def test_pipeline_view_is_differentiable_and_sized():
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.binary(min_size=16, max_size=16), block=st.sampled_from([0, 4, 8, 14, 56]), keyed=st.booleans(),
-       clip=st.integers(0, 9), cls=st.integers(0, 2), noise=st.integers(0, 2**16))
-def test_keyed_pattern_codec_round_trip(seed, block, keyed, clip, cls, noise):
+       clip=st.integers(0, 17), gain=st.integers(1, 3), cls=st.integers(0, 2), noise=st.integers(0, 2**16))
+def test_keyed_pattern_codec_round_trip(seed, block, keyed, clip, gain, cls, noise):
     rng = np.random.default_rng(noise)
     pl = Placement(seed, block) if keyed else IDENTITY
     cover = rng.random((112, 112)) < 0.6
-    grid = on_grid(DEFAULT_PATTERN, cls, (112, 112), pl, clip) * cover + (rng.random((112, 112)) < 0.05) * rng.integers(-8, 9, (112, 112))
+    grid = on_grid(DEFAULT_PATTERN, cls, (112, 112), pl, clip, gain) * cover + (rng.random((112, 112)) < 0.05) * rng.integers(-8, 9, (112, 112))
     p = np.repeat(np.repeat(grid, 2, 0), 2, 1)
     p[100:120, 90:140] = 0  # an ROI: exceptions to the grid
-    hint = PatternHint(DEFAULT_PATTERN, cls, cover, 1, pl, clip)
+    hint = PatternHint(DEFAULT_PATTERN, cls, cover, 1, pl, clip, gain)
     code = encode_perturbation(p, codec="auto", grid=grid, factor=2, pattern=hint)
     assert np.array_equal(decode_perturbation(code), p)
-    assert hint.codec == ("pattern" if pl == IDENTITY and not clip else "keyed_pattern")
+    assert hint.codec == ("pattern" if pl == IDENTITY and not clip and gain == 1 else "keyed_pattern")
+    if hint.codec == "keyed_pattern":
+        with pytest.raises(ValueError, match="keyed_pattern"):
+            encode_perturbation(p, codec="pattern", grid=grid, factor=2, pattern=hint)
 
 
 def test_keyed_pattern_codec_refuses_bad_fields():
@@ -116,6 +119,10 @@ def test_keyed_pattern_codec_refuses_bad_fields():
     bad = bytearray(code)
     bad[head + 17] = 60  # a block beyond the pattern's 56 cells
     with pytest.raises(PayloadError, match="placement"):
+        decode_perturbation(bytes(bad))
+    bad = bytearray(code)
+    bad[head + 19] = 0  # gain 0
+    with pytest.raises(PayloadError, match="gain"):
         decode_perturbation(bytes(bad))
     bad = bytearray(code)
     bad[head + 3] ^= 1  # another seed: another pattern, so the decoded plane differs (the payload's SHA-256 then refuses it)
@@ -231,3 +238,22 @@ def test_cli_strength_in_report_and_info(tmp_path):
         assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["protect", str(src), str(tmp_path / "x"), "--key", str(tmp_path / "k.key"), "--strength", "max"])
     assert r.exit_code == 2 and "--strength must be one of" in r.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("key", [None, bytes(range(32))])
+def test_level_is_public_and_authenticated(key):
+    from medrae.kernels import container
+
+    x = chest_phantom(0)[0]
+    adv = x.copy()
+    adv[:20, :20] = np.clip(adv[:20, :20].astype(int) + 3, 0, 255)
+    marked, _ = kernels.protect_array(x, adv, key, eps=3, level=2)
+    assert kernels.inspect_array(marked)["level"] == 2 and np.array_equal(kernels.restore_array(marked, key), x)
+    _, payload = kernels.rdh.extract(marked)
+    assert container.read_header(payload).level == 2
+    forged = bytearray(payload)
+    forged[container._FIXED.size] = 1  # claim another level: the header is authenticated with the body
+    with pytest.raises(PayloadError):
+        container.open_payload(bytes(forged), key)
+    unmarked, _ = kernels.protect_array(x, adv, key, eps=3)
+    assert kernels.inspect_array(unmarked)["level"] == 0  # none recorded: the layout as before

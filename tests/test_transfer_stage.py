@@ -36,7 +36,7 @@ def test_protect_runs_the_stage_when_asked_and_records_the_surrogates():
     assert p.transfer is not None and p.mode.startswith("transfer stage on s_resnet10_128 + s_vgg11_150, then refine")
     assert set(DEFAULT_SURROGATES) <= set(p.model_files)
     default = Protector(device="cpu")  # opt-in: the default's payload stays small
-    assert default.transfer is None and default.mode == "transfer pattern cxr3_v1, then refine (white box resnet18)"
+    assert default.transfer is None and default.mode == "transfer pattern cxr3_v1, placed by the key, then refine (white box resnet18)"
     assert p.pattern_id == 0  # the stage makes its own dense head: no pattern with it
     assert not set(DEFAULT_SURROGATES) & set(default.model_files)
     views, _ = _views()

@@ -219,7 +219,7 @@ def _fit(res: FileResult, image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     try:
         marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
             image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
-            max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern, pattern_retry=True)
+            max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern, pattern_retry=True, strength_id=settings.strength_id)
     except RetryWithoutPattern:
         res.status = RETRY
         return None
@@ -585,9 +585,9 @@ def info(path: Path) -> dict:
     """What a protected file carries (no key needed); raises ImageError or kernels errors."""
     image = STORE.read(path)
     d = {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
-    # the level is read from the public bound (the header's eps; the pattern's placement is secret)
-    levels = int(round(d["eps"] / level_size(image)))
-    d["strength"] = next((n for n, s in STRENGTHS.items() if s.eps == levels), f"custom (eps {levels})")
+    # the level protect recorded in the payload's public header (the pattern's placement stays secret)
+    named = next((n for n, s in STRENGTHS.items() if s.ident == d["level"]), None)
+    d["strength"] = named or f"custom (eps {int(round(d['eps'] / level_size(image)))})"
     d["authenticity"] = ("encrypted: only the key's holder could have made it" if d["encrypted"] else
                          "keyless: anyone with medrae could have made it (restore and verify refuse it with a key unless --allow-keyless)")
     return d

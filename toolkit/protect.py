@@ -83,6 +83,7 @@ class PatternUse:
     cover: np.ndarray
     placement: transfer_patterns.Placement = transfer_patterns.IDENTITY  # drawn from the key (secret)
     clip: int = 0  # the pattern's levels clipped to -clip..clip (0: as trained)
+    gain: int = 1  # the pattern's levels multiplied by this before the clip
 
     def coarser(self, level: int) -> "PatternUse":
         """The same on the grid subsampled ``2**level`` times (as protect_with_fallback coarsens)."""
@@ -105,6 +106,7 @@ class Plan:
     hints: dict
     guard: Optional[np.ndarray] = None  # bool, the region the hiding keeps out of (or to one level in); None: ``roi``
     band: int = HIDING_BAND  # blocks around the hiding region that the hiding moves by one level at most (0: none)
+    level: int = 0  # the strength level's id, recorded in the payload's public header (0: none)
 
     @property
     def hiding_region(self) -> np.ndarray:
@@ -144,7 +146,7 @@ def plan_perturbation(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int,
         if pattern.cover.shape != grid.shape:
             raise ValueError(f"pattern cover {pattern.cover.shape} != grid {grid.shape}")
         cover = resize_nearest(pattern.cover, g.shape) & ~cells_touching(roi_full, factor)
-        hints["pattern"] = PatternHint(pattern.pattern_id, pattern.cls, cover, step * sign, pattern.placement, pattern.clip)
+        hints["pattern"] = PatternHint(pattern.pattern_id, pattern.cls, cover, step * sign, pattern.placement, pattern.clip, pattern.gain)
     if guard is not None:
         guard = roi_full | (resize_nearest(guard, (h, w)) if guard.shape != (h, w) else guard)
     return Plan(adv, roi_full, eps * step, hints, guard)
@@ -170,7 +172,8 @@ def protect_planned(image: Image, plan: Plan, key: Optional[bytes], method: Opti
     frozen = plan.hiding_region if hiding != "anywhere" and plan.roi.any() else None
     return kernels.protect_array(image.pixels, plan.adversarial, key, eps=plan.eps, method=method, codec=codec, check=check,
                                  ceiling=image.kernel_ceiling, frozen=frozen, open_first=hiding == "open1" and frozen is not None,
-                                 band=plan.band, metadata=headers.record(image) if metadata is None else metadata, **plan.hints)
+                                 band=plan.band, metadata=headers.record(image) if metadata is None else metadata, level=plan.level,
+                                 **plan.hints)
 
 
 # A payload that does not fit is retried with the generator's grid subsampled 2x per level (a
@@ -205,7 +208,8 @@ class RetryWithoutPattern(Exception):
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
                           method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
                           max_rdh_change: int = 0, max_roi_change: Optional[int] = 1, guard: Optional[np.ndarray] = None,
-                          pattern: Optional[PatternUse] = None, pattern_retry: bool = False) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
+                          pattern: Optional[PatternUse] = None, pattern_retry: bool = False,
+                          strength_id: int = 0) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
     not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel by more than
     ``max_rdh_change`` levels; the coarsest grid's result is kept even if it still does. Each grid
@@ -216,6 +220,7 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     region moved by one level at most (``plan.band``), then without. ``max_roi_change=None``: the
     payload may use the ROI in every pass. ``pattern_retry`` (with a ``pattern``): raise
     :class:`RetryWithoutPattern` where the full grid does not fit, instead of coarsening it.
+    ``strength_id``: the strength level recorded in the payload's public header (0: none).
     Returns ``(marked, info, plan, coarsening level, hiding mode)`` or raises the last ``CapacityError``."""
     modes = hiding_modes(max_roi_change)
     record = headers.record(image)  # once: a DICOM's header record is the same for every try below
@@ -226,6 +231,7 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     while True:
         last = level == MAX_COARSENING or grid.shape[0] >> (level + 1) < MIN_GRID or grid.shape[0] >= NET_SIZE
         plan = plan_perturbation(image, roi, grid[:: 1 << level, :: 1 << level], eps, guard, pattern.coarser(level) if pattern else None)
+        plan.level = strength_id
         tried = steps if plan.roi.any() else [("anywhere", 0)]
         for mode, band in tried:
             plan.band = band
@@ -285,6 +291,7 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
         guard = a.guards[k] if a.guards is not None else None
         try:
             return Fitted(*protect_with_fallback(Image(views[k], 255, "png"), a.rois[k], grid, eps, key, guard=guard, pattern=pattern,
+                                                 strength_id=getattr(prot, "strength_id", 0),
                                                  pattern_retry=pattern is not None, **fallback), pattern is not None)
         except kernels.CapacityError as exc:
             return exc
@@ -414,7 +421,8 @@ class Protector:
                  surrogates: Optional[list[str]] = None, transfer_steps: Optional[int] = None,
                  transfer_settings: Optional[TransferSettings] = None, on_uncertain_roi: str = qc.DEFAULT_POLICY,
                  roi_views: tuple[str, ...] = ROI_VIEWS, pattern: Optional[int] = None, pattern_eps: Optional[int] = None,
-                 keyed_pattern: bool = True, pattern_block: int = 0):
+                 keyed_pattern: bool = True, pattern_block: int = 0, pattern_spare_flat: float = 0.0,
+                 pattern_gain: int = 1):
         models_dir = Path(models_dir)
         if on_uncertain_roi not in qc.POLICIES:
             raise ValueError(f"on_uncertain_roi must be one of {', '.join(qc.POLICIES)}, got {on_uncertain_roi!r}")
@@ -482,6 +490,14 @@ class Protector:
         if self.pattern_grid is not None and not 0 <= pattern_block <= self.pattern_grid.shape[-1]:
             raise ValueError(f"pattern_block must be 0..{self.pattern_grid.shape[-1]} cells, got {pattern_block}")
         self.pattern_block = int(pattern_block)  # cells per independently placed square (0: one placement for the whole pattern)
+        if not 0.0 <= pattern_spare_flat < 1.0:
+            raise ValueError(f"pattern_spare_flat must be a fraction in [0, 1), got {pattern_spare_flat}")
+        # the flattest free cells the pattern leaves out: a keyed placement lays strong values on flat
+        # background too, where SSIM's windows have no texture to hide them in
+        self.pattern_spare_flat = float(pattern_spare_flat)
+        if not 1 <= pattern_gain <= 8:
+            raise ValueError(f"pattern_gain must be 1..8, got {pattern_gain}")
+        self.pattern_gain = int(pattern_gain)  # the pattern's levels multiplied by this, then clipped to its amplitude
         self.gen = None if self.refiner else session(models_dir / generator, device)
         self.model_files.update(self.refiner.files if self.refiner else {generator: file_sha256(models_dir / generator)})
         if self.transfer:
@@ -503,7 +519,7 @@ class Protector:
         robust = ", robust to resizing" if self.refiner.settings.robust else ""
         stage = f"transfer stage on {' + '.join(self.transfer.architectures)}, then " if self.transfer else ""
         if self.pattern_id:
-            amp = f" at {self.pattern_eps}" if self.pattern_eps else ""
+            amp = (f" x{self.pattern_gain}" if self.pattern_gain != 1 else "") + (f" at {self.pattern_eps}" if self.pattern_eps else "")
             keyed = (f", placed by the key ({self.pattern_block}-cell blocks)" if self.pattern_block else ", placed by the key") if self.keyed_pattern else ""
             stage = f"transfer pattern {transfer_patterns.PATTERNS[self.pattern_id][0]}{amp}{keyed}, then "
         return f"{stage}refine (white box {' + '.join(self.refiner.architectures)}{robust})"
@@ -602,14 +618,15 @@ class Protector:
             labels = clean[0]
             per = (NET_SIZE // self.factor) // self.pattern_grid.shape[-1]
             amp = min(eps, self.pattern_eps or eps)
-            clip = amp if amp < int(np.abs(self.pattern_grid).max()) else 0  # 0: the pattern as trained
+            gain = self.pattern_gain
+            clip = amp if amp < gain * int(np.abs(self.pattern_grid).max()) else 0  # 0: no clip needed
             where = self.placements(views, key)
-            placed = np.stack([transfer_patterns.placed(self.pattern_id, int(c), pl, clip) for c, pl in zip(labels, where)])
+            placed = np.stack([transfer_patterns.placed(self.pattern_id, int(c), pl, clip, gain) for c, pl in zip(labels, where)])
             values = upsample_cells(placed, per)
             near = cells_touching(np.stack([dilate(r, PATTERN_KEEP_OUT) for r in rois]), self.factor)
-            cover = self._pattern_cover(views, free & ~near, values)
+            cover = self._pattern_cover(views, spare_flat(views, free & ~near, self.pattern_spare_flat), values)
             head = values * cover
-            uses = [PatternUse(self.pattern_id, int(c), cover[k], where[k], clip) for k, c in enumerate(labels)]
+            uses = [PatternUse(self.pattern_id, int(c), cover[k], where[k], clip, gain) for k, c in enumerate(labels)]
         spared = spare_flat(views, free, self.refiner.settings.spare_flat)
         if uses:  # the pattern's cells stay in the grid (the refinement zeroes cells it may not move)
             spared |= head != 0
