@@ -8,8 +8,9 @@ and the adaptive attacks).
         --point "standard,eps=12" --point "strong,pattern=runs/pattern_v2/pattern.npy"
 
 A point is ``LEVEL[,field=value...]`` over :class:`medrae.toolkit.settings.ProtectSettings` fields
-(``eps``, ``pattern_eps``, ``keyed_pattern``, ``margin``, ``refine_steps``) plus ``pattern=PATH``: a
-candidate pattern file, registered for this process only under an id no release uses.
+(``eps``, ``pattern_eps``, ``keyed_pattern``, ``margin``, ``refine_steps``, ``transfer_steps``, ``transfer_eps``, ...) plus ``pattern=PATH``: a
+candidate pattern file, registered for this process only under an id no release uses; or a field of
+the level itself (:class:`~medrae.toolkit.settings.Strength`, e.g. ``transfer_keyed_start=0.5``).
 """
 from __future__ import annotations
 
@@ -26,18 +27,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT.parent))
 
 FIELDS = {"eps": int, "pattern_eps": int, "keyed_pattern": lambda v: v.lower() in ("1", "true", "yes"), "margin": float, "refine_steps": int,
-          "pattern_block": int, "pattern_spare_flat": float, "pattern_gain": int}
+          "pattern_block": int, "pattern_spare_flat": float, "pattern_gain": int, "transfer_steps": int, "transfer_eps": int,
+          "surrogates": lambda v: tuple(v.split("+")), "give_up": lambda v: v.lower() in ("1", "true", "yes")}
 
 
 def point(spec: str):
     from medrae.kernels import patterns
-    from medrae.toolkit.settings import ProtectSettings
+    from medrae.toolkit.settings import STRENGTHS, ProtectSettings, strength
 
     level, *parts = spec.split(",")
     s = ProtectSettings(strength=level)
     for part in parts:
         name, value = part.split("=", 1)
-        if name == "pattern":
+        if name not in FIELDS and hasattr(strength(level), name):  # a field of the level itself, changed:
+            variant = f"{s.strength}+{name}={value}"  # a level for this process only
+            STRENGTHS[variant] = replace(strength(s.strength), name=variant, **{name: type(getattr(strength(level), name))(value)})
+            s = replace(s, strength=variant)
+        elif name == "pattern":
             path = Path(value).resolve()
             ident = 250 + len([i for i in patterns.PATTERNS if i >= 250])
             patterns.register_pattern(ident, str(path.with_suffix("")), hashlib.sha256(np.ascontiguousarray(np.load(path)).tobytes()).hexdigest())

@@ -13,14 +13,22 @@ lungs are what the attacker wants to read, and the protection never moves them.
   mirror), for the whole pattern or, where protect keys each square of cells apart, per square of
   the same size (the attacker knows the block size: it is public); subtract the best match.
 * ``median5`` / ``gauss2``: denoise outside the lungs (a 5x5 median; a Gaussian of sigma 2 px).
+* ``replay``: where protect runs the transfer stage (public models, no key), run it again on the
+  file for every class it could have pushed away from and subtract it, keeping the class that
+  leaves the least total variation: an estimate of the stage's output from the file instead of the
+  original the attacker lacks. Not applicable (None) where protect has no transfer stage.
+
+Every attack takes ``protector`` (the :class:`~medrae.toolkit.protect.Protector` that made the
+files: its public parts only, never the key).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from medrae.kernels import patterns
+from medrae.toolkit.datasets import CLASSES
 from medrae.toolkit.masks import dilate
 
 KEEP_OUT = 6  # px (224x224 view) around the attacker's lung mask left as they are
@@ -52,7 +60,8 @@ def _least_tv(x: np.ndarray, candidates: list[np.ndarray], free: np.ndarray, reg
     return outs[int(np.argmin([_tv(o, region) for o in outs]))]
 
 
-def subtract_public(files: np.ndarray, masks: np.ndarray, amplitude: int, pattern_id: int = patterns.DEFAULT_PATTERN, block: int = 0) -> np.ndarray:
+def subtract_public(files: np.ndarray, masks: np.ndarray, amplitude: int, pattern_id: int = patterns.DEFAULT_PATTERN, block: int = 0,
+                    protector=None) -> np.ndarray:
     """Every class's pattern at its public placement, clipped to ``amplitude``; least TV wins."""
     p = patterns.load(pattern_id)
     free = _free_cells(masks, p.shape[-1])
@@ -112,7 +121,7 @@ def matched_estimate(x: np.ndarray, free: np.ndarray, pattern_id: int, amplitude
 
 
 def subtract_matched(files: np.ndarray, masks: np.ndarray, amplitude: int, pattern_id: int = patterns.DEFAULT_PATTERN,
-                     block: int = 0) -> np.ndarray:
+                     block: int = 0, protector=None) -> np.ndarray:
     """The best-matching pattern (:func:`matched_estimate`) subtracted outside the lungs."""
     g = patterns.load(pattern_id).shape[-1]
     free = _free_cells(masks, g)
@@ -128,19 +137,36 @@ def _outside(files: np.ndarray, masks: np.ndarray, f: Callable[[np.ndarray], np.
     return out
 
 
-def median5(files: np.ndarray, masks: np.ndarray, amplitude: int = 0, pattern_id: int = 0, block: int = 0) -> np.ndarray:
+def median5(files: np.ndarray, masks: np.ndarray, amplitude: int = 0, pattern_id: int = 0, block: int = 0, protector=None) -> np.ndarray:
     """A 5x5 median filter outside the lungs."""
     from PIL import Image, ImageFilter
 
     return _outside(files, masks, lambda x: np.asarray(Image.fromarray(x).filter(ImageFilter.MedianFilter(5))))
 
 
-def gauss2(files: np.ndarray, masks: np.ndarray, amplitude: int = 0, pattern_id: int = 0, block: int = 0) -> np.ndarray:
+def gauss2(files: np.ndarray, masks: np.ndarray, amplitude: int = 0, pattern_id: int = 0, block: int = 0, protector=None) -> np.ndarray:
     """A Gaussian blur of sigma 2 px outside the lungs."""
     from PIL import Image, ImageFilter
 
     return _outside(files, masks, lambda x: np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(2))))
 
 
-ATTACKS: dict[str, Callable[..., np.ndarray]] = {
-    "public": subtract_public, "matched": subtract_matched, "median5": median5, "gauss2": gauss2}
+def replay(files: np.ndarray, masks: np.ndarray, amplitude: int = 0, pattern_id: int = 0, block: int = 0,
+           protector=None) -> Optional[np.ndarray]:
+    """Protect's transfer stage run again on the files, once per class, subtracted outside the
+    lungs; the class leaving the least total variation wins. None without a transfer stage."""
+    stage = getattr(protector, "transfer", None)
+    if stage is None:
+        return None
+    g = files.shape[-1] // stage.settings.factor
+    free = _free_cells(masks, g)
+    cands = [stage.run(files, free, protector.eps, labels=np.full(len(files), c)) for c in range(len(CLASSES))]
+    out = files.copy()
+    for k, x in enumerate(files):
+        region = np.repeat(np.repeat(free[k], stage.settings.factor, 0), stage.settings.factor, 1)
+        out[k] = _least_tv(x, [c[k] for c in cands], free[k], region)
+    return out
+
+
+ATTACKS: dict[str, Callable[..., Optional[np.ndarray]]] = {
+    "public": subtract_public, "matched": subtract_matched, "median5": median5, "gauss2": gauss2, "replay": replay}

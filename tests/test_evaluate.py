@@ -297,7 +297,8 @@ def test_evaluate_frontier_draws_every_level(phantom_dataset, tmp_path):
     assert set(STRENGTHS) <= set(points) and "before (0.2 default)" in points and "frontier held-out targets" in res["skipped"]
     for p in points.values():
         assert p["restored_fraction"] in (1.0, None) and p["roi_max_change"] <= 1 and 0 <= p["white_box"] <= 1
-    assert points["strong"]["pattern_eps"] > points["standard"]["pattern_eps"]
+    assert points["standard"]["pattern_eps"] == STRENGTHS["standard"].pattern_eps and points["standard"]["keyed"]
+    assert points["strong"]["mode"].startswith("transfer stage on") and not points["strong"]["pattern_eps"]
     page = (out / "report.html").read_text()
     assert "Strength frontier" in page and "Table 1" not in page  # no empty tables when only the frontier ran
     images, broken = _render(out / "report.html")

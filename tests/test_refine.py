@@ -160,7 +160,7 @@ def test_protector_refines_by_default_and_restores(refine_models, tiny_models):
     from medrae.toolkit.protect import Protector
 
     prot = Protector(refine_models, gradient="gradient_vgg16_small.onnx")
-    assert prot.mode == "transfer pattern cxr3_v1, placed by the key, then refine (white box vgg16_small)" and prot.gen is None
+    assert prot.mode == "transfer pattern cxr3_v1, placed by the key (8-cell blocks), then refine (white box vgg16_small)" and prot.gen is None
     images = np.stack([chest_phantom(s)[0] for s in range(2)])
     a = prot.analyse(images)
     assert a.grids.shape == (2, 112, 112) and np.isfinite(a.margins).all()

@@ -135,9 +135,20 @@ def test_strength_levels_configure_protect():
         ProtectSettings(strength="max")
     std, strong = ProtectSettings().protector(), ProtectSettings(strength="strong").protector()
     assert (std.eps, strong.eps) == (STRENGTHS["standard"].eps, STRENGTHS["strong"].eps)
-    assert strong.pattern_eps == STRENGTHS["strong"].pattern_eps and std.keyed_pattern
+    assert std.pattern_eps == STRENGTHS["standard"].pattern_eps and std.keyed_pattern and std.transfer is None
     assert ProtectSettings(strength="strong").level == "strong" and ProtectSettings(eps=4).level == "standard (custom)"
-    assert ProtectSettings(strength="strong", eps=12).protector().pattern_eps == 12  # never above eps
+    assert ProtectSettings(eps=12).protector().pattern_eps == 8  # the level's amplitude, never above eps
+    assert ProtectSettings(eps=6).protector().pattern_eps == 6
+    # strong: the transfer stage with the white box among the surrogates, its level's bound; no pattern
+    lv = STRENGTHS["strong"]
+    assert strong.pattern_id == 0 and strong.transfer.settings.eps == lv.transfer_eps and strong.transfer.settings.steps == lv.transfer_steps
+    assert "gradient_resnet18.onnx" in strong.transfer.files and "resnet18" in strong.transfer.architectures
+    assert ProtectSettings(strength="strong", refine_steps=0).protector().transfer is None  # the generator alone: no stage
+    own = ProtectSettings(strength="strong", transfer_eps=8)  # the expert option changes the level's stage
+    assert own.level == "strong (custom)" and own.protector().transfer.settings.eps == 8
+    assert own.protector().transfer.architectures == strong.transfer.architectures
+    off = ProtectSettings(strength="strong", transfer_steps=0)
+    assert not off.transfer_head and off.protector().transfer is None
 
 
 def test_key_places_the_pattern_and_every_file_restores(views):
@@ -188,6 +199,18 @@ def test_adaptive_attacks_subtract_what_they_can_find(keyed):
         assert np.array_equal(out[0][mask], prot[mask]) and err(out) < err(prot[None])  # lungs kept, the rest smoothed
 
 
+def test_replay_subtracts_the_transfer_stage_run_again_outside_the_lungs():
+    img, mask = _smooth_body(2)
+    x = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    prot = Protector(device="cpu", transfer_steps=3, on_uncertain_roi="proceed")
+    out = adaptive.replay(x[None], mask[None], protector=prot)
+    free = adaptive._free_cells(mask[None], 56)
+    cands = [adaptive._subtract(x, prot.transfer.run(x[None], free, prot.eps, labels=np.full(1, c))[0], free[0]) for c in range(3)]
+    assert any(np.array_equal(out[0], c) for c in cands) and not np.array_equal(out[0], x)
+    assert np.array_equal(out[0][mask], x[mask])  # the lungs as they were
+    assert adaptive.replay(x[None], mask[None], protector=Protector(device="cpu")) is None  # nothing to replay
+
+
 @settings(max_examples=25, deadline=None)
 @given(mse=st.floats(1.0, 120.0), seed=st.integers(0, 1000))
 def test_same_psnr_noise_hits_the_psnr(mse, seed):
@@ -231,7 +254,10 @@ def test_cli_strength_in_report_and_info(tmp_path):
                                      "--on-uncertain-roi", "proceed", "--report", str(tmp_path / f"{level}.json"), "--workers", "1"])
         assert r.exit_code == 0, r.output
         rep = json.loads((tmp_path / f"{level}.json").read_text())
-        assert rep["strength"] == level and rep["eps"] == STRENGTHS[level].eps and "placed by the key" in rep["mode"]
+        assert rep["strength"] == level and rep["eps"] == STRENGTHS[level].eps
+        # standard: the public pattern where the key puts it; strong: the transfer stage, the white box among its models
+        assert ("placed by the key" in rep["mode"]) == (level == "standard")
+        assert (rep["mode"].startswith("transfer stage on s_resnet10_128 + s_vgg11_150 + resnet18")) == (level == "strong")
         r = CliRunner().invoke(app, ["info", str(out)])
         assert r.exit_code == 0 and level in r.output, r.output
         r = CliRunner().invoke(app, ["verify", str(src), str(out), "--key", str(tmp_path / "k.key")])

@@ -24,7 +24,7 @@ from .storage import STORE
 from .protect import (RetryWithoutPattern, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change,
                       uncertain_reason)
 from .display import level_size
-from .settings import STRENGTHS, ProtectSettings
+from .settings import RETIRED_LEVELS, STRENGTHS, ProtectSettings
 from .provenance import medrae_version
 
 
@@ -208,7 +208,7 @@ def _quality(image: Image, other: np.ndarray, with_ssim: bool) -> tuple[float, O
     return psnr, ssim
 
 
-RETRY = "retry"  # _fit's status for a payload that fits only coarser with the pattern: refine again without it
+RETRY = "retry"  # _fit's status for a payload that fits only coarser with the pattern or transfer head: refine again without it
 
 
 def _fit(res: FileResult, image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes], settings: ProtectSettings,
@@ -219,7 +219,8 @@ def _fit(res: FileResult, image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     try:
         marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
             image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
-            max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern, pattern_retry=True, strength_id=settings.strength_id)
+            max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern,
+            pattern_retry=not refined_again and (pattern is not None or settings.transfer_head), strength_id=settings.strength_id)
     except RetryWithoutPattern:
         res.status = RETRY
         return None
@@ -586,7 +587,7 @@ def info(path: Path) -> dict:
     image = STORE.read(path)
     d = {"file": str(path), "kind": image.kind, **kernels.inspect_array(image.pixels, image.kernel_ceiling)}
     # the level protect recorded in the payload's public header (the pattern's placement stays secret)
-    named = next((n for n, s in STRENGTHS.items() if s.ident == d["level"]), None)
+    named = next((n for n, s in STRENGTHS.items() if s.ident == d["level"]), None) or RETIRED_LEVELS.get(d["level"])
     d["strength"] = named or f"custom (eps {int(round(d['eps'] / level_size(image)))})"
     d["authenticity"] = ("encrypted: only the key's holder could have made it" if d["encrypted"] else
                          "keyless: anyone with medrae could have made it (restore and verify refuse it with a key unless --allow-keyless)")

@@ -17,6 +17,7 @@ One perturbation level is 1/255 of the display window in native units (1 for 8-b
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -218,8 +219,9 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     lungs are the X-ray's smoothest, most capacious part: ±1 there costs less than a coarser,
     weaker perturbation); each mode first with a band of ``HIDING_BAND`` blocks around the hiding
     region moved by one level at most (``plan.band``), then without. ``max_roi_change=None``: the
-    payload may use the ROI in every pass. ``pattern_retry`` (with a ``pattern``): raise
-    :class:`RetryWithoutPattern` where the full grid does not fit, instead of coarsening it.
+    payload may use the ROI in every pass. ``pattern_retry`` (the grid started from a head: the
+    transfer ``pattern`` or the transfer stage): raise :class:`RetryWithoutPattern` where the full
+    grid does not fit, instead of coarsening it.
     ``strength_id``: the strength level recorded in the payload's public header (0: none).
     Returns ``(marked, info, plan, coarsening level, hiding mode)`` or raises the last ``CapacityError``."""
     modes = hiding_modes(max_roi_change)
@@ -246,9 +248,10 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
             except kernels.CapacityError:
                 if (mode, band) != tried[-1]:
                     continue
-                if pattern_retry and pattern is not None and level == 0:
+                if pattern_retry and level == 0:
                     # a coarsened refined grid fooled the white box on 0 of 11 cxr3/test images; the
-                    # same image refined without the pattern fit at full resolution on 10 of 17
+                    # same image refined without the pattern fit at full resolution on 10 of 17; with the
+                    # transfer stage's head, white box 82.7 -> 91.4 % on cxr3/val (docs/STRENGTH.md)
                     raise RetryWithoutPattern() from None
                 if last:
                     raise
@@ -281,18 +284,18 @@ class Fitted:
 def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optional[bytes], eps: Optional[int] = None,
                  **fallback) -> list:
     """:func:`protect_with_fallback` for each 224x224 view of an analysed batch, as ``medrae protect``
-    does: a view whose payload with the transfer pattern fits only coarser is refined again without
-    the pattern and fitted from that grid (its ``a.grids``/``a.margins``/``a.steps`` entries are
+    does: a view whose payload with the transfer pattern (or the transfer stage's head) fits only
+    coarser is refined again without it and fitted from that grid (its ``a.grids``/``a.margins``/``a.steps`` entries are
     replaced). Returns per view a :class:`Fitted`, the ``kernels.CapacityError`` that refused it,
     or None where QC skips it. ``fallback``: protect_with_fallback's keyword options."""
     eps = prot.eps if eps is None else eps
 
-    def fit(k: int, grid: np.ndarray, pattern: Optional[PatternUse]):
+    def fit(k: int, grid: np.ndarray, pattern: Optional[PatternUse], head: bool):
         guard = a.guards[k] if a.guards is not None else None
         try:
             return Fitted(*protect_with_fallback(Image(views[k], 255, "png"), a.rois[k], grid, eps, key, guard=guard, pattern=pattern,
                                                  strength_id=getattr(prot, "strength_id", 0),
-                                                 pattern_retry=pattern is not None, **fallback), pattern is not None)
+                                                 pattern_retry=head, **fallback), pattern is not None)
         except kernels.CapacityError as exc:
             return exc
 
@@ -300,7 +303,8 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
     retry: list[int] = []
     for k in range(len(views)):
         try:
-            out.append(None if a.skip is not None and a.skip[k] else fit(k, a.grids[k], a.pattern(k)))
+            out.append(None if a.skip is not None and a.skip[k] else
+                       fit(k, a.grids[k], a.pattern(k), a.pattern(k) is not None or getattr(prot, "transfer", None) is not None))
         except RetryWithoutPattern:
             out.append(None)
             retry.append(k)
@@ -308,7 +312,7 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
         r = prot.refine_without_pattern(views[retry], a.rois[retry], eps)
         for j, k in enumerate(retry):
             a.grids[k], a.margins[k], a.steps[k] = r.grids[j], r.margins[j], r.steps[j]
-            out[k] = fit(k, r.grids[j], None)
+            out[k] = fit(k, r.grids[j], None, False)
     return out
 
 
@@ -395,6 +399,10 @@ ROI_VIEWS: tuple[str, ...] = ("mirror",)
 # At the 1 % ROI (cxr3/val, benchmarks/probe_transfer.py --variant default with this constant patched):
 # 0 vs 2 px gave the same held-out median (11.4 %), PSNR 34.45 vs 34.71: the 1 % ROI, not this, cost the median.
 PATTERN_KEEP_OUT = 2
+# cells per independently keyed square of the pattern: a single placement for the whole pattern is
+# found by a matched filter on 53.5 % of its cells, one per 8x8-cell square on 21.8 % (cxr3/val, 30
+# X-rays, benchmarks/probe_placement.py; docs/STRENGTH.md)
+PATTERN_BLOCK = 8
 
 
 class Protector:
@@ -421,8 +429,8 @@ class Protector:
                  surrogates: Optional[list[str]] = None, transfer_steps: Optional[int] = None,
                  transfer_settings: Optional[TransferSettings] = None, on_uncertain_roi: str = qc.DEFAULT_POLICY,
                  roi_views: tuple[str, ...] = ROI_VIEWS, pattern: Optional[int] = None, pattern_eps: Optional[int] = None,
-                 keyed_pattern: bool = True, pattern_block: int = 0, pattern_spare_flat: float = 0.0,
-                 pattern_gain: int = 1):
+                 keyed_pattern: bool = True, pattern_block: int = PATTERN_BLOCK, pattern_spare_flat: float = 0.0,
+                 pattern_gain: int = 1, give_up: bool = True):
         models_dir = Path(models_dir)
         if on_uncertain_roi not in qc.POLICIES:
             raise ValueError(f"on_uncertain_roi must be one of {', '.join(qc.POLICIES)}, got {on_uncertain_roi!r}")
@@ -449,6 +457,8 @@ class Protector:
         gradients = [gradient] if isinstance(gradient, str) else list(gradient)
         if refine_steps != 0 and (refine_steps or all((models_dir / g).is_file() for g in gradients)):
             settings = RefineSettings(robust=robust)
+            if not give_up:  # every image gets every step (slower; a few more fooled)
+                settings = replace(settings, give_up=())
             if refine_steps is not None:
                 settings = replace(settings, steps=refine_steps)
             if margin is not None:
@@ -581,7 +591,7 @@ class Protector:
         rois[seg.skip] = True  # nothing to perturb on a skipped view (it is not written)
         n = len(views)
         if self.refiner:
-            r, uses = self._refine(views, rois, eps, pattern=True, key=key)
+            r, uses = self._refine(views, rois, eps, with_head=True, key=key)
             return Analysis(rois, r.grids, r.margins, r.steps, seg.assessments, seg.skip, seg.guards, uses)
         raw = self.gen.run(None, {"image": normalize(views), "mask": rois[:, None].astype(np.float32)})[0][:, 0]
         grids = np.clip(np.round(raw * eps), -eps, eps).astype(np.int64)  # raw is in [-1, 1]
@@ -591,11 +601,11 @@ class Protector:
 
     def refine_without_pattern(self, views: np.ndarray, rois: np.ndarray, eps: Optional[int] = None):
         """The refinement of (N, 224, 224) ``views`` outside ``rois`` from a zero grid, without the
-        transfer pattern (:func:`fit_analysed`: where the pattern's payload fits only coarser);
+        transfer pattern or stage (:func:`fit_analysed`: where their payload fits only coarser);
         returns the refiner's result (``grids``, ``margins``, ``steps``)."""
         if not self.refiner:
             raise ValueError("refine_without_pattern needs the gradient refinement")
-        return self._refine(views, rois, self.eps if eps is None else eps, pattern=False)[0]
+        return self._refine(views, rois, self.eps if eps is None else eps, with_head=False)[0]
 
     def placements(self, views: np.ndarray, key: Optional[bytes]) -> list:
         """Each view's pattern placement: drawn from ``key`` and the view's pixels, or the
@@ -604,15 +614,27 @@ class Protector:
             return [transfer_patterns.IDENTITY] * len(views)
         return [transfer_patterns.draw_placement(key, hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest(), self.pattern_block) for v in views]
 
-    def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, pattern: bool, key: Optional[bytes] = None):
+    def transfer_starts(self, views: np.ndarray, key: Optional[bytes]) -> Optional[np.ndarray]:
+        """The transfer stage's starting cells (N, g, g) in [-s, s], ``s`` its ``keyed_start``: drawn
+        from ``key`` and each view's pixels (HMAC-SHA256), or None (zero) without a key. Nothing
+        needs them again: the payload carries the cells the stage ended at."""
+        s = self.transfer.settings.keyed_start if self.transfer else 0.0
+        if key is None or not s:
+            return None
+        g = NET_SIZE // self.transfer.settings.factor
+        seeds = [hmac.new(bytes(key), b"medrae transfer start v1" + hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest(),
+                          hashlib.sha256).digest() for v in views]
+        return np.stack([s * np.random.default_rng(np.frombuffer(d, np.uint32)).uniform(-1.0, 1.0, (g, g)) for d in seeds])
+
+    def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, with_head: bool, key: Optional[bytes] = None):
         n = len(views)
         head, uses, clean = None, None, None
         free = ~cells_touching(rois, self.factor)
-        if self.transfer:  # a coarse pattern that fools the surrogates; the refinement starts from it
+        if self.transfer and with_head:  # a coarse pattern that fools the surrogates; the refinement starts from it
             f = self.transfer.settings.factor
-            coarse = self.transfer.run(views, ~cells_touching(rois, f), eps)
+            coarse = self.transfer.run(views, ~cells_touching(rois, f), eps, start=self.transfer_starts(views, key))
             head = upsample_cells(coarse, f // self.factor)
-        elif self.pattern_id and pattern:  # the shipped universal pattern of the white box's clean prediction
+        elif self.pattern_id and with_head:  # the shipped universal pattern of the white box's clean prediction
             # every classifier's clean prediction, once: the refinement of the head start needs them too
             clean = self.refiner.margins(views, np.full((len(self.refiner.sessions), n), -1, np.int64))[1]
             labels = clean[0]

@@ -275,6 +275,10 @@ class TransferSettings:
     # in levels) up to ``eps`` from this std on: SSIM punishes any pattern in flat areas (air, smooth
     # soft tissue), where it is also the most visible; 0: the full bound everywhere
     texture: float = 8.0
+    # with a key: each cell starts at a random fraction (up to this) of its bound, drawn from the key
+    # and the image, so that running the public stage again on the file (evaluation/adaptive.py
+    # ``replay``) does not give back what it added; 0: every cell starts at zero
+    keyed_start: float = 0.0
 
     def bounds(self, views: np.ndarray, eps: int) -> np.ndarray:
         """Per-cell bounds (N, g, g) in levels for (N, 224, 224) views."""
@@ -305,17 +309,22 @@ class TransferStage:
     def architectures(self) -> list[str]:
         return [c.get("zoo_member", {}).get("name", c["architecture"]) for c in self.gradients.cards]
 
-    def run(self, views: np.ndarray, free: np.ndarray, eps: int) -> np.ndarray:
-        """Integer grids (N, g, g), ``g = 224 / factor``, zero where ``free`` (N, g, g) is False."""
+    def run(self, views: np.ndarray, free: np.ndarray, eps: int, labels: np.ndarray | None = None,
+            start: np.ndarray | None = None) -> np.ndarray:
+        """Integer grids (N, g, g), ``g = 224 / factor``, zero where ``free`` (N, g, g) is False.
+        ``labels`` (N,): the class each view is pushed away from (default: each surrogate's own
+        prediction on the clean view). ``start`` (N, g, g) in [-1, 1]: each cell's starting point
+        as a fraction of its bound (default: zero)."""
         s = self.settings
         n, g = free.shape[0], free.shape[-1]
         if g * s.factor != SIZE:
             raise ValueError(f"free cells must be ({n}, {SIZE // s.factor}, {SIZE // s.factor}) for factor {s.factor}, got {free.shape}")
         bound = s.bounds(views, eps)
-        theta = np.zeros((n, g, g), np.float64)
+        theta = np.zeros((n, g, g), np.float64) if start is None else np.clip(start, -1, 1) * bound * free
         alpha = 2.5 * float(min(s.eps, eps)) / max(1, s.steps)
         base = views.astype(np.float64)
-        labels = np.full((len(self.gradients.sessions), n), -1, np.int64)
+        labels = np.full((len(self.gradients.sessions), n), -1, np.int64) if labels is None else \
+            np.broadcast_to(np.asarray(labels, np.int64), (len(self.gradients.sessions), n)).copy()
         for t in range(s.steps):
             adv = np.clip(base + upsample_cells(np.round(theta), s.factor), 0, 255).astype(np.float32)
             _, labels, grad = self.gradients.margins(adv, labels)
