@@ -302,9 +302,10 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
     out: list = []
     retry: list[int] = []
     for k in range(len(views)):
+        use = a.pattern(k)
         try:
             out.append(None if a.skip is not None and a.skip[k] else
-                       fit(k, a.grids[k], a.pattern(k), a.pattern(k) is not None or getattr(prot, "transfer", None) is not None))
+                       fit(k, a.grids[k], use, use is not None or getattr(prot, "transfer", None) is not None))
         except RetryWithoutPattern:
             out.append(None)
             retry.append(k)

@@ -277,7 +277,7 @@ class TransferSettings:
     texture: float = 8.0
     # with a key: each cell starts at a random fraction (up to this) of its bound, drawn from the key
     # and the image, so that running the public stage again on the file (evaluation/adaptive.py
-    # ``replay``) does not give back what it added; 0: every cell starts at zero
+    # ``replay``) gives back less of what it added (and it fools fewer: docs/STRENGTH.md); 0: zero
     keyed_start: float = 0.0
 
     def bounds(self, views: np.ndarray, eps: int) -> np.ndarray:
