@@ -149,6 +149,7 @@ def test_strength_levels_configure_protect():
     assert own.protector().transfer.architectures == strong.transfer.architectures
     off = ProtectSettings(strength="strong", transfer_steps=0)
     assert not off.transfer_head and off.protector().transfer is None
+    assert off.level == "strong (custom)" and off.strength_id == 0  # without its stage it is not the strong level
 
 
 def test_key_places_the_pattern_and_every_file_restores(views):

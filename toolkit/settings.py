@@ -114,7 +114,7 @@ class ProtectSettings:
         steps, transfer, surrogates = self._transfer()
         # the level's pattern goes with its refinement; with the generator alone or the transfer stage
         # (which lays its own dense head) there is none, as before the levels
-        refined = self.refine_steps != 0 and not self.transfer_head
+        refined = self.refine_steps != 0 and not (steps or transfer or surrogates)  # transfer_head, from the values above
         pattern = self.pattern if self.pattern is not None else level.pattern if refined else None
         pattern_eps = self.pattern_eps if self.pattern_eps is not None else min(level.pattern_eps, eps)
         prot = Protector(self.models, self.device, eps, self.roi_margin, refine_steps=self.refine_steps, robust=self.robust,
@@ -159,5 +159,6 @@ class ProtectSettings:
     def level(self) -> str:
         """The strength as the report names it: the level, or ``custom`` where an expert option changed it."""
         changed = (any(v is not None for v in (self.eps, self.pattern_eps, self.pattern, self.pattern_block, self.pattern_spare_flat, self.pattern_gain))
-                   or not self.keyed_pattern or not self.give_up or self.transfer_steps or self.transfer_eps or self.surrogates)
+                   or not self.keyed_pattern or not self.give_up or self.transfer_steps is not None or self.transfer_eps
+                   or self.surrogates)
         return f"{self.strength} (custom)" if changed else self.strength
