@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 _API = ("protect", "restore", "verify", "inspect", "protect_file", "restore_file", "verify_file", "new_key", "load_key",
         "Protected", "ProtectSettings", "ProtectError", "MedraeError", "CapacityError", "KeyMismatchError", "NotProtectedError",

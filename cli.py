@@ -409,7 +409,7 @@ def evaluate(
     conditions: str = typer.Option("", "--conditions", help="the white-box classifier after the attacker's preprocessing, comma-separated, or 'all' (Table 6)"),
     transfer: bool = typer.Option(False, "--transfer", help="the transfer matrix on the zoo's held-out targets, with the noise floor (Table 8)"),
     zoo: Path = typer.Option(Path("runs/zoo"), "--zoo", help="where python -m medrae.models.zoo train put the zoo"),
-    transfer_conditions: str = typer.Option("file,jpeg90,jpeg75", "--transfer-conditions", help="the held-out targets read the file as is and/or re-encoded as JPEG"),
+    transfer_conditions: str = typer.Option("file,jpeg90,jpeg75", "--transfer-conditions", help="the held-out targets read the file as is, re-encoded as JPEG (jpeg90, jpeg75) and/or resized to their input size by another method first (nearest, bilinear_noaa, area, bicubic)"),
     quick: bool = typer.Option(False, "--quick", help="CI subset: 30 images (unless --limit), eps 8, C&W 5 steps"),
     frontier: bool = typer.Option(False, "--frontier", help="the strength frontier: every --strength level and eps, PSNR against white-box and held-out ASR, the same-PSNR noise floor, adaptive attacks (--methods none: only it)"),
 ) -> None:

@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--point", action="append", required=True)
     ap.add_argument("--zoo", type=Path, default=None, help="trained zoo: held-out targets, noise floor, adaptive attacks")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--condition", dest="conditions", action="append", default=[],
+                    help="also score the held-out targets under this condition (evaluation/transfer.py CONDITIONS: nearest, jpeg75, ...)")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
 
@@ -77,7 +79,7 @@ def main() -> None:
     if args.zoo:
         from medrae.evaluation.transfer import TransferLab
 
-        lab = TransferLab(args.zoo, x, y, ("file",))
+        lab = TransferLab(args.zoo, x, y, ("file", *args.conditions))
     rows = {}
     for spec in args.point:
         r = measure_point(point(spec), x, y, masks, white_box, lab)
@@ -87,7 +89,8 @@ def main() -> None:
         print(f"{spec:50s} PSNR {r['psnr']:.2f} SSIM {r['ssim']:.4f} white-box {100 * r['white_box']:.1f} % fit {100 * r['fit_fraction']:.1f} % "
               f"exact {100 * (r['restored_fraction'] or 0):.1f} % ROI<={r.get('roi_max_change')} true-lung>1: {r.get('lungs_over_one')} bpp {r['payload_bpp']:.3f} "
               f"{r['images_per_second']:.1f} img/s" + (f" | held-out median {100 * r['held_out_median']:.1f} ({held}) floor "
-                                                         f"{100 * r['floor_median']:.1f} (PSNR {r['floor_psnr']:.2f}) | kept {kept}" if lab else ""),
+                                                         f"{100 * r['floor_median']:.1f} (PSNR {r['floor_psnr']:.2f}) | kept {kept}" if lab else "")
+              + "".join(f" | {c} {100 * v:.1f} (floor {100 * r['floor_conditions'][c]:.1f})" for c, v in r.get("held_out_conditions", {}).items()),
               flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))

@@ -104,14 +104,19 @@ def measure_point(settings: ProtectSettings, x: np.ndarray, y: np.ndarray, masks
         row["roi_max_change"] = max(roi_d) if roi_d else 0
     if lab is None:
         return row
-    row["held_out"] = lab.asr(out)["file"]
+    asr = lab.asr(out)
+    row["held_out"] = asr["file"]
+    # the lab's other conditions (another resize before the target, a JPEG re-save): each one's median
+    row["held_out_conditions"] = {c: _median(v) for c, v in asr.items() if c != "file"}
     row["held_out_median"] = _median(row["held_out"])
     rng = np.random.default_rng(seed)
     mse = ((out.astype(np.float64) - x) ** 2).mean(axis=(1, 2))
     noise = np.stack([same_psnr_noise(x[k], mse[k], ~rois[k], rng) for k in range(len(x))])
     changed_n = [k for k in range(len(x)) if not np.array_equal(noise[k], x[k])]
     row["floor_psnr"] = float(np.mean([psnr(x[k], noise[k], data_range=255) for k in changed_n])) if changed_n else None
-    row["floor"] = lab.asr(noise)["file"]
+    floor = lab.asr(noise)
+    row["floor"] = floor["file"]
+    row["floor_conditions"] = {c: _median(v) for c, v in floor.items() if c != "file"}
     row["floor_median"] = _median(row["floor"])
     # the attacker's lungs: the shipped segmenter on the protected file (medrae is public)
     seen = np.concatenate([prot.segment(out[i : i + batch]).rois for i in range(0, len(out), batch)])

@@ -3,8 +3,9 @@
 The held-out targets are the zoo's (``models/zoo.py``: independently trained, families no surrogate
 has, each with its own input size and preprocessing). A method's saved 8-bit images go through the
 attacker's conditions (the file as it is, or re-encoded as JPEG 90 / 75: the target's own resize is
-part of its pipeline), and for each target the ASR counts, over the images the target classifies
-correctly in the same condition without protection, those it no longer does.
+part of its pipeline; or resized to the target's input size by another method first, ``RESIZES``),
+and for each target the ASR counts, over the images the target classifies correctly in the same
+condition without protection, those it no longer does.
 
 The floor is uniform random noise of ±eps on the whole image (``noise_floor``): a protection that
 does not beat it has learned nothing that transfers. PyTorch is needed (the ``train`` extra).
@@ -37,6 +38,19 @@ def _each(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.nd
 
 
 CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"file": None, "jpeg90": _each(jpeg(90)), "jpeg75": _each(jpeg(75))}
+# an attacker's own resize to the target's input size before it (the target's antialiased bilinear
+# resize then has nothing left to do): (kernel, antialias) of toolkit/diversity.py's resize_matrix
+RESIZES: dict[str, tuple[str, bool]] = {"nearest": ("nearest", False), "bilinear_noaa": ("triangle", False),
+                                         "area": ("box", True), "bicubic": ("cubic", True)}
+CONDITIONS.update({name: None for name in RESIZES})
+
+
+def resized(images: np.ndarray, size: int, kernel: str, antialias: bool) -> np.ndarray:
+    """(N, H, H) uint8 images resized to ``size`` (rounded, clipped uint8, as a saved resize would be)."""
+    from medrae.toolkit.diversity import resize_matrix
+
+    m = resize_matrix(images.shape[-1], size, kernel, antialias)
+    return np.clip(np.rint(m @ images.astype(np.float64) @ m.T), 0, 255).astype(np.uint8)
 
 
 def noise_floor(images: np.ndarray, eps: int, seed: int = 0) -> np.ndarray:
@@ -76,6 +90,8 @@ class TransferLab:
     def _predict(self, name: str, condition: str, images: np.ndarray) -> np.ndarray:
         from medrae.models.zoo import logits
 
+        if condition in RESIZES:
+            images = resized(images, self.models[name].spec.size, *RESIZES[condition])
         f = CONDITIONS[condition]
         return logits(self.models[name], f(images) if f else images).argmax(1)
 

@@ -169,13 +169,13 @@ def _pattern_never_fits(monkeypatch):
 
 
 def test_a_pattern_payload_that_fits_only_coarser_is_refined_again_without_it(protector, views, monkeypatch):
-    from medrae.toolkit.protect import Fitted, RetryWithoutPattern, fit_analysed
+    from medrae.toolkit.protect import Fitted, RetryWithoutHead, fit_analysed
 
     a = protector.analyse(views)
     _pattern_never_fits(monkeypatch)
     img = Image(views[0], 255, "png")
-    with pytest.raises(RetryWithoutPattern):
-        protect_with_fallback(img, a.rois[0], a.grids[0], 8, None, guard=a.guards[0], pattern=a.pattern(0), pattern_retry=True)
+    with pytest.raises(RetryWithoutHead):
+        protect_with_fallback(img, a.rois[0], a.grids[0], 8, None, guard=a.guards[0], pattern=a.pattern(0), head_retry=True)
     with pytest.raises(kernels.CapacityError, match="forced"):  # without the retry: every coarser grid is tried, then refused
         protect_with_fallback(img, a.rois[0], a.grids[0], 8, None, guard=a.guards[0], pattern=a.pattern(0))
     with_pattern = a.grids.copy()

@@ -270,6 +270,7 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     from typer.testing import CliRunner
 
     from medrae.cli import app
+    from medrae.toolkit.settings import STRENGTHS
 
     src = tmp_path / "in"
     src.mkdir()
@@ -278,7 +279,8 @@ def test_cli_reports_the_perturbation_mode(tmp_path):
     runner = CliRunner()
     # "proceed": QC widens the phantoms' masks (synthetic images), which would hide the margin's effect
     for extra, mode in ((["--on-uncertain-roi", "proceed"], "refine"), (["--refine-steps", "0", "--roi-margin", "9", "--on-uncertain-roi", "proceed"], "generator")):
-        prefix = "transfer pattern cxr3_v2 at 8, placed by the key (8-cell blocks), then refine" if mode == "refine" else mode
+        amp = STRENGTHS["standard"].pattern_eps
+        prefix = f"transfer pattern cxr3_v2 at {amp}, placed by the key (8-cell blocks), then refine" if mode == "refine" else mode
         out, rep = tmp_path / f"out{len(extra)}", tmp_path / f"r{len(extra)}.json"
         r = runner.invoke(app, ["protect", str(src), str(out), "--no-encrypt", "--report", str(rep), "--workers", "1", *extra])
         assert r.exit_code == 0, r.output

@@ -137,13 +137,20 @@ def test_strength_levels_configure_protect():
     assert (std.eps, strong.eps) == (STRENGTHS["standard"].eps, STRENGTHS["strong"].eps)
     assert std.pattern_eps == STRENGTHS["standard"].pattern_eps and std.keyed_pattern and std.transfer is None
     assert ProtectSettings(strength="strong").level == "strong" and ProtectSettings(eps=4).level == "standard (custom)"
-    assert ProtectSettings(eps=12).protector().pattern_eps == 8  # the level's amplitude, never above eps
-    assert ProtectSettings(eps=6).protector().pattern_eps == 6
+    amp = STRENGTHS["standard"].pattern_eps
+    assert ProtectSettings(eps=12).protector().pattern_eps == amp  # the level's amplitude, never above eps
+    assert ProtectSettings(eps=amp - 2).protector().pattern_eps == amp - 2
+    # standard gives up on images out of reach (speed); strong refines every image to the end
+    assert std.refiner.settings.give_up and strong.refiner.settings.give_up == ()
+    assert ProtectSettings(strength="strong", give_up=True).protector().refiner.settings.give_up
+    assert ProtectSettings(strength="strong", give_up=True).level == "strong (custom)"
     # strong: the transfer stage with the white box among the surrogates, its level's bound; no pattern
     lv = STRENGTHS["strong"]
     assert strong.pattern_id == 0 and strong.transfer.settings.eps == lv.transfer_eps and strong.transfer.settings.steps == lv.transfer_steps
     assert "gradient_resnet18.onnx" in strong.transfer.files and "resnet18" in strong.transfer.architectures
-    assert ProtectSettings(strength="strong", refine_steps=0).protector().transfer is None  # the generator alone: no stage
+    alone = ProtectSettings(strength="strong", refine_steps=0)  # the generator alone: no stage, and not the level
+    assert alone.protector().transfer is None and alone.level == "strong (custom)" and alone.strength_id == 0
+    assert ProtectSettings(refine_steps=0).strength_id == 0 and ProtectSettings(margin=3.0).level == "standard (custom)"
     own = ProtectSettings(strength="strong", transfer_eps=8)  # the expert option changes the level's stage
     assert own.level == "strong (custom)" and own.protector().transfer.settings.eps == 8
     assert own.protector().transfer.architectures == strong.transfer.architectures

@@ -132,3 +132,28 @@ def test_a_keyed_start_is_drawn_from_the_key_and_the_image():
     an = p.analyse(views[:2], key=key)
     for k, fit in enumerate(fit_analysed(p, views[:2], an, key, check=False)):
         assert isinstance(fit, Fitted) and np.array_equal(kernels.restore_array(fit.marked, key), views[k])
+
+
+def test_drawn_pipelines_come_from_the_key_and_the_file_still_restores():
+    from dataclasses import replace
+
+    from medrae import kernels
+    from medrae.toolkit import diversity
+    from medrae.toolkit.protect import Fitted, fit_analysed
+
+    views, lungs = _views()
+    p = Protector(device="cpu", transfer_steps=3, on_uncertain_roi="proceed")
+    p.transfer.settings = replace(p.transfer.settings, diversity=1.0)
+    free = ~cells_touching(lungs, 4)
+    run = lambda key: p.transfer.run(views[:2], free[:2], 8, rngs=diversity.rngs(views[:2], key))  # noqa: E731
+    a, b = run(bytes(32)), run(bytes([1]) * 32)
+    np.testing.assert_array_equal(a, run(bytes(32)))  # the same key and image: the same grid
+    assert not np.array_equal(a, b)  # another key walks another path
+    np.testing.assert_array_equal(p.transfer.run(views[:2], free[:2], 8), run(None))  # no key: the public draws
+    plain = TransferStage([MODELS_DIR / g for g in DEFAULT_SURROGATES], "cpu", replace(p.transfer.settings, diversity=0.0))
+    assert not np.array_equal(run(None), plain.run(views[:2], free[:2], 8))  # the pipelines change the path
+    key = bytes(range(32))
+    an = p.analyse(views[:2], key=key)
+    for k, fit in enumerate(fit_analysed(p, views[:2], an, key, check=False)):
+        assert isinstance(fit, Fitted) and np.array_equal(kernels.restore_array(fit.marked, key), views[k])
+

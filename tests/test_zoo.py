@@ -118,7 +118,7 @@ def test_transfer_lab_scores_only_held_out_targets(phantom_dataset, tmp_path):
     unfinished.mkdir()  # a target still training (best.pt, no result.json) is not scored
     torch.save({"model": zoo.ZooModel(zoo.member("t_convnext_256")).state_dict()}, unfinished / "best.pt")
     test = load_split(phantom_dataset / "test")
-    lab = TransferLab(tmp_path, test.images, test.labels, ("file", "jpeg75"))
+    lab = TransferLab(tmp_path, test.images, test.labels, ("file", "jpeg75", "nearest"))
     assert lab.names == [spec.name]  # the surrogate is never a target
     same = lab.asr(test.images)
     assert all(v == 0 or np.isnan(v) for row in same.values() for v in row.values())  # unchanged images fool nothing
@@ -129,6 +129,22 @@ def test_transfer_lab_scores_only_held_out_targets(phantom_dataset, tmp_path):
         TransferLab(tmp_path, test.images, test.labels, ("blur",))
     with pytest.raises(FileNotFoundError, match="no trained held-out target"):
         TransferLab(tmp_path / "empty", test.images, test.labels)
+
+
+@pytest.mark.parametrize("condition, resample", [("nearest", "NEAREST"), ("area", "BOX"), ("bicubic", "BICUBIC")])
+def test_an_attackers_resize_condition_is_the_resize_pil_would_save(condition, resample):
+    from PIL import Image
+
+    from medrae.evaluation.transfer import RESIZES, resized
+
+    from medrae.toolkit.phantoms import chest_phantom
+
+    # X-ray-like images: PIL clips each of its two 8-bit passes, so bicubic overshoot on pure noise differs
+    x = np.stack([chest_phantom(k)[0] for k in range(2)])
+    ours = resized(x, 150, *RESIZES[condition])
+    theirs = np.stack([np.asarray(Image.fromarray(v).resize((150, 150), getattr(Image, resample))) for v in x])
+    assert ours.shape == (2, 150, 150) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - theirs).max() <= 1  # PIL rounds its 8-bit fixed point; we round the exact value
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from medrae import kernels
 from . import headers, metrics
 from .imageio import Image, ImageError, OutputExists, decode_bytes, encode_image, output_name
 from .storage import STORE
-from .protect import (RetryWithoutPattern, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change,
+from .protect import (RetryWithoutHead, capacity_reason, network_view, plan_perturbation, protect_with_fallback, rdh_change, roi_change,
                       uncertain_reason)
 from .display import level_size
 from .settings import RETIRED_LEVELS, STRENGTHS, ProtectSettings
@@ -220,8 +220,8 @@ def _fit(res: FileResult, image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
         marked, info, plan, res.coarsened, res.hiding = protect_with_fallback(
             image, roi, grid, eps, key, settings.method, settings.codec, check=False, max_rdh_change=settings.max_rdh_change,
             max_roi_change=settings.max_roi_change, guard=guard, pattern=pattern,
-            pattern_retry=not refined_again and (pattern is not None or settings.transfer_head), strength_id=settings.strength_id)
-    except RetryWithoutPattern:
+            head_retry=not refined_again and (pattern is not None or settings.transfer_head), strength_id=settings.strength_id)
+    except RetryWithoutHead:
         res.status = RETRY
         return None
     except kernels.CapacityError as exc:

@@ -33,7 +33,7 @@ from medrae.kernels.resample import MAX_FACTOR, grid_shape, upsample
 
 from .display import level_size, to_view
 from .imageio import Image
-from . import headers, qc
+from . import diversity, headers, qc
 from .masks import dilate, postprocess
 from .ort import ModelsError, file_sha256, normalize, require_file, session  # noqa: F401  (normalize: protect's network input, re-exported)
 from .refine import Refiner, RefineSettings, TransferSettings, TransferStage, spare_flat, upsample_cells
@@ -200,16 +200,16 @@ def hiding_modes(max_roi_change: Optional[int]) -> tuple[str, ...]:
     return ("frozen", "open1") if max_roi_change >= 1 else ("frozen",)
 
 
-class RetryWithoutPattern(Exception):
-    """The payload of a grid with the transfer pattern fits only on a coarser grid
-    (:func:`protect_with_fallback` with ``pattern_retry``): the caller refines the image again without
-    the pattern (:meth:`Protector.refine_without_pattern`) and fits that grid instead."""
+class RetryWithoutHead(Exception):
+    """The payload of a grid started from a head (the transfer pattern or the transfer stage's) fits
+    only on a coarser grid (:func:`protect_with_fallback` with ``head_retry``): the caller refines
+    the image again without the head (:meth:`Protector.refine_without_pattern`) and fits that grid instead."""
 
 
 def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: int, key: Optional[bytes],
                           method: Optional[str] = None, codec: Optional[str] = None, check: bool = True,
                           max_rdh_change: int = 0, max_roi_change: Optional[int] = 1, guard: Optional[np.ndarray] = None,
-                          pattern: Optional[PatternUse] = None, pattern_retry: bool = False,
+                          pattern: Optional[PatternUse] = None, head_retry: bool = False,
                           strength_id: int = 0) -> tuple[np.ndarray, kernels.ProtectInfo, Plan, int, str]:
     """:func:`protect_planned` on the full grid, then on 2x coarser grids while the payload does
     not fit, or (``max_rdh_change > 0``) while hiding it changes some pixel by more than
@@ -219,8 +219,8 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
     lungs are the X-ray's smoothest, most capacious part: ±1 there costs less than a coarser,
     weaker perturbation); each mode first with a band of ``HIDING_BAND`` blocks around the hiding
     region moved by one level at most (``plan.band``), then without. ``max_roi_change=None``: the
-    payload may use the ROI in every pass. ``pattern_retry`` (the grid started from a head: the
-    transfer ``pattern`` or the transfer stage): raise :class:`RetryWithoutPattern` where the full
+    payload may use the ROI in every pass. ``head_retry`` (the grid started from a head: the
+    transfer ``pattern`` or the transfer stage): raise :class:`RetryWithoutHead` where the full
     grid does not fit, instead of coarsening it.
     ``strength_id``: the strength level recorded in the payload's public header (0: none).
     Returns ``(marked, info, plan, coarsening level, hiding mode)`` or raises the last ``CapacityError``."""
@@ -248,11 +248,11 @@ def protect_with_fallback(image: Image, roi: np.ndarray, grid: np.ndarray, eps: 
             except kernels.CapacityError:
                 if (mode, band) != tried[-1]:
                     continue
-                if pattern_retry and level == 0:
+                if head_retry and level == 0:
                     # a coarsened refined grid fooled the white box on 0 of 11 cxr3/test images; the
                     # same image refined without the pattern fit at full resolution on 10 of 17; with the
                     # transfer stage's head, white box 82.7 -> 91.4 % on cxr3/val (docs/STRENGTH.md)
-                    raise RetryWithoutPattern() from None
+                    raise RetryWithoutHead() from None
                 if last:
                     raise
                 continue
@@ -295,7 +295,7 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
         try:
             return Fitted(*protect_with_fallback(Image(views[k], 255, "png"), a.rois[k], grid, eps, key, guard=guard, pattern=pattern,
                                                  strength_id=getattr(prot, "strength_id", 0),
-                                                 pattern_retry=head, **fallback), pattern is not None)
+                                                 head_retry=head, **fallback), pattern is not None)
         except kernels.CapacityError as exc:
             return exc
 
@@ -306,7 +306,7 @@ def fit_analysed(prot: "Protector", views: np.ndarray, a: "Analysis", key: Optio
         try:
             out.append(None if a.skip is not None and a.skip[k] else
                        fit(k, a.grids[k], use, use is not None or getattr(prot, "transfer", None) is not None))
-        except RetryWithoutPattern:
+        except RetryWithoutHead:
             out.append(None)
             retry.append(k)
     if retry:
@@ -633,7 +633,8 @@ class Protector:
         free = ~cells_touching(rois, self.factor)
         if self.transfer and with_head:  # a coarse pattern that fools the surrogates; the refinement starts from it
             f = self.transfer.settings.factor
-            coarse = self.transfer.run(views, ~cells_touching(rois, f), eps, start=self.transfer_starts(views, key))
+            rngs = diversity.rngs(views, key) if self.transfer.settings.diversity else None
+            coarse = self.transfer.run(views, ~cells_touching(rois, f), eps, start=self.transfer_starts(views, key), rngs=rngs)
             head = upsample_cells(coarse, f // self.factor)
         elif self.pattern_id and with_head:  # the shipped universal pattern of the white box's clean prediction
             # every classifier's clean prediction, once: the refinement of the head start needs them too

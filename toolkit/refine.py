@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import diversity
 from .ort import ModelsError, file_sha256, normalize, session
 
 SIZE = 224
@@ -279,6 +280,12 @@ class TransferSettings:
     # and the image, so that running the public stage again on the file (evaluation/adaptive.py
     # ``replay``) gives back less of what it added (and it fools fewer: docs/STRENGTH.md); 0: zero
     keyed_start: float = 0.0
+    # the share of steps whose gradient goes through a randomly drawn resize/shift pipeline
+    # (toolkit/diversity.py; drawn from the key where there is one); 0: the view as it is
+    diversity: float = 0.0
+    # pipelines drawn once per image and taken in turn (0: a new draw each step); 1: the whole stage
+    # attacks the surrogates through one key-drawn pipeline. Neither helped on val (docs/STRENGTH.md)
+    pipelines: int = 0
 
     def bounds(self, views: np.ndarray, eps: int) -> np.ndarray:
         """Per-cell bounds (N, g, g) in levels for (N, 224, 224) views."""
@@ -310,11 +317,12 @@ class TransferStage:
         return [c.get("zoo_member", {}).get("name", c["architecture"]) for c in self.gradients.cards]
 
     def run(self, views: np.ndarray, free: np.ndarray, eps: int, labels: np.ndarray | None = None,
-            start: np.ndarray | None = None) -> np.ndarray:
+            start: np.ndarray | None = None, rngs: list | None = None) -> np.ndarray:
         """Integer grids (N, g, g), ``g = 224 / factor``, zero where ``free`` (N, g, g) is False.
         ``labels`` (N,): the class each view is pushed away from (default: each surrogate's own
         prediction on the clean view). ``start`` (N, g, g) in [-1, 1]: each cell's starting point
-        as a fraction of its bound (default: zero)."""
+        as a fraction of its bound (default: zero). ``rngs``: one generator per view for the
+        drawn pipelines of ``settings.diversity`` (default: :func:`diversity.rngs` without a key)."""
         s = self.settings
         n, g = free.shape[0], free.shape[-1]
         if g * s.factor != SIZE:
@@ -325,9 +333,19 @@ class TransferStage:
         base = views.astype(np.float64)
         labels = np.full((len(self.gradients.sessions), n), -1, np.int64) if labels is None else \
             np.broadcast_to(np.asarray(labels, np.int64), (len(self.gradients.sessions), n)).copy()
+        if s.diversity and rngs is None:
+            rngs = diversity.rngs(views, None)
+        identity = (np.eye(SIZE, dtype=np.float32),) * 2
+        drawn = lambda r: diversity.draw(r) if r.random() < s.diversity else identity  # noqa: E731
+        fixed = [[drawn(r) for _ in range(s.pipelines)] for r in rngs] if s.diversity and s.pipelines else None
         for t in range(s.steps):
             adv = np.clip(base + upsample_cells(np.round(theta), s.factor), 0, 255).astype(np.float32)
-            _, labels, grad = self.gradients.margins(adv, labels)
+            if s.diversity:
+                mats = [f[t % s.pipelines] for f in fixed] if fixed else [drawn(r) for r in rngs]
+                _, labels, grad = self.gradients.margins(diversity.apply(adv, mats), labels)
+                grad = diversity.pull_back(grad, mats)
+            else:
+                _, labels, grad = self.gradients.margins(adv, labels)
             direction = unit(grad, np.ones(grad.shape[:2], bool)).sum(0)
             cell = direction.reshape(n, g, s.factor, g, s.factor).sum(axis=(2, 4))
             theta = np.clip(theta - alpha * np.sign(cell), -bound, bound) * free
