@@ -93,16 +93,22 @@ def draw(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndarray, np.nda
             (back @ there @ shift_matrix(size, int(dx))).astype(np.float32))
 
 
-def rngs(views: np.ndarray, key: Optional[bytes]) -> list[np.random.Generator]:
-    """One generator per (N, H, W) view, seeded from the view's pixels and, with a key, from the key
-    (HMAC-SHA256; without one the draws are public)."""
+def view_rngs(views: np.ndarray, key: Optional[bytes], label: bytes, public: bytes = b"") -> list[np.random.Generator]:
+    """One generator per (N, H, W) view, seeded from HMAC-SHA256(key, ``label`` + SHA-256(view)), or
+    without a key from SHA-256(``public`` + SHA-256(view)) (public draws)."""
     out = []
     for v in views:
         digest = hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest()
-        seed = hmac.new(bytes(key), b"medrae transfer diversity v1" + digest, hashlib.sha256).digest() if key is not None \
-            else hashlib.sha256(b"medrae transfer diversity public v1" + digest).digest()
+        seed = hmac.new(bytes(key), label + digest, hashlib.sha256).digest() if key is not None \
+            else hashlib.sha256(public + digest).digest()
         out.append(np.random.default_rng(np.frombuffer(seed, np.uint32)))
     return out
+
+
+def rngs(views: np.ndarray, key: Optional[bytes]) -> list[np.random.Generator]:
+    """The pipelines' generators, one per view: from the key and the view's pixels (without a key
+    the draws are public)."""
+    return view_rngs(views, key, b"medrae transfer diversity v1", b"medrae transfer diversity public v1")
 
 
 def apply(images: np.ndarray, mats: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -17,7 +17,6 @@ One perturbation level is 1/255 of the display window in native units (1 for 8-b
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -623,9 +622,7 @@ class Protector:
         if key is None or not s:
             return None
         g = NET_SIZE // self.transfer.settings.factor
-        seeds = [hmac.new(bytes(key), b"medrae transfer start v1" + hashlib.sha256(np.ascontiguousarray(v).tobytes()).digest(),
-                          hashlib.sha256).digest() for v in views]
-        return np.stack([s * np.random.default_rng(np.frombuffer(d, np.uint32)).uniform(-1.0, 1.0, (g, g)) for d in seeds])
+        return np.stack([s * r.uniform(-1.0, 1.0, (g, g)) for r in diversity.view_rngs(views, key, b"medrae transfer start v1")])
 
     def _refine(self, views: np.ndarray, rois: np.ndarray, eps: int, with_head: bool, key: Optional[bytes] = None):
         n = len(views)
